@@ -1,0 +1,81 @@
+"""Trace store: HDF5 files for tensors, a SQL index for search. See store/README-section.md.
+
+from store import open_store, TraceQuery
+with open_store("traces") as st:
+    page = st.query(TraceQuery(model="llava-hf/llava-1.5-7b-hf", text="red"))
+    with st.open(page.items[0].trace_id) as tr:
+        heat = tr.attention(layer=10, head=3)
+"""
+
+from ._codec import (
+    LOG8_RELATIVE_ERROR,
+    LOG8_ZERO_BELOW,
+    SPARSE_THRESHOLD,
+    Precision,
+)
+from ._index import Page, TraceQuery
+from ._store import GcReport, Problem, TraceStore, open_store, reindex_store
+from ._stored import StoredTrace
+from .errors import (
+    CorruptTrace,
+    FormatTooNew,
+    IndexSchemaTooOld,
+    InvalidName,
+    InvalidTraceId,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+    TraceNotFound,
+)
+from .schema import (
+    FORMAT_VERSION,
+    GenerationSettings,
+    ImageGeometry,
+    Relevancy,
+    RelevancyMode,
+    Summaries,
+    TokenRole,
+    TokenTable,
+    TopK,
+    Trace,
+    TraceInfo,
+    new_trace_id,
+    utc_now,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LOG8_RELATIVE_ERROR",
+    "LOG8_ZERO_BELOW",
+    "SPARSE_THRESHOLD",
+    "CorruptTrace",
+    "FormatTooNew",
+    "GcReport",
+    "GenerationSettings",
+    "ImageGeometry",
+    "IndexSchemaTooOld",
+    "InvalidName",
+    "InvalidTraceId",
+    "Page",
+    "Precision",
+    "Problem",
+    "Relevancy",
+    "RelevancyMode",
+    "StoreError",
+    "StoreFull",
+    "StoreReadOnly",
+    "StoredTrace",
+    "Summaries",
+    "TokenRole",
+    "TokenTable",
+    "TopK",
+    "Trace",
+    "TraceInfo",
+    "TraceNotFound",
+    "TraceQuery",
+    "TraceStore",
+    "new_trace_id",
+    "open_store",
+    "reindex_store",
+    "utc_now",
+]

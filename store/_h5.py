@@ -1,0 +1,225 @@
+"""One trace <-> one HDF5 file. Writes a complete file; reads lazily with a sized chunk cache.
+
+Layout (format version in the root attributes; see store/README-section.md):
+
+    /                 attrs: format_version, trace_id, precision, info (JSON of TraceInfo)
+    /tokens/          ids, text, roles, word_ids, image_patch; attr prompt_length
+    /image/           processed, patch_boxes; attrs grid_rows, grid_cols, original_size,
+                      vision_has_cls
+    /top_k/           ids, probs, text, chosen_prob
+    /summaries/       attention_shares, head_image_attention
+    /relevancy/       llm, vision, all                     (absent when not recorded)
+    /lm_attention     [L, H, T, T]; attr encoding = "fp16" | "log8"
+    /lm_attention_row_max      [L, H, T] float32           (log8 only)
+    /vision_attention [Lv, Hv, V, V], same encodings       (absent when not recorded)
+    /vision_attention_row_max  [Lv, Hv, V] float32         (log8 only)
+
+Attention is chunked (1, H, 16, T): 16 query rows of every head of one layer. Reading a
+heatmap, one token's row across all layers, or an answer x image block each touch few
+chunks (measured in the spike: the best of the shapes tried).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from . import _codec
+from ._codec import Precision
+from .errors import CorruptTrace, FormatTooNew
+from .schema import (
+    FORMAT_VERSION,
+    ImageGeometry,
+    Relevancy,
+    Summaries,
+    TokenTable,
+    TopK,
+    Trace,
+)
+
+CHUNK_ROWS = 16
+CACHE_BYTES = 64 * 2**20  # per open file: holds a whole layer's chunks for a 7B-shaped trace
+CACHE_SLOTS = 10_007  # prime, well above the number of chunks that fit in the cache
+_SMALL = 64 * 1024  # arrays below this many bytes are stored uncompressed
+_STR = h5py.string_dtype("utf-8")
+
+
+def _compression() -> dict[str, Any]:
+    return dict(hdf5plugin.Blosc2(cname="zstd", clevel=1, filters=hdf5plugin.Blosc2.SHUFFLE))
+
+
+def _put(group: h5py.Group, name: str, array: np.ndarray) -> None:
+    array = np.asarray(array)
+    if array.nbytes >= _SMALL:
+        group.create_dataset(name, data=array, chunks=True, **_compression())
+    else:
+        group.create_dataset(name, data=array)
+
+
+def _put_text(group: h5py.Group, name: str, text: list[str] | list[list[str]]) -> None:
+    group.create_dataset(name, data=np.array(text, dtype=object), dtype=_STR)
+
+
+def _put_attention(f: h5py.File, name: str, att: np.ndarray, precision: Precision) -> None:
+    """Write [L, H, R, C] attention one layer at a time (bounded memory for lossy encodings)."""
+    n_layers, n_heads, rows, cols = att.shape
+    chunks = (1, n_heads, max(1, min(CHUNK_ROWS, rows)), max(1, cols))
+    dtype = np.uint8 if precision is Precision.LOG8 else np.float16
+    ds = f.create_dataset(name, shape=att.shape, dtype=dtype, chunks=chunks, **_compression())
+    ds.attrs["encoding"] = "log8" if precision is Precision.LOG8 else "fp16"
+    if precision is Precision.LOG8:
+        row_max = f.create_dataset(f"{name}_row_max", shape=att.shape[:3], dtype=np.float32)
+    for layer in range(n_layers):
+        block = att[layer]
+        if precision is Precision.LOG8:
+            codes, row_max[layer] = _codec.log8_encode(block)
+            ds[layer] = codes
+        elif precision is Precision.SPARSE:
+            ds[layer] = _codec.sparsify(block)
+        else:
+            ds[layer] = np.asarray(block, dtype=np.float16)
+
+
+def write_trace(path: str, trace: Trace, precision: Precision) -> None:
+    """Write ``trace`` to a new file at ``path`` (the caller renames it into place)."""
+    tok, img, top = trace.tokens, trace.image, trace.top_k
+    with h5py.File(path, "w") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["trace_id"] = trace.info.trace_id
+        f.attrs["precision"] = precision.value
+        f.attrs["info"] = json.dumps(trace.info.to_dict())
+
+        g = f.create_group("tokens")
+        g.attrs["prompt_length"] = tok.prompt_length
+        _put(g, "ids", np.asarray(tok.ids, np.int64))
+        _put_text(g, "text", list(tok.text))
+        _put(g, "roles", np.asarray(tok.roles, np.int8))
+        _put(g, "word_ids", np.asarray(tok.word_ids, np.int32))
+        _put(g, "image_patch", np.asarray(tok.image_patch, np.int32))
+
+        g = f.create_group("image")
+        g.attrs["grid_rows"] = img.grid_rows
+        g.attrs["grid_cols"] = img.grid_cols
+        g.attrs["original_size"] = np.asarray(img.original_size, np.int64)
+        g.attrs["vision_has_cls"] = bool(img.vision_has_cls)
+        _put(g, "processed", np.asarray(img.processed, np.uint8))
+        _put(g, "patch_boxes", np.asarray(img.patch_boxes, np.float32))
+
+        g = f.create_group("top_k")
+        _put(g, "ids", np.asarray(top.ids, np.int64))
+        _put(g, "probs", np.asarray(top.probs, np.float32))
+        k = np.asarray(top.ids).shape[1] if np.ndim(top.ids) == 2 else 0
+        text = np.array(top.text, dtype=object).reshape(len(top.text), k)
+        g.create_dataset("text", data=text, dtype=_STR)
+        _put(g, "chosen_prob", np.asarray(top.chosen_prob, np.float32))
+
+        g = f.create_group("summaries")
+        _put(g, "attention_shares", np.asarray(trace.summaries.attention_shares, np.float32))
+        _put(
+            g, "head_image_attention", np.asarray(trace.summaries.head_image_attention, np.float32)
+        )
+
+        if trace.relevancy is not None:
+            g = f.create_group("relevancy")
+            for name in ("llm", "vision", "all"):
+                _put(g, name, np.asarray(getattr(trace.relevancy, name), np.float32))
+
+        _put_attention(f, "lm_attention", trace.lm_attention, precision)
+        if trace.vision_attention is not None:
+            _put_attention(f, "vision_attention", trace.vision_attention, precision)
+
+
+def open_file(path: str) -> h5py.File:
+    """Open a trace file read-only, turning "not HDF5" and "too new" into clear errors."""
+    try:
+        f = h5py.File(path, "r", rdcc_nbytes=CACHE_BYTES, rdcc_nslots=CACHE_SLOTS)
+    except FileNotFoundError:
+        raise CorruptTrace(
+            f"trace file {path} is missing; run `lvlm-interpret store verify` to list damage"
+        ) from None
+    except OSError as exc:
+        raise CorruptTrace(
+            f"{path} is not a readable HDF5 trace ({exc}); run `lvlm-interpret store verify`"
+        ) from None
+    try:
+        version = int(f.attrs["format_version"])
+        f.attrs["trace_id"]
+    except (KeyError, TypeError, ValueError, OSError):
+        f.close()
+        raise CorruptTrace(f"{path} is HDF5 but not a lvlm-interpret trace") from None
+    if version > FORMAT_VERSION:
+        f.close()
+        raise FormatTooNew(
+            f"{path} has trace format {version}; this lvlm-interpret reads up to "
+            f"{FORMAT_VERSION}. Upgrade: pip install -U lvlm-interpret"
+        )
+    return f
+
+
+def read_text(ds: h5py.Dataset) -> list:
+    return ds.asstr()[()].tolist()
+
+
+def read_tokens(f: h5py.File) -> TokenTable:
+    g = f["tokens"]
+    return TokenTable(
+        ids=g["ids"][()],
+        text=read_text(g["text"]),
+        roles=g["roles"][()],
+        word_ids=g["word_ids"][()],
+        image_patch=g["image_patch"][()],
+        prompt_length=int(g.attrs["prompt_length"]),
+    )
+
+
+def read_image(f: h5py.File) -> ImageGeometry:
+    g = f["image"]
+    size = g.attrs["original_size"]
+    return ImageGeometry(
+        grid_rows=int(g.attrs["grid_rows"]),
+        grid_cols=int(g.attrs["grid_cols"]),
+        processed=g["processed"][()],
+        original_size=(int(size[0]), int(size[1])),
+        patch_boxes=g["patch_boxes"][()],
+        vision_has_cls=bool(g.attrs["vision_has_cls"]),
+    )
+
+
+def read_top_k(f: h5py.File) -> TopK:
+    g = f["top_k"]
+    return TopK(
+        ids=g["ids"][()],
+        probs=g["probs"][()],
+        text=read_text(g["text"]),
+        chosen_prob=g["chosen_prob"][()],
+    )
+
+
+def read_summaries(f: h5py.File) -> Summaries:
+    g = f["summaries"]
+    return Summaries(g["attention_shares"][()], g["head_image_attention"][()])
+
+
+def read_relevancy(f: h5py.File) -> Relevancy | None:
+    if "relevancy" not in f:
+        return None
+    g = f["relevancy"]
+    return Relevancy(llm=g["llm"][()], vision=g["vision"][()], all=g["all"][()])
+
+
+def read_attention(f: h5py.File, name: str, index: tuple) -> np.ndarray:
+    """Read ``f[name][index]`` as float32, decoding log8 when the file uses it.
+
+    ``index`` addresses [L, H, R, C] with ints, slices or one sorted index array per axis
+    (h5py's rule); its last item must not be an int. The log8 row maxima are read with the
+    same index minus the column axis.
+    """
+    ds = f[name]
+    data = ds[index]
+    if ds.attrs.get("encoding", "fp16") == "log8":
+        return _codec.log8_decode(data, f[f"{name}_row_max"][index[:-1]])
+    return data.astype(np.float32)

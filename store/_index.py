@@ -1,0 +1,570 @@
+"""The SQL index: one row per trace plus tags, metrics, answer tokens and derived results.
+
+SQLAlchemy Core with bound parameters only. SQLite by default (WAL, synchronous=NORMAL, an
+FTS5 trigram table for substring search); any SQLAlchemy URL works, with LIKE as the
+fallback for text search. The schema version lives in ``lvi_meta``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from .errors import FormatTooNew, IndexSchemaTooOld, StoreError, TraceNotFound
+from .schema import TraceInfo
+
+INDEX_SCHEMA_VERSION = 1
+REINDEX_HINT = (
+    "run `lvlm-interpret store reindex --store DIR` (rebuilds the index from the trace files)"
+)
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "lvi_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+traces = sa.Table(
+    "traces",
+    metadata,
+    sa.Column("trace_id", sa.String(32), primary_key=True),
+    sa.Column("model_id", sa.String(512), nullable=False),
+    sa.Column("model_revision", sa.String(256), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("image_name", sa.String(1024), nullable=False),
+    sa.Column("image_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),  # normalised UTC ISO: sortable
+    sa.Column("adapter", sa.String(64), nullable=False),
+    sa.Column("reference_answer", sa.Text),
+    sa.Column("correct", sa.Boolean),
+    sa.Column("precision", sa.String(16), nullable=False),
+    sa.Column("num_layers", sa.Integer, nullable=False),
+    sa.Column("num_heads", sa.Integer, nullable=False),
+    sa.Column("prompt_length", sa.Integer, nullable=False),
+    sa.Column("answer_length", sa.Integer, nullable=False),
+    sa.Column("file_size", sa.BigInteger, nullable=False),
+    sa.Column("file_sha256", sa.String(64), nullable=False),
+    sa.Column("info_json", sa.Text, nullable=False),
+    sa.Index("ix_traces_model_created", "model_id", "created_at"),
+    sa.Index("ix_traces_model_revision", "model_id", "model_revision"),
+    sa.Index("ix_traces_created", "created_at"),
+    sa.Index("ix_traces_correct_created", "correct", "created_at"),
+    sa.Index("ix_traces_image", "image_sha256"),
+)
+
+_fk = {"ondelete": "CASCADE"}
+tags = sa.Table(
+    "trace_tags",
+    metadata,
+    sa.Column("trace_id", sa.String(32), sa.ForeignKey("traces.trace_id", **_fk), primary_key=True),
+    sa.Column("tag", sa.String(200), primary_key=True),
+    sa.Index("ix_tags_tag", "tag", "trace_id"),
+)
+
+metrics = sa.Table(
+    "trace_metrics",
+    metadata,
+    sa.Column("trace_id", sa.String(32), sa.ForeignKey("traces.trace_id", **_fk), primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Index("ix_metrics_name_value", "name", "value"),
+)
+
+answer_tokens = sa.Table(
+    "answer_tokens",
+    metadata,
+    sa.Column("trace_id", sa.String(32), sa.ForeignKey("traces.trace_id", **_fk), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("token", sa.String(256), nullable=False),
+    sa.Index("ix_answer_tokens_token", "token", "trace_id"),
+)
+
+results = sa.Table(
+    "trace_results",
+    metadata,
+    sa.Column("trace_id", sa.String(32), sa.ForeignKey("traces.trace_id", **_fk), primary_key=True),
+    sa.Column("kind", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+_CHILDREN = (tags, metrics, answer_tokens, results)
+_FTS = "traces_fts"  # SQLite only: fts5(prompt, answer, tokenize='trigram'), rowid = traces.rowid
+ORDER_COLUMNS = (
+    "created_at",
+    "model_id",
+    "model_revision",
+    "prompt",
+    "answer",
+    "image_name",
+    "correct",
+    "answer_length",
+)
+
+
+def normalize_time(value: str) -> str:
+    """ISO-8601 (date, naive or with offset) -> UTC ISO with microseconds, which sorts as text."""
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (AttributeError, ValueError):
+        raise ValueError(f"not an ISO-8601 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def normalize_token(text: str) -> str:
+    """Answer-token key: SentencePiece/BPE space markers and case do not matter for search."""
+    return text.replace("\u2581", " ").replace("\u0120", " ").strip().lower()
+
+
+@dataclass
+class TraceQuery:
+    """Filters for :meth:`TraceStore.query`; ``None`` means "any"; text match ignores case.
+
+    ``text`` matches a substring of the prompt or the answer; ``answer_token`` one whole
+    generated token (case and leading-space markers ignored); ``metric_ranges`` maps a metric
+    name to inclusive ``(lo, hi)`` bounds, either may be None. ``order_by`` is a column from
+    ``ORDER_COLUMNS`` or ``"metric:<name>"``.
+    """
+
+    model: str | None = None
+    model_revision: str | None = None
+    text: str | None = None
+    prompt_contains: str | None = None
+    answer_contains: str | None = None
+    answer_token: str | None = None
+    tag: str | None = None
+    correct: bool | None = None
+    created_after: str | None = None
+    created_before: str | None = None
+    metric_ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    order_by: str = "created_at"
+    descending: bool = True
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass
+class Page:
+    """One page of query results; ``total`` counts every match, not just this page."""
+
+    items: list[TraceInfo]
+    total: int
+    limit: int = 50
+    offset: int = 0
+
+    def __iter__(self) -> Iterator[TraceInfo]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def has_more(self) -> bool:
+        return self.offset + len(self.items) < self.total
+
+
+@dataclass
+class FileRecord:
+    """What the index knows about a trace's file (for verify)."""
+
+    trace_id: str
+    file_size: int
+    file_sha256: str
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str, writable: bool) -> Engine:
+    """An engine for ``url``; SQLite gets its pragmas on every connection."""
+    is_sqlite = url.startswith("sqlite")
+    engine = sa.create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    if is_sqlite:
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        if not writable:
+            sa.event.listen(
+                engine, "connect", lambda c, _r: c.cursor().execute("PRAGMA query_only=ON")
+            )
+    return engine
+
+
+class Index:
+    """All SQL the store runs. Methods take and return plain values and records."""
+
+    def __init__(self, engine: Engine, writable: bool) -> None:
+        self.engine = engine
+        self.writable = writable
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self.has_fts = False
+        self._prepare()
+
+    # -- schema ------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        names = set(sa.inspect(self.engine).get_table_names())
+        if not names & {"traces", "lvi_meta"}:
+            if not self.writable:
+                raise StoreError("this store has no index yet; open it with mode='a' to create one")
+            self._create()
+            return
+        if "lvi_meta" not in names:
+            raise IndexSchemaTooOld(
+                f"the index has no schema version (unknown layout); {REINDEX_HINT}"
+            )
+        with self.engine.connect() as conn:
+            rows = dict(conn.execute(sa.select(meta.c.key, meta.c.value)).all())
+        version = int(rows.get("schema_version", 0))
+        if version > INDEX_SCHEMA_VERSION:
+            raise FormatTooNew(
+                f"the index has schema version {version}; this lvlm-interpret knows up to "
+                f"{INDEX_SCHEMA_VERSION}. Upgrade: pip install -U lvlm-interpret"
+            )
+        if version < INDEX_SCHEMA_VERSION:
+            # No migrations exist yet (version 1 is the first); an older index is rebuilt.
+            raise IndexSchemaTooOld(
+                f"the index has schema version {version}, this lvlm-interpret needs "
+                f"{INDEX_SCHEMA_VERSION}; {REINDEX_HINT}. Trace files are untouched."
+            )
+        self.has_fts = rows.get("fts") == "trigram"
+
+    def _create(self) -> None:
+        with self.engine.begin() as conn:
+            if self.is_sqlite:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            metadata.create_all(conn)
+            fts = ""
+            if self.is_sqlite:
+                try:
+                    with conn.begin_nested():
+                        conn.exec_driver_sql(
+                            f"CREATE VIRTUAL TABLE {_FTS} USING fts5(prompt, answer, "
+                            "tokenize='trigram')"
+                        )
+                    fts = "trigram"
+                except sa.exc.OperationalError:  # SQLite without FTS5 trigram: LIKE it is
+                    fts = ""
+            conn.execute(
+                meta.insert(),
+                [
+                    {"key": "schema_version", "value": str(INDEX_SCHEMA_VERSION)},
+                    {"key": "fts", "value": fts},
+                ],
+            )
+        self.has_fts = fts == "trigram"
+
+    def drop_all(self) -> None:
+        """Remove every table of the index (for reindex)."""
+        with self.engine.begin() as conn:
+            if self.is_sqlite:
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_FTS}")
+            metadata.drop_all(conn)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- writing -----------------------------------------------------------------------------
+    def insert(
+        self,
+        info: TraceInfo,
+        *,
+        precision: str,
+        shape: tuple[int, int],
+        prompt_length: int,
+        answer_tokens_text: Sequence[str],
+        file_size: int,
+        file_sha256: str,
+    ) -> None:
+        row = {
+            "trace_id": info.trace_id,
+            "model_id": info.model_id,
+            "model_revision": info.model_revision,
+            "prompt": info.prompt,
+            "answer": info.answer,
+            "image_name": info.image_name,
+            "image_sha256": info.image_sha256,
+            "created_at": normalize_time(info.created_at),
+            "adapter": info.adapter,
+            "reference_answer": info.reference_answer,
+            "correct": info.correct,
+            "precision": precision,
+            "num_layers": shape[0],
+            "num_heads": shape[1],
+            "prompt_length": prompt_length,
+            "answer_length": len(answer_tokens_text),
+            "file_size": file_size,
+            "file_sha256": file_sha256,
+            "info_json": json.dumps(info.to_dict()),
+        }
+        with self.engine.begin() as conn:
+            res = conn.execute(traces.insert(), row)
+            if self.has_fts:
+                conn.execute(
+                    sa.text(f"INSERT INTO {_FTS}(rowid, prompt, answer) VALUES (:r, :p, :a)"),
+                    {"r": res.lastrowid, "p": info.prompt, "a": info.answer},
+                )
+            tok_rows = [
+                {"trace_id": info.trace_id, "position": i, "token": normalize_token(t)[:256]}
+                for i, t in enumerate(answer_tokens_text)
+            ]
+            tok_rows = [r for r in tok_rows if r["token"]]
+            if tok_rows:
+                conn.execute(answer_tokens.insert(), tok_rows)
+            self._add_tags(conn, info.trace_id, info.tags)
+            self._set_metrics(conn, info.trace_id, info.metrics)
+
+    def _add_tags(self, conn: Connection, trace_id: str, new: Iterable[str]) -> None:
+        have = set(conn.execute(sa.select(tags.c.tag).where(tags.c.trace_id == trace_id)).scalars())
+        rows = [{"trace_id": trace_id, "tag": t} for t in dict.fromkeys(new) if t not in have]
+        if rows:
+            conn.execute(tags.insert(), rows)
+
+    def _set_metrics(self, conn: Connection, trace_id: str, values: dict[str, float]) -> None:
+        if not values:
+            return
+        conn.execute(
+            metrics.delete().where(metrics.c.trace_id == trace_id, metrics.c.name.in_(list(values)))
+        )
+        conn.execute(
+            metrics.insert(),
+            [{"trace_id": trace_id, "name": k, "value": float(v)} for k, v in values.items()],
+        )
+
+    def _require(self, conn: Connection, trace_id: str) -> None:
+        found = conn.execute(
+            sa.select(traces.c.trace_id).where(traces.c.trace_id == trace_id)
+        ).first()
+        if found is None:
+            raise TraceNotFound(f"no trace {trace_id} in this store")
+
+    def add_tags(self, trace_id: str, new: Sequence[str]) -> None:
+        with self.engine.begin() as conn:
+            self._require(conn, trace_id)
+            self._add_tags(conn, trace_id, new)
+
+    def remove_tags(self, trace_id: str, old: Sequence[str]) -> None:
+        with self.engine.begin() as conn:
+            self._require(conn, trace_id)
+            conn.execute(
+                tags.delete().where(tags.c.trace_id == trace_id, tags.c.tag.in_(list(old)))
+            )
+
+    def set_metrics(self, trace_id: str, values: dict[str, float]) -> None:
+        with self.engine.begin() as conn:
+            self._require(conn, trace_id)
+            self._set_metrics(conn, trace_id, values)
+
+    def delete(self, trace_id: str) -> None:
+        with self.engine.begin() as conn:
+            self._require(conn, trace_id)
+            if self.has_fts:
+                conn.execute(
+                    sa.text(
+                        f"DELETE FROM {_FTS} WHERE rowid = "
+                        "(SELECT rowid FROM traces WHERE trace_id = :t)"
+                    ),
+                    {"t": trace_id},
+                )
+            for child in _CHILDREN:
+                conn.execute(child.delete().where(child.c.trace_id == trace_id))
+            conn.execute(traces.delete().where(traces.c.trace_id == trace_id))
+
+    def put_result(self, trace_id: str, kind: str, key: str, payload: dict) -> None:
+        text = json.dumps(payload)
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+        with self.engine.begin() as conn:
+            self._require(conn, trace_id)
+            where = (results.c.trace_id == trace_id, results.c.kind == kind, results.c.key == key)
+            conn.execute(results.delete().where(*where))
+            conn.execute(
+                results.insert(),
+                {
+                    "trace_id": trace_id,
+                    "kind": kind,
+                    "key": key,
+                    "payload": text,
+                    "updated_at": now,
+                },
+            )
+
+    # -- reading -----------------------------------------------------------------------------
+    def exists(self, trace_id: str) -> bool:
+        with self.engine.connect() as conn:
+            stmt = sa.select(traces.c.trace_id).where(traces.c.trace_id == trace_id)
+            return conn.execute(stmt).first() is not None
+
+    def get(self, trace_id: str) -> TraceInfo:
+        with self.engine.connect() as conn:
+            infos = self._infos(conn, [trace_id])
+        if not infos:
+            raise TraceNotFound(f"no trace {trace_id} in this store")
+        return infos[0]
+
+    def _infos(self, conn: Connection, ids: list[str]) -> list[TraceInfo]:
+        """TraceInfo for ``ids`` in that order; tags and metrics come from their tables."""
+        if not ids:
+            return []
+        rows = dict(
+            conn.execute(
+                sa.select(traces.c.trace_id, traces.c.info_json).where(traces.c.trace_id.in_(ids))
+            ).all()
+        )
+        tag_map: dict[str, list[str]] = {}
+        for tid, tag in conn.execute(
+            sa.select(tags.c.trace_id, tags.c.tag)
+            .where(tags.c.trace_id.in_(ids))
+            .order_by(tags.c.tag)
+        ):
+            tag_map.setdefault(tid, []).append(tag)
+        metric_map: dict[str, dict[str, float]] = {}
+        for tid, name, value in conn.execute(
+            sa.select(metrics.c.trace_id, metrics.c.name, metrics.c.value).where(
+                metrics.c.trace_id.in_(ids)
+            )
+        ):
+            metric_map.setdefault(tid, {})[name] = value
+        out = []
+        for tid in ids:
+            if tid in rows:
+                data = json.loads(rows[tid])
+                data["tags"] = tag_map.get(tid, [])
+                data["metrics"] = metric_map.get(tid, {})
+                out.append(TraceInfo.from_dict(data))
+        return out
+
+    def _text_filter(self, text: str, columns: tuple[str, ...]) -> sa.ColumnElement[bool]:
+        """Case-insensitive substring match on prompt and/or answer.
+
+        On SQLite with FTS5 trigram a phrase MATCH is an indexed substring search (for 3+
+        characters); elsewhere, or for shorter text, a plain case-insensitive LIKE.
+        """
+        if self.has_fts and len(text) >= 3:
+            phrase = '"' + text.replace('"', '""') + '"'
+            expr = ("{" + " ".join(columns) + "}: " if len(columns) < 2 else "") + phrase
+            sub = (
+                sa.select(sa.literal_column("rowid"))
+                .select_from(sa.table(_FTS))
+                .where(sa.literal_column(_FTS).op("MATCH")(sa.bindparam("fts", expr, unique=True)))
+            )
+            return sa.literal_column("traces.rowid").in_(sub)
+        return sa.or_(*(traces.c[c].icontains(text, autoescape=True) for c in columns))
+
+    def _where(self, q: TraceQuery) -> list[sa.ColumnElement[bool]]:
+        t = traces.c
+        conds: list[sa.ColumnElement[bool]] = []
+        if q.model is not None:
+            conds.append(t.model_id == q.model)
+        if q.model_revision is not None:
+            conds.append(t.model_revision == q.model_revision)
+        if q.correct is not None:
+            conds.append(t.correct == q.correct)
+        if q.created_after is not None:
+            conds.append(t.created_at >= normalize_time(q.created_after))
+        if q.created_before is not None:
+            conds.append(t.created_at < normalize_time(q.created_before))
+        if q.text:
+            conds.append(self._text_filter(q.text, ("prompt", "answer")))
+        if q.prompt_contains:
+            conds.append(self._text_filter(q.prompt_contains, ("prompt",)))
+        if q.answer_contains:
+            conds.append(self._text_filter(q.answer_contains, ("answer",)))
+        if q.answer_token:
+            sub = sa.select(answer_tokens.c.trace_id).where(
+                answer_tokens.c.token == normalize_token(q.answer_token)
+            )
+            conds.append(t.trace_id.in_(sub))
+        if q.tag is not None:
+            conds.append(t.trace_id.in_(sa.select(tags.c.trace_id).where(tags.c.tag == q.tag)))
+        for name, (lo, hi) in q.metric_ranges.items():
+            sub = sa.select(metrics.c.trace_id).where(metrics.c.name == name)
+            if lo is not None:
+                sub = sub.where(metrics.c.value >= lo)
+            if hi is not None:
+                sub = sub.where(metrics.c.value <= hi)
+            conds.append(t.trace_id.in_(sub))
+        return conds
+
+    def _order(self, q: TraceQuery) -> sa.ColumnElement[Any]:
+        if q.order_by.startswith("metric:"):
+            col: sa.ColumnElement[Any] = (
+                sa.select(metrics.c.value)
+                .where(metrics.c.trace_id == traces.c.trace_id, metrics.c.name == q.order_by[7:])
+                .scalar_subquery()
+            )
+        elif q.order_by in ORDER_COLUMNS:
+            col = traces.c[q.order_by]
+        else:
+            raise ValueError(
+                f"cannot order by {q.order_by!r}; use one of {ORDER_COLUMNS} or metric:NAME"
+            )
+        return col.desc() if q.descending else col.asc()
+
+    def query(self, q: TraceQuery) -> Page:
+        if q.limit < 0 or q.offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        conds = self._where(q)
+        ids_stmt = (
+            sa.select(traces.c.trace_id)
+            .where(*conds)
+            .order_by(self._order(q), traces.c.trace_id)
+            .limit(q.limit)
+            .offset(q.offset)
+        )
+        count_stmt = sa.select(sa.func.count()).select_from(traces).where(*conds)
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(ids_stmt).scalars())
+            total = conn.execute(count_stmt).scalar_one()
+            items = self._infos(conn, ids)
+        return Page(items=items, total=total, limit=q.limit, offset=q.offset)
+
+    def models(self) -> list[str]:
+        with self.engine.connect() as conn:
+            stmt = sa.select(traces.c.model_id).distinct().order_by(traces.c.model_id)
+            return list(conn.execute(stmt).scalars())
+
+    def tags(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(sa.select(tags.c.tag).distinct().order_by(tags.c.tag)).scalars()
+            )
+
+    def file_records(self) -> list[FileRecord]:
+        stmt = sa.select(traces.c.trace_id, traces.c.file_size, traces.c.file_sha256)
+        with self.engine.connect() as conn:
+            return [FileRecord(*row) for row in conn.execute(stmt)]
+
+    def get_result(self, trace_id: str, kind: str, key: str) -> dict | None:
+        stmt = sa.select(results.c.payload).where(
+            results.c.trace_id == trace_id, results.c.kind == kind, results.c.key == key
+        )
+        with self.engine.connect() as conn:
+            text = conn.execute(stmt).scalar_one_or_none()
+        return None if text is None else json.loads(text)
+
+    def list_results(self, trace_id: str, kind: str) -> dict[str, dict]:
+        stmt = (
+            sa.select(results.c.key, results.c.payload)
+            .where(results.c.trace_id == trace_id, results.c.kind == kind)
+            .order_by(results.c.key)
+        )
+        with self.engine.connect() as conn:
+            return {key: json.loads(text) for key, text in conn.execute(stmt)}

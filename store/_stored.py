@@ -1,0 +1,214 @@
+"""Lazy, read-only access to one stored trace: small parts on first use, attention by slice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import _h5
+from ._codec import Precision
+from .schema import ImageGeometry, Relevancy, Summaries, TokenTable, TopK, Trace, TraceInfo
+
+Indices = Sequence[int] | np.ndarray | range | slice
+
+
+def _selector(idx: Indices, size: int, what: str) -> tuple[slice | np.ndarray, np.ndarray | None]:
+    """Turn requested positions into an h5py selector plus the reorder that restores them.
+
+    h5py wants increasing, unique index lists (and reads a slice fastest), so a contiguous
+    run becomes a slice and anything else a sorted unique array; the second value maps the
+    read back to the order (and duplicates) the caller asked for.
+    """
+    if isinstance(idx, slice):
+        idx = range(*idx.indices(size))
+    arr = np.asarray(idx, dtype=np.int64).reshape(-1)
+    if arr.size == 0:
+        raise IndexError(f"no {what} requested")
+    arr = np.where(arr < 0, arr + size, arr)
+    if arr.min() < 0 or arr.max() >= size:
+        raise IndexError(f"{what} out of range 0..{size - 1}: {idx}")
+    if arr.size == arr[-1] - arr[0] + 1 and np.all(np.diff(arr) == 1):
+        return slice(int(arr[0]), int(arr[-1]) + 1), None
+    uniq, inverse = np.unique(arr, return_inverse=True)
+    if uniq.size == uniq[-1] - uniq[0] + 1:
+        return slice(int(uniq[0]), int(uniq[-1]) + 1), inverse
+    return uniq, inverse
+
+
+def _check(i: int, size: int, what: str) -> int:
+    i = int(i)
+    if not -size <= i < size:
+        raise IndexError(f"{what} {i} out of range 0..{size - 1}")
+    return i % size
+
+
+class StoredTrace:
+    """One trace file opened read-only. Use as a context manager or call :meth:`close`.
+
+    ``info`` comes from the index when opened through a store (so tags and metrics edited
+    after recording show), else from the file itself. Attention methods return float32.
+    """
+
+    def __init__(self, path: str | Path, info: TraceInfo | None = None) -> None:
+        self.path = Path(path)
+        self._f: h5py.File = _h5.open_file(str(self.path))
+        attrs = self._f.attrs
+        self.trace_id: str = str(attrs["trace_id"])
+        self.format_version = int(attrs["format_version"])
+        self.precision = Precision(str(attrs.get("precision", "lossless")))
+        self.info: TraceInfo = info or TraceInfo.from_dict(json.loads(attrs["info"]))
+        lm = self._f["lm_attention"]
+        self.num_layers, self.num_heads, self.seq_len = (int(n) for n in lm.shape[:3])
+        vis = self._f.get("vision_attention")
+        self.vision_shape: tuple[int, int, int, int] | None = (
+            tuple(int(n) for n in vis.shape) if vis is not None else None
+        )
+
+    # -- context manager -------------------------------------------------------------------
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> StoredTrace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- small parts, read on first use -------------------------------------------------------
+    @cached_property
+    def tokens(self) -> TokenTable:
+        return _h5.read_tokens(self._f)
+
+    @cached_property
+    def image(self) -> ImageGeometry:
+        return _h5.read_image(self._f)
+
+    @cached_property
+    def top_k(self) -> TopK:
+        return _h5.read_top_k(self._f)
+
+    @cached_property
+    def summaries(self) -> Summaries:
+        return _h5.read_summaries(self._f)
+
+    @cached_property
+    def relevancy(self) -> Relevancy | None:
+        return _h5.read_relevancy(self._f)
+
+    @property
+    def has_vision_attention(self) -> bool:
+        return self.vision_shape is not None
+
+    @cached_property
+    def prompt_length(self) -> int:
+        return int(self._f["tokens"].attrs["prompt_length"])
+
+    @property
+    def answer_length(self) -> int:
+        return self.seq_len - self.prompt_length
+
+    # -- language-model attention -------------------------------------------------------------
+    def attention(self, layer: int, head: int) -> np.ndarray:
+        """[T, T] heatmap of one LM head."""
+        layer = _check(layer, self.num_layers, "layer")
+        head = _check(head, self.num_heads, "head")
+        return _h5.read_attention(self._f, "lm_attention", (layer, head, slice(None), slice(None)))
+
+    def answer_attention(self, k: int) -> np.ndarray:
+        """[L, H, T]: the row that produced answer token ``k`` (row P-1+k), every layer/head."""
+        k = _check(k, self.answer_length, "answer token")
+        row = self.prompt_length - 1 + k
+        return _h5.read_attention(
+            self._f, "lm_attention", (slice(None), slice(None), row, slice(None))
+        )
+
+    def attention_rows(self, rows: Indices, layers: Indices | None = None) -> np.ndarray:
+        """[l, H, len(rows), T]: chosen query rows of every head, for all or chosen layers."""
+        row_sel, row_inv = _selector(rows, self.seq_len, "rows")
+        layer_ids = range(self.num_layers) if layers is None else layers
+        layer_sel, layer_inv = _selector(layer_ids, self.num_layers, "layers")
+        if isinstance(layer_sel, slice):
+            out = _h5.read_attention(
+                self._f, "lm_attention", (layer_sel, slice(None), row_sel, slice(None))
+            )
+        else:
+            out = np.stack(
+                [
+                    _h5.read_attention(
+                        self._f, "lm_attention", (int(i), slice(None), row_sel, slice(None))
+                    )
+                    for i in layer_sel
+                ]
+            )
+        if layer_inv is not None:
+            out = out[layer_inv]
+        return out if row_inv is None else out[:, :, row_inv]
+
+    def attention_block(self, rows: Indices, cols: Indices) -> np.ndarray:
+        """[L, H, len(rows), len(cols)], e.g. answer rows x image columns, every layer/head."""
+        row_sel, row_inv = _selector(rows, self.seq_len, "rows")
+        col_sel, col_inv = _selector(cols, self.seq_len, "columns")
+        # h5py allows one index list per read: columns are read as their bounding slice.
+        if isinstance(col_sel, slice):
+            col_read, col_take = col_sel, None
+        else:
+            col_read = slice(int(col_sel[0]), int(col_sel[-1]) + 1)
+            col_take = col_sel - col_sel[0]
+        out = _h5.read_attention(
+            self._f, "lm_attention", (slice(None), slice(None), row_sel, col_read)
+        )
+        if col_take is not None:
+            out = out[..., col_take]
+        if row_inv is not None:
+            out = out[:, :, row_inv]
+        return out if col_inv is None else out[..., col_inv]
+
+    # -- vision tower -----------------------------------------------------------------------
+    def vision_attention(self, layer: int, head: int) -> np.ndarray | None:
+        """[V, V] heatmap of one vision-tower head, or None when not recorded."""
+        if self.vision_shape is None:
+            return None
+        layer = _check(layer, self.vision_shape[0], "vision layer")
+        head = _check(head, self.vision_shape[1], "vision head")
+        return _h5.read_attention(
+            self._f, "vision_attention", (layer, head, slice(None), slice(None))
+        )
+
+    def vision_attention_layer(self, layer: int) -> np.ndarray | None:
+        """[Hv, V, V]: every head of one vision layer, or None when not recorded."""
+        if self.vision_shape is None:
+            return None
+        layer = _check(layer, self.vision_shape[0], "vision layer")
+        return _h5.read_attention(
+            self._f, "vision_attention", (layer, slice(None), slice(None), slice(None))
+        )
+
+    # -- everything -------------------------------------------------------------------------
+    def _full(self, name: str) -> np.ndarray:
+        ds = self._f[name]
+        if ds.attrs.get("encoding", "fp16") != "log8":
+            return ds[()]
+        out = np.empty(ds.shape, np.float16)
+        all_ = slice(None)
+        for layer in range(ds.shape[0]):
+            out[layer] = _h5.read_attention(self._f, name, (layer, all_, all_, all_))
+        return out
+
+    def read(self) -> Trace:
+        """The whole trace in memory (attention as float16, as the schema says)."""
+        vision = self._full("vision_attention") if self.has_vision_attention else None
+        return Trace(
+            info=self.info,
+            tokens=self.tokens,
+            image=self.image,
+            top_k=self.top_k,
+            lm_attention=self._full("lm_attention"),
+            vision_attention=vision,
+            relevancy=self.relevancy,
+            summaries=self.summaries,
+        )

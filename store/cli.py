@@ -1,0 +1,193 @@
+"""`lvlm-interpret store ...`: list, inspect and maintain a trace store from the shell."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._index import TraceQuery
+from ._store import TraceStore, open_store, reindex_store
+from .errors import StoreError
+
+app = typer.Typer(
+    help="Browse and maintain a trace store (HDF5 files + SQL index).", no_args_is_help=True
+)
+console = Console()
+
+StoreDir = Annotated[Path, typer.Option("--store", help="Store directory.")]
+DbUrl = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLAlchemy URL of the index (default: SQLite in the store)."),
+]
+
+
+def _open(store: Path, db: str | None, mode: str = "r") -> TraceStore:
+    try:
+        return open_store(store, db_url=db, mode=mode)  # type: ignore[arg-type]
+    except StoreError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+@app.command("ls")
+def ls(
+    store: StoreDir = Path("traces"),
+    db: DbUrl = None,
+    model: Annotated[str | None, typer.Option(help="Exact model id.")] = None,
+    text: Annotated[str | None, typer.Option(help="Substring of prompt or answer.")] = None,
+    token: Annotated[str | None, typer.Option(help="An answer token, e.g. 'red'.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only traces with this tag.")] = None,
+    after: Annotated[str | None, typer.Option(help="Created at or after (ISO date/time).")] = None,
+    before: Annotated[str | None, typer.Option(help="Created before (ISO date/time).")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show.")] = 50,
+    offset: int = 0,
+) -> None:
+    """List traces, newest first."""
+    with _open(store, db) as st:
+        q = TraceQuery(
+            model=model,
+            text=text,
+            answer_token=token,
+            tag=tag,
+            created_after=after,
+            created_before=before,
+            limit=limit,
+            offset=offset,
+        )
+        page = st.query(q)
+    table = Table(
+        title=f"{page.total} trace(s)"
+        + (f", showing {offset + 1}-{offset + len(page)}" if page.has_more or offset else "")
+    )
+    for col in ("id", "created", "model", "prompt", "answer", "tags"):
+        table.add_column(col, overflow="fold")
+    for info in page:
+        table.add_row(
+            info.trace_id,
+            info.created_at[:19],
+            info.model_id,
+            info.prompt[:60],
+            info.answer[:40],
+            ", ".join(info.tags),
+        )
+    console.print(table)
+
+
+@app.command()
+def show(trace_id: str, store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
+    """Show one trace's metadata and tensor shapes."""
+    with _open(store, db) as st:
+        try:
+            with st.open(trace_id) as tr:
+                info = tr.info.to_dict()
+                shapes = {
+                    "lm_attention": [tr.num_layers, tr.num_heads, tr.seq_len, tr.seq_len],
+                    "vision_attention": list(tr.vision_shape) if tr.vision_shape else None,
+                    "precision": tr.precision.value,
+                    "prompt_length": tr.prompt_length,
+                    "file": str(tr.path),
+                }
+        except StoreError as exc:
+            raise _fail(exc) from None
+    table = Table(show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in {**info, **shapes}.items():
+        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+    console.print(table)
+
+
+@app.command()
+def rm(
+    trace_ids: list[str],
+    store: StoreDir = Path("traces"),
+    db: DbUrl = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete traces (index row and file)."""
+    if not yes:
+        typer.confirm(f"Delete {len(trace_ids)} trace(s)?", abort=True)
+    with _open(store, db, "a") as st:
+        for tid in trace_ids:
+            try:
+                st.delete(tid)
+            except StoreError as exc:
+                raise _fail(exc) from None
+            console.print(f"deleted {tid}")
+
+
+@app.command()
+def tag(
+    trace_id: str,
+    tags: list[str],
+    store: StoreDir = Path("traces"),
+    db: DbUrl = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove these tags instead.")] = False,
+) -> None:
+    """Add (or with --remove, remove) tags."""
+    with _open(store, db, "a") as st:
+        try:
+            (st.untag if remove else st.tag)(trace_id, *tags)
+            console.print(f"{trace_id}: {', '.join(st.get(trace_id).tags) or '(no tags)'}")
+        except StoreError as exc:
+            raise _fail(exc) from None
+
+
+@app.command()
+def verify(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
+    """Check every file against its checksum and the index; exit 1 if anything is wrong."""
+    with _open(store, db) as st:
+        problems = st.verify()
+    if not problems:
+        console.print("[green]store is consistent[/green]")
+        return
+    table = Table(title=f"{len(problems)} problem(s)")
+    for col in ("kind", "trace", "path", "detail"):
+        table.add_column(col, overflow="fold")
+    for p in problems:
+        table.add_row(p.kind, p.trace_id or "", str(p.path), p.detail)
+    console.print(table)
+    console.print("temp leftovers and orphan files: `lvlm-interpret store gc` removes them")
+    raise typer.Exit(1)
+
+
+@app.command()
+def gc(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
+    """Remove leftovers of interrupted writes and files no index row points at."""
+    with _open(store, db, "a") as st:
+        report = st.gc()
+    console.print(
+        f"removed {len(report.removed_temp)} temp file(s), {len(report.removed_orphans)} "
+        f"orphan file(s), freed {report.freed_bytes / 2**20:.1f} MiB"
+    )
+
+
+@app.command()
+def export(trace_id: str, dest: Path, store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
+    """Copy a trace's HDF5 file and a JSON of its metadata to DEST."""
+    with _open(store, db) as st:
+        try:
+            out = st.export(trace_id, dest)
+        except StoreError as exc:
+            raise _fail(exc) from None
+    console.print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+@app.command()
+def reindex(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
+    """Rebuild the index from the trace files (the old SQLite index is kept as a .bak file)."""
+    try:
+        count = reindex_store(store, db)
+    except StoreError as exc:
+        raise _fail(exc) from None
+    console.print(f"indexed {count} trace(s)")

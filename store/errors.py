@@ -1,0 +1,42 @@
+"""Errors raised by the store. Every message says what happened *and* what to do next."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class: catch this to handle any store failure."""
+
+
+class InvalidTraceId(StoreError, ValueError):
+    """A trace id that is not 32 lowercase hex digits (ids become file names, so this is strict)."""
+
+
+class InvalidName(StoreError, ValueError):
+    """A tag, result kind/key or metric name that is empty, too long or has control characters."""
+
+
+class TraceNotFound(StoreError, KeyError):
+    """No trace with this id in the index."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "trace not found"
+
+
+class CorruptTrace(StoreError):
+    """A trace file that is missing, unreadable, not HDF5 or fails its checksum."""
+
+
+class FormatTooNew(StoreError):
+    """A trace file or index written by a newer lvlm-interpret than this one."""
+
+
+class IndexSchemaTooOld(StoreError):
+    """An index written by an older lvlm-interpret that cannot be migrated in place."""
+
+
+class StoreReadOnly(StoreError, PermissionError):
+    """A write on a store opened with mode="r", or on a directory this process cannot write."""
+
+
+class StoreFull(StoreError, OSError):
+    """The disk (or a file size limit) ran out while adding; nothing was added."""
