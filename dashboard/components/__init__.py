@@ -1,0 +1,1 @@
+"""Pure helpers of the dashboard: no Streamlit here, so every piece is unit-testable."""

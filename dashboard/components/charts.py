@@ -1,0 +1,182 @@
+"""Altair chart builders. Every chart names its axes and their units.
+
+Token text only ever reaches the browser as Vega data (drawn as SVG/canvas text, tooltips
+escaped by vega-tooltip), never as HTML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from dashboard.components.analysis import SHARE_CATEGORIES
+
+PERCENT = alt.Axis(format="%")
+
+
+def head_image_bars(shares: np.ndarray, layer: int) -> alt.Chart:
+    """Per-head attention on image tokens at one layer, the ranking behind the head gallery."""
+    frame = pd.DataFrame({"head": np.arange(len(shares)), "share": np.asarray(shares, float)})
+    return (
+        alt.Chart(frame, title=f"Layer {layer}: attention on image tokens per head")
+        .mark_bar()
+        .encode(
+            x=alt.X("head:O", title="head (index)"),
+            y=alt.Y("share:Q", title="attention on image tokens (% of row)", axis=PERCENT),
+            tooltip=[alt.Tooltip("head:O"), alt.Tooltip("share:Q", format=".1%")],
+        )
+    )
+
+
+def share_matrix(shares: np.ndarray) -> alt.FacetChart:
+    """Layer x head matrices of where attention goes (image / question / earlier answer)."""
+    layers, heads, _ = shares.shape
+    layer_idx, head_idx, cat_idx = np.meshgrid(
+        np.arange(layers), np.arange(heads), np.arange(len(SHARE_CATEGORIES)), indexing="ij"
+    )
+    frame = pd.DataFrame(
+        {
+            "layer": layer_idx.ravel(),
+            "head": head_idx.ravel(),
+            "target": np.array(SHARE_CATEGORIES)[cat_idx.ravel()],
+            "share": np.asarray(shares, float).ravel(),
+        }
+    )
+    return (
+        alt.Chart(frame)
+        .mark_rect()
+        .encode(
+            x=alt.X("head:O", title="head (index)"),
+            y=alt.Y("layer:O", title="layer (index)", sort="descending"),
+            color=alt.Color(
+                "share:Q",
+                title="share of attention (%)",
+                scale=alt.Scale(domain=[0, 1], scheme="inferno"),
+                legend=alt.Legend(format="%"),
+            ),
+            tooltip=["layer:O", "head:O", "target:N", alt.Tooltip("share:Q", format=".1%")],
+        )
+        .properties(width=220, height=220)
+        .facet(column=alt.Column("target:N", title="attention on", sort=list(SHARE_CATEGORIES)))
+    )
+
+
+def _ranked_frame(labels: Sequence[str], values: np.ndarray) -> pd.DataFrame:
+    """Unique labels (position-prefixed) so equal token texts don't merge into one bar."""
+    return pd.DataFrame(
+        {"label": [f"{i}: {t}" for i, t in enumerate(labels)], "value": np.asarray(values, float)}
+    )
+
+
+def token_bars(
+    labels: Sequence[str], values: np.ndarray, title: str, value_title: str, top: int = 25
+) -> alt.Chart:
+    """Horizontal bars of the ``top`` highest values, largest first, labelled by token or word."""
+    frame = _ranked_frame(labels, values).nlargest(top, "value")
+    return (
+        alt.Chart(frame, title=title)
+        .mark_bar()
+        .encode(
+            y=alt.Y("label:N", title="token (position: text)", sort="-x"),
+            x=alt.X("value:Q", title=value_title),
+            tooltip=["label:N", alt.Tooltip("value:Q", format=".4f")],
+        )
+        .properties(height=alt.Step(16))
+    )
+
+
+def layer_token_heatmap(values: np.ndarray, labels: Sequence[str], value_title: str) -> alt.Chart:
+    """[L, n] values as a layer x token heatmap (tokens in sequence order)."""
+    layers, count = values.shape
+    tokens = [f"{i}: {t}" for i, t in enumerate(labels)]
+    frame = pd.DataFrame(
+        {
+            "layer": np.repeat(np.arange(layers), count),
+            "token": np.tile(tokens, layers),
+            "value": np.asarray(values, float).ravel(),
+        }
+    )
+    return (
+        alt.Chart(frame, title="Attention to the selected patches, by layer (mean over heads)")
+        .mark_rect()
+        .encode(
+            x=alt.X("token:N", title="token (position: text)", sort=tokens),
+            y=alt.Y("layer:O", title="layer (index)", sort="descending"),
+            color=alt.Color("value:Q", title=value_title, scale=alt.Scale(scheme="inferno")),
+            tooltip=["layer:O", "token:N", alt.Tooltip("value:Q", format=".4f")],
+        )
+    )
+
+
+def token_probabilities(
+    labels: Sequence[str], probs: np.ndarray, selected: Sequence[int]
+) -> alt.Chart:
+    """Probability of each generated token; clicking bars selects answer tokens."""
+    frame = _ranked_frame(labels, probs)
+    frame["k"] = np.arange(len(frame))
+    frame["selected"] = frame["k"].isin(list(selected))
+    pick = alt.selection_point(name="token", fields=["k"], toggle="true")
+    return (
+        alt.Chart(frame, title="Probability of each generated token")
+        .mark_bar()
+        .encode(
+            x=alt.X("label:N", title="answer token (index: text)", sort=None),
+            y=alt.Y(
+                "value:Q", title="probability (%)", axis=PERCENT, scale=alt.Scale(domain=[0, 1])
+            ),
+            color=alt.condition(alt.datum.selected, alt.value("#d62728"), alt.value("#4c78a8")),
+            tooltip=["label:N", alt.Tooltip("value:Q", title="probability", format=".1%")],
+        )
+        .add_params(pick)
+    )
+
+
+def patch_grid(
+    rows: int, cols: int, image_url: str, selected: Sequence[int], px: int = 336
+) -> alt.LayerChart:
+    """The processed image under its patch grid; clicking cells selects patches."""
+    index = np.arange(rows * cols)
+    frame = pd.DataFrame({"patch": index, "row": index // cols, "col": index % cols})
+    frame["selected"] = frame["patch"].isin(list(selected))
+    width, height = px, round(px * rows / cols)
+    picture = (
+        alt.Chart(pd.DataFrame({"url": [image_url], "x": [cols / 2], "y": [rows / 2]}))
+        .mark_image(width=width, height=height)
+        .encode(x=alt.X("x:Q"), y=alt.Y("y:Q"), url="url:N")
+    )
+    pick = alt.selection_point(name="patch", fields=["patch"], toggle="true")
+    cells = (
+        alt.Chart(frame)
+        .mark_rect(stroke="white", strokeOpacity=0.4)
+        .encode(
+            x=alt.X("col:Q", title="patch column", scale=alt.Scale(domain=[0, cols]), bin="binned"),
+            x2=alt.X2("col_end:Q"),
+            y=alt.Y("row:Q", title="patch row", scale=alt.Scale(domain=[rows, 0]), bin="binned"),
+            y2=alt.Y2("row_end:Q"),
+            fillOpacity=alt.condition(alt.datum.selected, alt.value(0.45), alt.value(0.02)),
+            fill=alt.value("#00e5ff"),
+            tooltip=["patch:Q", "row:Q", "col:Q"],
+        )
+        .transform_calculate(col_end="datum.col + 1", row_end="datum.row + 1")
+        .add_params(pick)
+    )
+    return alt.layer(picture, cells).properties(width=width, height=height)
+
+
+def layer_divergence(divergence: np.ndarray) -> alt.Chart:
+    """Jensen-Shannon divergence between two traces' attention maps, layer by layer."""
+    frame = pd.DataFrame({"layer": np.arange(len(divergence)), "js": np.asarray(divergence, float)})
+    return (
+        alt.Chart(frame, title="Divergence of image attention per layer")
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:Q", title="layer (index)"),
+            y=alt.Y(
+                "js:Q", title="Jensen-Shannon divergence (bits)", scale=alt.Scale(domain=[0, 1])
+            ),
+            tooltip=["layer:Q", alt.Tooltip("js:Q", format=".3f")],
+        )
+    )

@@ -1,0 +1,125 @@
+"""Browse filters and their URL form, so a filtered, paged view can be shared and reloaded.
+
+The URL holds only non-default values; parsing tolerates hand-edited junk by dropping it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import date
+
+from store import TraceQuery
+
+SORT_COLUMNS = ("created_at", "model_id", "model_revision", "prompt", "answer", "correct")
+PAGE_SIZE = 25
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is None or math.isfinite(value) else None
+
+
+def _date(text: str | None) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _bool(text: str | None) -> bool | None:
+    return {"yes": True, "no": False}.get(text or "")
+
+
+def _positive_int(text: str | None, default: int) -> int:
+    try:
+        return max(1, int(text)) if text else default
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class BrowseFilters:
+    """What the Browse table shows; one field per filter widget."""
+
+    model: str | None = None
+    revision: str | None = None
+    text: str | None = None  # matches prompt or answer
+    tag: str | None = None
+    correct: bool | None = None
+    after: date | None = None
+    before: date | None = None
+    metric: str | None = None
+    metric_min: float | None = None
+    metric_max: float | None = None
+    sort: str = "created_at"
+    descending: bool = True
+    page: int = 1  # 1-based
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> BrowseFilters:
+        sort = params.get("sort", "created_at")
+        return cls(
+            model=params.get("model") or None,
+            revision=params.get("rev") or None,
+            text=params.get("q") or None,
+            tag=params.get("tag") or None,
+            correct=_bool(params.get("correct")),
+            after=_date(params.get("after")),
+            before=_date(params.get("before")),
+            metric=params.get("metric") or None,
+            metric_min=_float(params.get("mmin")),
+            metric_max=_float(params.get("mmax")),
+            sort=sort if sort in SORT_COLUMNS or sort.startswith("metric:") else "created_at",
+            descending=params.get("asc") != "1",
+            page=_positive_int(params.get("page"), 1),
+        )
+
+    def to_params(self) -> dict[str, str | None]:
+        """Every filter parameter; ``None`` for defaults so callers can drop them from the URL."""
+        return {
+            "model": self.model,
+            "rev": self.revision,
+            "q": self.text,
+            "tag": self.tag,
+            "correct": None if self.correct is None else ("yes" if self.correct else "no"),
+            "after": self.after.isoformat() if self.after else None,
+            "before": self.before.isoformat() if self.before else None,
+            "metric": self.metric,
+            "mmin": None if self.metric_min is None else repr(self.metric_min),
+            "mmax": None if self.metric_max is None else repr(self.metric_max),
+            "sort": None if self.sort == "created_at" else self.sort,
+            "asc": None if self.descending else "1",
+            "page": None if self.page == 1 else str(self.page),
+        }
+
+    def with_page(self, page: int) -> BrowseFilters:
+        return replace(self, page=max(1, page))
+
+    def metric_ranges(self) -> dict[str, tuple[float | None, float | None]]:
+        """Inclusive bounds; a metric with no bounds still filters to traces that have it."""
+        return {self.metric: (self.metric_min, self.metric_max)} if self.metric else {}
+
+    def to_query(self, page_size: int = PAGE_SIZE) -> TraceQuery:
+        """The store query for this page only: the table never loads more than one page."""
+        return TraceQuery(
+            model=self.model,
+            model_revision=self.revision,
+            text=self.text,
+            tag=self.tag,
+            correct=self.correct,
+            created_after=self.after.isoformat() if self.after else None,
+            created_before=self.before.isoformat() if self.before else None,
+            metric_ranges=self.metric_ranges(),
+            order_by=self.sort,
+            descending=self.descending,
+            limit=page_size,
+            offset=(self.page - 1) * page_size,
+        )
+
+
+PARAMS = tuple(BrowseFilters().to_params())

@@ -1,0 +1,78 @@
+"""Tokens as people read them: visible labels, words, Markdown-safe strings, answer diffs."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def token_label(text: str) -> str:
+    """A token as a short visible label: whitespace made visible, never empty."""
+    visible = text.replace("\n", "↵").replace("\t", "⇥").strip()
+    return visible or "␣"
+
+
+def markdown_literal(text: str) -> str:
+    """Backslash-escape every ASCII punctuation mark so Streamlit Markdown shows ``text`` as is.
+
+    Widget option labels and image captions are Markdown; a token such as ``![x](http://...)``
+    or ``:red[x]`` must appear literally rather than become an image, link or directive.
+    """
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text.replace("\n", " "))
+
+
+@dataclass(frozen=True)
+class Word:
+    """Consecutive positions sharing a word id within one role segment."""
+
+    index: int  # order of the word within its selection (answer or prompt)
+    positions: tuple[int, ...]  # sequence positions of its tokens
+    text: str
+
+
+def words(texts: Sequence[str], roles: np.ndarray, word_ids: np.ndarray, role: int) -> list[Word]:
+    """Group the positions of ``role`` into words.
+
+    Word ids restart in every role segment (a run of equal roles), so a word is keyed by
+    (segment, word id); positions without a word id (-1) become words of their own.
+    """
+    segment = np.concatenate([[0], np.cumsum(roles[1:] != roles[:-1])])
+    groups: dict[tuple[int, int], list[int]] = {}
+    for position in np.flatnonzero(roles == role):
+        wid = int(word_ids[position])
+        key = (int(segment[position]), wid if wid >= 0 else -1 - int(position))
+        groups.setdefault(key, []).append(int(position))
+    ordered = sorted(groups.values(), key=lambda ps: ps[0])
+    return [
+        Word(i, tuple(ps), "".join(texts[p] for p in ps).strip() or token_label(texts[ps[0]]))
+        for i, ps in enumerate(ordered)
+    ]
+
+
+@dataclass(frozen=True)
+class DiffPiece:
+    """A run of an answer diff; ``op``: "equal", "delete" (only in A) or "insert" (only in B)."""
+
+    op: str
+    text: str
+
+
+def answer_diff(a: str, b: str) -> list[DiffPiece]:
+    """Word-level diff of two answers, as runs in reading order."""
+    words_a, words_b = a.split(), b.split()
+    pieces: list[DiffPiece] = []
+    matcher = difflib.SequenceMatcher(a=words_a, b=words_b, autojunk=False)
+    for op, i0, i1, j0, j1 in matcher.get_opcodes():
+        if op in ("equal", "delete", "replace") and i1 > i0:
+            pieces.append(
+                DiffPiece("equal" if op == "equal" else "delete", " ".join(words_a[i0:i1]))
+            )
+        if op in ("insert", "replace") and j1 > j0:
+            pieces.append(DiffPiece("insert", " ".join(words_b[j0:j1])))
+    return pieces

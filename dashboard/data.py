@@ -1,0 +1,88 @@
+"""Cached access to the store: one store handle per process, arrays per (trace, slice).
+
+``cache_resource`` holds open handles (shared, never copied); ``cache_data`` holds the small
+arrays the views draw, keyed by trace id and the slice asked for, so moving a slider back
+and forth or switching pages never reads the same bytes twice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from dashboard.components import analysis, images
+from dashboard.config import StoreConfig
+from store import Page, StoredTrace, TraceInfo, TraceQuery, TraceStore, open_store
+
+
+@st.cache_resource(show_spinner=False)
+def store(config: StoreConfig) -> TraceStore:
+    """The process-wide read-only store handle (the dashboard never writes)."""
+    return open_store(config.directory, config.db_url, mode="r")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def trace(config: StoreConfig, trace_id: str) -> StoredTrace:
+    """A lazily read trace; parts load on first use, attention by slice."""
+    return store(config).open(trace_id)
+
+
+def query(config: StoreConfig, request: TraceQuery) -> Page:
+    """One page of the index. Not cached: the index changes while the dashboard runs."""
+    return store(config).query(request)
+
+
+def info(config: StoreConfig, trace_id: str) -> TraceInfo:
+    return store(config).get(trace_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def thumbnail_url(config: StoreConfig, trace_id: str) -> str | None:
+    """A small inline image for the Browse table; ``None`` when the trace file is unreadable."""
+    try:
+        picture = images.thumbnail(trace(config, trace_id).image.processed, size=64)
+    except Exception:  # a broken file must not break the table
+        return None
+    return images.data_url(picture, "JPEG")
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def layer_rows(
+    config: StoreConfig, trace_id: str, layer: int, answer_tokens: tuple[int, ...]
+) -> np.ndarray:
+    """[H, T] attention of the selected answer tokens at one layer, averaged over the tokens."""
+    handle = trace(config, trace_id)
+    rows = [handle.tokens.prompt_length - 1 + k for k in answer_tokens]
+    return handle.attention_rows(rows, layers=[layer])[0].mean(axis=1)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def answer_rows(config: StoreConfig, trace_id: str, answer_tokens: tuple[int, ...]) -> np.ndarray:
+    """[L, H, T] attention of the selected answer tokens at every layer, averaged over tokens."""
+    handle = trace(config, trace_id)
+    rows = [handle.tokens.prompt_length - 1 + k for k in answer_tokens]
+    return handle.attention_rows(rows).mean(axis=2)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def patch_attention(
+    config: StoreConfig, trace_id: str, rows: tuple[int, ...], cols: tuple[int, ...]
+) -> np.ndarray:
+    """[L, H, len(rows)]: how much each query row attends to the given image columns."""
+    return analysis.attention_to_patches(trace(config, trace_id).attention_block(rows, cols))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def vision_layer(config: StoreConfig, trace_id: str, layer: int) -> np.ndarray | None:
+    """[Hv, V, V] attention of one vision-tower layer."""
+    return trace(config, trace_id).vision_attention_layer(layer)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def vision_rollout(config: StoreConfig, trace_id: str) -> np.ndarray | None:
+    """[V, V] attention rollout through the whole vision tower (read layer by layer)."""
+    handle = trace(config, trace_id)
+    if not handle.has_vision_attention:
+        return None
+    layers = handle.vision_shape[0]
+    return analysis.rollout(handle.vision_attention_layer(i) for i in range(layers))

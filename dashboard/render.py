@@ -1,0 +1,63 @@
+"""Drawing maps on the trace's image: the single path from a patch grid to pixels on screen."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import streamlit as st
+
+from dashboard.components import overlay, text
+from dashboard.components.overlay import OverlayStyle, Scale
+from store import StoredTrace
+
+
+def image_grid(trace: StoredTrace, row: np.ndarray) -> np.ndarray:
+    """[rows, cols] map of a length-T row's values on the image tokens."""
+    positions = trace.tokens.image_positions
+    geometry = trace.image
+    return overlay.grid_values(
+        np.asarray(row)[positions],
+        trace.tokens.image_patch[positions],
+        geometry.grid_rows,
+        geometry.grid_cols,
+    )
+
+
+def patch_grid(trace: StoredTrace, per_patch: np.ndarray) -> np.ndarray:
+    """[rows, cols] map of values given per patch in row-major order (length G)."""
+    geometry = trace.image
+    return np.asarray(per_patch, dtype=np.float64).reshape(geometry.grid_rows, geometry.grid_cols)
+
+
+def gallery(
+    trace: StoredTrace,
+    grids: Sequence[np.ndarray],
+    captions: Sequence[str],
+    style: OverlayStyle,
+    scale: Scale,
+    columns: int = 4,
+    key: str = "heatmaps",
+) -> None:
+    """Overlays on one shared colour scale, with one legend for all of them.
+
+    A shared scale keeps the maps comparable; captions are Markdown-escaped because they
+    carry token text.
+    """
+    with st.container(key=key):
+        st.image(overlay.legend(style, scale), caption=None)
+        slots = st.columns(columns)
+        for i, (grid, caption) in enumerate(zip(grids, captions, strict=True)):
+            picture = overlay.overlay(trace.image.processed, grid, style, scale)
+            slots[i % columns].image(
+                picture, caption=text.markdown_literal(caption), width="stretch"
+            )
+
+
+def heatmap(
+    trace: StoredTrace, grid: np.ndarray, style: OverlayStyle, scale: Scale, key: str = "heatmap"
+) -> None:
+    """One overlay with its own legend underneath."""
+    with st.container(key=key):
+        picture = overlay.overlay(trace.image.processed, grid, style, scale)
+        st.image(overlay.with_legend(picture, style, scale))

@@ -1,0 +1,95 @@
+"""Selections shared by every view, mirrored in the URL so a view can be shared and reloaded.
+
+The URL is the source of truth when it names a value (a shared link, a reload); session state
+keeps the value when Streamlit's page navigation drops the query string, and puts it back.
+Widgets get their own keys, seeded from here and written back by ``on_change`` callbacks,
+because Streamlit forgets widget state on page switches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import streamlit as st
+
+TRACE = "trace"
+COMPARE = "compare"
+TOKENS = "tokens"
+UNIT = "unit"  # "token" or "word": how answer selections are made
+
+_PREFIX = "url:"
+PATCHES = "patches"
+_TRACE_SCOPED = (TOKENS, PATCHES)  # meaningless once the trace changes
+
+
+def get(param: str) -> str | None:
+    """The current value of a URL parameter, restoring it to the URL if navigation dropped it."""
+    if param in st.query_params:
+        value = st.query_params[param]
+        previous = st.session_state.get(_PREFIX + param)
+        if param == TRACE and previous not in (None, value):
+            _forget_trace_scoped()
+        st.session_state[_PREFIX + param] = value
+        return value
+    value = st.session_state.get(_PREFIX + param)
+    if value is not None:
+        st.query_params[param] = value
+    return value
+
+
+def _forget_trace_scoped() -> None:
+    """A link opened another trace: drop remembered selections the URL doesn't restate."""
+    for param in _TRACE_SCOPED:
+        if param not in st.query_params:
+            st.session_state.pop(_PREFIX + param, None)
+
+
+def put(param: str, value: str | None) -> None:
+    """Set (or with ``None`` remove) a parameter in both the URL and the session."""
+    if value is None or value == "":
+        st.session_state.pop(_PREFIX + param, None)
+        if param in st.query_params:
+            del st.query_params[param]
+    else:
+        st.session_state[_PREFIX + param] = value
+        st.query_params[param] = value
+
+
+def update(values: Mapping[str, str | None]) -> None:
+    for param, value in values.items():
+        put(param, value)
+
+
+def snapshot(params: Iterable[str]) -> dict[str, str]:
+    """The present values of ``params`` (absent ones left out)."""
+    return {p: v for p in params if (v := get(p)) is not None}
+
+
+def select_trace(trace_id: str | None, compare_id: str | None = None) -> None:
+    """Switch traces; selections that index into the old trace are cleared."""
+    if get(TRACE) != trace_id:
+        for param in _TRACE_SCOPED:
+            put(param, None)
+    put(TRACE, trace_id)
+    put(COMPARE, compare_id)
+
+
+def ints(param: str) -> list[int]:
+    """A comma-separated list of integers, ignoring anything that isn't one."""
+    return [int(p) for p in (get(param) or "").split(",") if p.strip().lstrip("-").isdigit()]
+
+
+def put_ints(param: str, values: Iterable[int]) -> None:
+    put(param, ",".join(str(v) for v in sorted(set(values))) or None)
+
+
+def widget(key: str, seed: object, write: Callable[[Any], None]) -> dict[str, Any]:
+    """Keyword arguments that bind a widget to shared state.
+
+    The widget's own key is seeded with ``seed`` (the shared value) before it is drawn, and
+    its ``on_change`` hands the new value to ``write``; pass no ``value``/``default``.
+    """
+    if st.session_state.get(key) != seed:
+        st.session_state[key] = seed
+    return {"key": key, "on_change": lambda: write(st.session_state[key])}

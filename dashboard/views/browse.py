@@ -1,0 +1,171 @@
+"""Browse: the store's traces as a filtered, sorted, paginated table; pick one or two.
+
+Only the visible page is queried (SQL LIMIT/OFFSET) and only its thumbnails are read, so the
+table stays fast however many traces the store holds. Filters, page and selection live in
+the URL.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import context, data, state
+from dashboard.components.filters import PAGE_SIZE, PARAMS, SORT_COLUMNS, BrowseFilters
+from store import TraceInfo
+
+_ANY = "any"
+
+
+def _write(field_param: str, value: object) -> None:
+    """Store one filter's new value and go back to the first page."""
+    if isinstance(value, date):
+        value = value.isoformat()
+    elif isinstance(value, float):
+        value = repr(value)
+    state.update({field_param: None if value in (None, "", _ANY) else str(value), "page": None})
+
+
+def _filter_widgets(config, filters: BrowseFilters) -> None:
+    """The filter form; each widget writes its own URL parameter."""
+    store = data.store(config)
+
+    def bound(param: str, seed: object) -> dict:
+        return state.widget(f"browse:{param}", seed, lambda v: _write(param, v))
+
+    top = st.columns([2, 2, 3, 1.2])
+    top[0].selectbox("Model", [_ANY, *store.models()], **bound("model", filters.model or _ANY))
+    top[1].text_input("Checkpoint / revision", **bound("rev", filters.revision or ""))
+    top[2].text_input("Prompt or answer contains", **bound("q", filters.text or ""))
+    correct = {True: "yes", False: "no", None: _ANY}[filters.correct]
+    top[3].selectbox("Correct", [_ANY, "yes", "no"], **bound("correct", correct))
+    row = st.columns([2, 1.5, 1.5, 2, 1.2, 1.2])
+    row[0].selectbox("Tag", [_ANY, *store.tags()], **bound("tag", filters.tag or _ANY))
+    row[1].date_input("Recorded after", **bound("after", filters.after))
+    row[2].date_input("Recorded before", **bound("before", filters.before))
+    row[3].text_input("Metric name", **bound("metric", filters.metric or ""))
+    row[4].number_input("Metric min", **bound("mmin", filters.metric_min))
+    row[5].number_input("Metric max", **bound("mmax", filters.metric_max))
+    sort_row = st.columns([2, 1, 5])
+    sorts = list(
+        dict.fromkeys([*SORT_COLUMNS, *([f"metric:{filters.metric}"] if filters.metric else [])])
+    )
+    sort_row[0].selectbox("Sort by", sorts, **bound("sort", filters.sort))
+    sort_row[1].toggle(
+        "Descending",
+        **state.widget(
+            "browse:desc", filters.descending, lambda v: _write("asc", None if v else "1")
+        ),
+    )
+
+
+def _table(config, items: list[TraceInfo]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "image": [data.thumbnail_url(config, i.trace_id) for i in items],
+            "recorded": [i.created_at for i in items],
+            "model": [i.model_id for i in items],
+            "checkpoint": [i.model_revision for i in items],
+            "prompt": [i.prompt for i in items],
+            "answer": [i.answer for i in items],
+            "correct": [i.correct for i in items],
+            "tags": [", ".join(i.tags) for i in items],
+            "metrics": [
+                ", ".join(f"{k}={v:.3g}" for k, v in sorted(i.metrics.items())) for i in items
+            ],
+            "id": [i.trace_id for i in items],
+        }
+    )
+
+
+def _page_param(page: int) -> str | None:
+    return None if page == 1 else str(page)
+
+
+def _select_rows(key: str, ids: list[str]) -> None:
+    rows = st.session_state[key].selection.rows
+    picked = [ids[r] for r in rows[:2]]
+    if picked:
+        state.select_trace(picked[0], picked[1] if len(picked) > 1 else None)
+
+
+def _selection_links() -> None:
+    trace_id, compare_id = state.get(state.TRACE), state.get(state.COMPARE)
+    if not trace_id:
+        st.caption("Select a row to open a trace; select two to compare them.")
+        return
+    st.text(f"Selected: {trace_id}" + (f"  and  {compare_id}" if compare_id else ""))
+    params = {state.TRACE: trace_id, **({state.COMPARE: compare_id} if compare_id else {})}
+    links = st.columns(6)
+    for column, (page, label) in zip(
+        links,
+        [
+            ("views/generation.py", "Generation"),
+            ("views/attention.py", "Raw attention"),
+            ("views/relevancy.py", "Relevancy"),
+            ("views/causal.py", "Causal"),
+            ("views/compare.py", "Compare"),
+        ],
+        strict=False,
+    ):
+        column.page_link(page, label=label, query_params=params)
+
+
+def render() -> None:
+    config = context.config_or_stop()
+    st.title("Browse traces")
+    filters = BrowseFilters.from_params(state.snapshot(PARAMS))
+    with st.expander("Filters", expanded=True):
+        _filter_widgets(config, filters)
+    try:
+        page = data.query(config, filters.to_query(PAGE_SIZE))
+    except ValueError as error:
+        st.warning("These filters can't be applied.")
+        st.text(str(error))
+        return
+    if page.total == 0:
+        if any(v is not None for v in filters.to_params().values()):
+            st.info("No trace matches these filters.")
+        else:
+            st.info("The store is empty. Record a trace with `lvlm-interpret record`, then reload.")
+        return
+    pages = max(1, math.ceil(page.total / PAGE_SIZE))
+    if filters.page > pages:
+        st.info(f"Page {filters.page} is past the end; there are {pages} pages.")
+        filters = filters.with_page(pages)
+        page = data.query(config, filters.to_query(PAGE_SIZE))
+    first = (filters.page - 1) * PAGE_SIZE
+    st.caption(f"Traces {first + 1}-{first + len(page.items)} of {page.total}")
+    ids = [i.trace_id for i in page.items]
+    key = f"browse:table:{filters.page}"
+    st.dataframe(
+        _table(config, page.items),
+        key=key,
+        on_select=lambda: _select_rows(key, ids),
+        selection_mode="multi-row",
+        hide_index=True,
+        row_height=56,
+        column_config={
+            "image": st.column_config.ImageColumn("image", width="small"),
+            "correct": st.column_config.CheckboxColumn("correct"),
+            "prompt": st.column_config.TextColumn("prompt", width="medium"),
+            "answer": st.column_config.TextColumn("answer", width="medium"),
+        },
+    )
+    # Keyed by the filters: a new filter set starts a fresh widget at the URL's page.
+    filter_key = hash(tuple(filters.with_page(1).to_params().items()))
+    st.pagination(
+        pages,
+        default=filters.page,
+        key=f"browse:page:{filter_key}",
+        on_change=lambda: state.put(
+            "page", _page_param(st.session_state[f"browse:page:{filter_key}"])
+        ),
+    )
+    _selection_links()
+
+
+render()

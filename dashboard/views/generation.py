@@ -1,0 +1,63 @@
+"""Generation: the image, the prompt, and the answer token by token with its probabilities.
+
+Clicking a bar (or a token pill) selects answer tokens for every other view.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import context, state
+from dashboard.components import charts, text
+
+
+def _pick_from_chart(key: str) -> None:
+    points = st.session_state[key].selection.get("token", [])
+    state.put_ints(state.TOKENS, [int(p["k"]) for p in points if "k" in p])
+
+
+def render() -> None:
+    config = context.config_or_stop()
+    trace = context.trace_or_stop(config)
+    st.title("Generation")
+    context.trace_header(trace)
+    image_col, answer_col = st.columns([1, 2])
+    image_col.image(trace.image.processed, caption="Processed image (as the vision tower saw it)")
+    with answer_col:
+        selected = context.answer_selection(trace)
+        top_k = trace.top_k
+        labels = [text.token_label(t) for t in trace.tokens.text[trace.tokens.prompt_length :]]
+        key = f"gen:chart:{trace.trace_id}"
+        st.altair_chart(
+            charts.token_probabilities(labels, top_k.chosen_prob, selected),
+            key=key,
+            on_select=lambda: _pick_from_chart(key),
+            selection_mode="token",
+            width="stretch",
+        )
+    st.subheader("Top-k alternatives")
+    rows = [
+        {
+            "answer token": f"{k}: {labels[k]}",
+            "rank": rank + 1,
+            "candidate": text.token_label(top_k.text[k][rank]),
+            "probability": float(top_k.probs[k][rank]),
+            "chosen": int(top_k.ids[k][rank])
+            == int(trace.tokens.ids[trace.tokens.prompt_length + k]),
+        }
+        for k in selected
+        for rank in range(len(top_k.text[k]))
+    ]
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        column_config={
+            "probability": st.column_config.ProgressColumn(
+                "probability", format="percent", min_value=0.0, max_value=1.0
+            )
+        },
+    )
+
+
+render()
