@@ -12,7 +12,6 @@ PAGES = [
         "views/browse.py",
         title="Browse",
         icon=":material/table_view:",
-        url_path="browse",
         default=True,
     ),
     st.Page(

@@ -64,27 +64,43 @@ def share_matrix(shares: np.ndarray) -> alt.FacetChart:
     )
 
 
-def _ranked_frame(labels: Sequence[str], values: np.ndarray) -> pd.DataFrame:
-    """Unique labels (position-prefixed) so equal token texts don't merge into one bar."""
+def _ranked_frame(
+    labels: Sequence[str], values: np.ndarray, ids: Sequence[int] | None = None
+) -> pd.DataFrame:
+    """Unique labels (prefixed by index or position) so equal texts don't merge into one bar."""
+    prefixes = range(len(labels)) if ids is None else ids
     return pd.DataFrame(
-        {"label": [f"{i}: {t}" for i, t in enumerate(labels)], "value": np.asarray(values, float)}
+        {
+            "label": [f"{i}: {t}" for i, t in zip(prefixes, labels, strict=True)],
+            "value": np.asarray(values, float),
+        }
     )
 
 
 def token_bars(
-    labels: Sequence[str], values: np.ndarray, title: str, value_title: str, top: int = 25
+    labels: Sequence[str],
+    values: np.ndarray,
+    title: str,
+    value_title: str,
+    top: int = 25,
+    ids: Sequence[int] | None = None,
+    percent: bool = False,
 ) -> alt.Chart:
-    """Horizontal bars of the ``top`` highest values, largest first, labelled by token or word."""
-    frame = _ranked_frame(labels, values).nlargest(top, "value")
+    """Horizontal bars of the ``top`` highest values, largest first, labelled by token or word.
+
+    ``ids`` (sequence positions) prefix the labels; without them labels count from 0.
+    """
+    frame = _ranked_frame(labels, values, ids).nlargest(top, "value")
+    label_title = "token (position: text)" if ids is not None else "item (index: text)"
     return (
         alt.Chart(frame, title=title)
         .mark_bar()
         .encode(
-            y=alt.Y("label:N", title="token (position: text)", sort="-x"),
-            x=alt.X("value:Q", title=value_title),
+            y=alt.Y("label:N", title=label_title, sort="-x", axis=alt.Axis(labelOverlap=False)),
+            x=alt.X("value:Q", title=value_title, axis=PERCENT if percent else alt.Axis()),
             tooltip=["label:N", alt.Tooltip("value:Q", format=".4f")],
         )
-        .properties(height=alt.Step(16))
+        .properties(height=alt.Step(18))
     )
 
 
@@ -150,11 +166,11 @@ def patch_grid(
     pick = alt.selection_point(name="patch", fields=["patch"], toggle="true")
     cells = (
         alt.Chart(frame)
-        .mark_rect(stroke="white", strokeOpacity=0.4)
+        .mark_rect(stroke="white", strokeOpacity=0.5, strokeWidth=0.5)
         .encode(
-            x=alt.X("col:Q", title="patch column", scale=alt.Scale(domain=[0, cols]), bin="binned"),
+            x=alt.X("col:Q", title="patch column", scale=alt.Scale(domain=[0, cols], nice=False)),
             x2=alt.X2("col_end:Q"),
-            y=alt.Y("row:Q", title="patch row", scale=alt.Scale(domain=[rows, 0]), bin="binned"),
+            y=alt.Y("row:Q", title="patch row", scale=alt.Scale(domain=[rows, 0], nice=False)),
             y2=alt.Y2("row_end:Q"),
             fillOpacity=alt.condition(alt.datum.selected, alt.value(0.45), alt.value(0.02)),
             fill=alt.value("#00e5ff"),

@@ -57,9 +57,19 @@ def grid_values(values: np.ndarray, patch_index: np.ndarray, rows: int, cols: in
     return grid.reshape(rows, cols)
 
 
-def overlay(image: np.ndarray, grid: np.ndarray, style: OverlayStyle, scale: Scale) -> Image.Image:
-    """Blend a [rows, cols] map over an [h, w, 3] image, each cell covering its patch."""
+def overlay(
+    image: np.ndarray, grid: np.ndarray, style: OverlayStyle, scale: Scale, min_side: int = 336
+) -> Image.Image:
+    """Blend a [rows, cols] map over an [h, w, 3] image, each cell covering its patch.
+
+    Small images are first enlarged (keeping their aspect ratio) to ``min_side`` pixels on the
+    longer side, so maps of small crops are still readable.
+    """
     base = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+    factor = min_side / max(base.size)
+    if factor > 1:
+        size = (round(base.width * factor), round(base.height * factor))
+        base = base.resize(size, Image.Resampling.LANCZOS)
     colours = colormap.apply(grid, style.colormap, scale.vmin, scale.vmax)
     resample = Image.Resampling.BILINEAR if style.smooth else Image.Resampling.NEAREST
     heat = Image.fromarray(colours, mode="RGB").resize(base.size, resample=resample)

@@ -143,7 +143,11 @@ def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
         )
         st.altair_chart(
             charts.token_bars(
-                labels, values, f"Tokens attending to the selected patches (layer {layer})", WEIGHT
+                labels,
+                values,
+                f"Tokens attending to the selected patches (layer {layer})",
+                WEIGHT,
+                ids=queries.tolist(),
             ),
             width="stretch",
         )

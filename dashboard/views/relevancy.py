@@ -48,6 +48,7 @@ def text_relevancy(trace: StoredTrace, selected: list[int]) -> None:
             "Relevancy of the prompt's words and the image",
             "share of relevancy (%)",
             top=15,
+            percent=True,
         ),
         width="stretch",
     )
