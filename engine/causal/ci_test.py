@@ -1,0 +1,94 @@
+"""Conditional-independence tests on a correlation matrix.
+
+CLEANN reads self-attention as a linear structural model: the output of a
+head is ``Z = A V`` with i.i.d. value vectors, so ``cov(Z) ∝ A Aᵀ``. Partial
+correlations of that covariance give conditional independence between
+tokens, tested with Fisher's z at a stated number of samples (``dof``,
+conventionally the head dimension).
+
+The structure learner only needs a callable ``(i, j, cond) -> p-value``, so a
+perfect d-separation oracle can replace :class:`FisherZTest` in tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+# Added to the diagonal of a correlation matrix so that duplicate or constant
+# tokens (e.g. heads that put all attention on a sink) give a well-posed,
+# finite partial correlation instead of a singular system.
+RIDGE = 1e-6
+_MAX_ABS_R = 1.0 - 1e-12
+
+
+class CITest(Protocol):
+    """p-value of the hypothesis ``i ⊥ j | cond`` (large p: independent)."""
+
+    def __call__(self, i: int, j: int, cond: Sequence[int]) -> float: ...
+
+
+def attention_correlation(rows: np.ndarray) -> np.ndarray:
+    """Correlation matrix of ``rows @ rows.T`` for the selected tokens' attention rows.
+
+    Tokens whose row is all zero have no variance; they are made uncorrelated
+    with everything rather than producing NaNs. A small ridge keeps the matrix
+    positive definite when rows are duplicates.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    cov = rows @ rows.T
+    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    live = std > 0
+    safe = np.where(live, std, 1.0)
+    corr = cov / np.outer(safe, safe)
+    corr[~live, :] = 0.0
+    corr[:, ~live] = 0.0
+    np.fill_diagonal(corr, 1.0)
+    corr = np.clip(corr, -1.0, 1.0)
+    return (corr + RIDGE * np.eye(len(corr))) / (1.0 + RIDGE)
+
+
+def fisher_z_pvalue(r: float, n_cond: int, dof: float) -> float:
+    """Two-sided p-value of Fisher's z for partial correlation ``r``.
+
+    When ``dof - |cond| - 3 <= 0`` the test has no power; we report p = 1
+    (cannot reject independence) rather than an undefined statistic.
+    """
+    eff = dof - n_cond - 3
+    if eff <= 0:
+        return 1.0
+    r = min(max(r, -_MAX_ABS_R), _MAX_ABS_R)
+    z = math.sqrt(eff) * abs(math.atanh(r))
+    return math.erfc(z / math.sqrt(2.0))
+
+
+class FisherZTest:
+    """Partial-correlation CI test on a fixed correlation matrix, with a cache."""
+
+    def __init__(self, corr: np.ndarray, dof: float) -> None:
+        self.corr = np.asarray(corr, dtype=np.float64)
+        self.dof = float(dof)
+        self.n_tests = 0
+        self._cache: dict[tuple[int, int, tuple[int, ...]], float] = {}
+
+    def partial_correlation(self, i: int, j: int, cond: Sequence[int]) -> float:
+        if not cond:
+            return float(self.corr[i, j])
+        idx = [i, j, *cond]
+        prec = np.linalg.inv(self.corr[np.ix_(idx, idx)])
+        denom = math.sqrt(prec[0, 0] * prec[1, 1])
+        r = -prec[0, 1] / denom if denom > 0 else 0.0
+        return float(r) if math.isfinite(r) else 0.0
+
+    def __call__(self, i: int, j: int, cond: Sequence[int]) -> float:
+        a, b = (i, j) if i < j else (j, i)
+        key = (a, b, tuple(sorted(cond)))
+        p = self._cache.get(key)
+        if p is None:
+            self.n_tests += 1
+            p = fisher_z_pvalue(self.partial_correlation(a, b, key[2]), len(cond), self.dof)
+            self._cache[key] = p
+        return p
