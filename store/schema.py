@@ -111,7 +111,7 @@ class TokenTable:
     ids: np.ndarray  # [T] int64
     text: list[str]  # [T] decoded text of each token
     roles: np.ndarray  # [T] int8, TokenRole codes
-    word_ids: np.ndarray  # [T] int32, word index within its role segment; -1 for image tokens
+    word_ids: np.ndarray  # [T] int32, word index unique across the sequence; -1 for image tokens
     image_patch: np.ndarray  # [T] int32, index into the patch grid (row-major) or -1
     prompt_length: int  # P
 
@@ -155,7 +155,7 @@ class Relevancy:
     """
 
     llm: np.ndarray  # [N, T] float32, row P-1+k of R for answer token k
-    vision: np.ndarray  # [N, G] float32 (the same map for every token: the tower sees no text)
+    vision: np.ndarray  # [N, G] float32, vision-tower relevancy (CLS row) for answer token k
     all: np.ndarray  # [N, G] float32
 
 
