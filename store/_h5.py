@@ -147,7 +147,6 @@ def open_file(path: str) -> h5py.File:
         ) from None
     try:
         version = int(f.attrs["format_version"])
-        f.attrs["trace_id"]
     except (KeyError, TypeError, ValueError, OSError):
         f.close()
         raise CorruptTrace(f"{path} is HDF5 but not a lvlm-interpret trace") from None

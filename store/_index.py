@@ -54,7 +54,7 @@ traces = sa.Table(
     sa.Column("prompt_length", sa.Integer, nullable=False),
     sa.Column("answer_length", sa.Integer, nullable=False),
     sa.Column("file_size", sa.BigInteger, nullable=False),
-    sa.Column("file_sha256", sa.String(64), nullable=False),
+    sa.Column("file_checksum", sa.String(80), nullable=False),
     sa.Column("info_json", sa.Text, nullable=False),
     sa.Index("ix_traces_model_created", "model_id", "created_at"),
     sa.Index("ix_traces_model_revision", "model_id", "model_revision"),
@@ -112,6 +112,28 @@ ORDER_COLUMNS = (
     "correct",
     "answer_length",
 )
+
+
+def _infos_statement() -> sa.CompoundSelect:
+    """Row JSON, tags and metrics of some traces in one round trip (built once: opening a
+    trace must take < 3 ms, and building SQLAlchemy statements is not free)."""
+    ids = sa.bindparam("ids", expanding=True)
+    none = sa.null().cast(sa.Float)
+    return sa.union_all(
+        sa.select(traces.c.trace_id, sa.literal("i"), traces.c.info_json, none).where(
+            traces.c.trace_id.in_(ids)
+        ),
+        sa.select(tags.c.trace_id, sa.literal("t"), tags.c.tag, none).where(
+            tags.c.trace_id.in_(ids)
+        ),
+        sa.select(metrics.c.trace_id, sa.literal("m"), metrics.c.name, metrics.c.value).where(
+            metrics.c.trace_id.in_(ids)
+        ),
+    )
+
+
+_INFOS = _infos_statement()
+_EXISTS = sa.select(traces.c.trace_id).where(traces.c.trace_id == sa.bindparam("tid"))
 
 
 def normalize_time(value: str) -> str:
@@ -183,7 +205,7 @@ class FileRecord:
 
     trace_id: str
     file_size: int
-    file_sha256: str
+    file_checksum: str
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -292,7 +314,7 @@ class Index:
         prompt_length: int,
         answer_tokens_text: Sequence[str],
         file_size: int,
-        file_sha256: str,
+        file_checksum: str,
     ) -> None:
         row = {
             "trace_id": info.trace_id,
@@ -312,7 +334,7 @@ class Index:
             "prompt_length": prompt_length,
             "answer_length": len(answer_tokens_text),
             "file_size": file_size,
-            "file_sha256": file_sha256,
+            "file_checksum": file_checksum,
             "info_json": json.dumps(info.to_dict()),
         }
         with self.engine.begin() as conn:
@@ -409,8 +431,7 @@ class Index:
     # -- reading -----------------------------------------------------------------------------
     def exists(self, trace_id: str) -> bool:
         with self.engine.connect() as conn:
-            stmt = sa.select(traces.c.trace_id).where(traces.c.trace_id == trace_id)
-            return conn.execute(stmt).first() is not None
+            return conn.execute(_EXISTS, {"tid": trace_id}).first() is not None
 
     def get(self, trace_id: str) -> TraceInfo:
         with self.engine.connect() as conn:
@@ -423,32 +444,22 @@ class Index:
         """TraceInfo for ``ids`` in that order; tags and metrics come from their tables."""
         if not ids:
             return []
-        rows = dict(
-            conn.execute(
-                sa.select(traces.c.trace_id, traces.c.info_json).where(traces.c.trace_id.in_(ids))
-            ).all()
-        )
+        data: dict[str, dict[str, Any]] = {}
         tag_map: dict[str, list[str]] = {}
-        for tid, tag in conn.execute(
-            sa.select(tags.c.trace_id, tags.c.tag)
-            .where(tags.c.trace_id.in_(ids))
-            .order_by(tags.c.tag)
-        ):
-            tag_map.setdefault(tid, []).append(tag)
         metric_map: dict[str, dict[str, float]] = {}
-        for tid, name, value in conn.execute(
-            sa.select(metrics.c.trace_id, metrics.c.name, metrics.c.value).where(
-                metrics.c.trace_id.in_(ids)
-            )
-        ):
-            metric_map.setdefault(tid, {})[name] = value
+        for tid, kind, text, value in conn.execute(_INFOS, {"ids": ids}):
+            if kind == "i":
+                data[tid] = json.loads(text)
+            elif kind == "t":
+                tag_map.setdefault(tid, []).append(text)
+            else:
+                metric_map.setdefault(tid, {})[text] = value
         out = []
         for tid in ids:
-            if tid in rows:
-                data = json.loads(rows[tid])
-                data["tags"] = tag_map.get(tid, [])
-                data["metrics"] = metric_map.get(tid, {})
-                out.append(TraceInfo.from_dict(data))
+            if tid in data:
+                data[tid]["tags"] = sorted(tag_map.get(tid, []))
+                data[tid]["metrics"] = metric_map.get(tid, {})
+                out.append(TraceInfo.from_dict(data[tid]))
         return out
 
     def _text_filter(self, text: str, columns: tuple[str, ...]) -> sa.ColumnElement[bool]:
@@ -548,7 +559,7 @@ class Index:
             )
 
     def file_records(self) -> list[FileRecord]:
-        stmt = sa.select(traces.c.trace_id, traces.c.file_size, traces.c.file_sha256)
+        stmt = sa.select(traces.c.trace_id, traces.c.file_size, traces.c.file_checksum)
         with self.engine.connect() as conn:
             return [FileRecord(*row) for row in conn.execute(stmt)]
 

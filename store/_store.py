@@ -59,12 +59,17 @@ class GcReport:
     freed_bytes: int = 0
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+CHECKSUM = "blake2b-256"
+
+
+def checksum_file(path: Path) -> str:
+    """``"blake2b-256:<hex>"`` of the file. BLAKE2b: ~2x SHA-256's speed on this CPU's
+    OpenSSL, still cryptographic; the prefix lets the algorithm change later."""
+    h = hashlib.blake2b(digest_size=32)
     with open(path, "rb") as f:
-        while chunk := f.read(4 * 2**20):
+        while chunk := f.read(8 * 2**20):
             h.update(chunk)
-    return h.hexdigest()
+    return f"{CHECKSUM}:{h.hexdigest()}"
 
 
 def _is_full(exc: BaseException) -> bool:
@@ -210,7 +215,7 @@ class TraceStore:
                 _h5.write_trace(str(tmp), trace, precision)
                 with open(tmp, "rb+") as f:
                     os.fsync(f.fileno())
-                digest, size = sha256_file(tmp), tmp.stat().st_size
+                digest, size = checksum_file(tmp), tmp.stat().st_size
                 new_dir = not final.parent.exists()
                 final.parent.mkdir(exist_ok=True)
                 os.replace(tmp, final)
@@ -228,7 +233,7 @@ class TraceStore:
                     prompt_length=trace.tokens.prompt_length,
                     answer_tokens_text=trace.tokens.text[trace.tokens.prompt_length :],
                     file_size=size,
-                    file_sha256=digest,
+                    file_checksum=digest,
                 )
             except BaseException as exc:
                 final.unlink(missing_ok=True)
@@ -323,10 +328,10 @@ class TraceStore:
         if self.mode == "a":
             with store_lock(self.layout, exclusive=True):
                 rows = {
-                    r.trace_id: (r.file_size, r.file_sha256) for r in self._index.file_records()
+                    r.trace_id: (r.file_size, r.file_checksum) for r in self._index.file_records()
                 }
                 return rows, list(self.layout.trace_files()), self.layout.temp_files()
-        rows = {r.trace_id: (r.file_size, r.file_sha256) for r in self._index.file_records()}
+        rows = {r.trace_id: (r.file_size, r.file_checksum) for r in self._index.file_records()}
         return rows, list(self.layout.trace_files()), self.layout.temp_files()
 
     def verify(self) -> list[Problem]:
@@ -339,7 +344,7 @@ class TraceStore:
             if trace_id not in on_disk:
                 problems.append(Problem("missing_file", path, trace_id, "indexed but no file"))
                 continue
-            if path.stat().st_size == size and sha256_file(path) == digest:
+            if path.stat().st_size == size and checksum_file(path) == digest:
                 continue
             problems.append(self._diagnose(path, trace_id))
         for tid, path in files:
@@ -395,7 +400,7 @@ class TraceStore:
                         prompt_length=tokens.prompt_length,
                         answer_tokens_text=tokens.text[tokens.prompt_length :],
                         file_size=path.stat().st_size,
-                        file_sha256=sha256_file(path),
+                        file_checksum=checksum_file(path),
                     )
                     count += 1
             except (CorruptTrace, OSError):

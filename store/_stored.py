@@ -57,17 +57,29 @@ class StoredTrace:
     def __init__(self, path: str | Path, info: TraceInfo | None = None) -> None:
         self.path = Path(path)
         self._f: h5py.File = _h5.open_file(str(self.path))
-        attrs = self._f.attrs
-        self.trace_id: str = str(attrs["trace_id"])
-        self.format_version = int(attrs["format_version"])
-        self.precision = Precision(str(attrs.get("precision", "lossless")))
-        self.info: TraceInfo = info or TraceInfo.from_dict(json.loads(attrs["info"]))
+        self.format_version = int(self._f.attrs["format_version"])
         lm = self._f["lm_attention"]
         self.num_layers, self.num_heads, self.seq_len = (int(n) for n in lm.shape[:3])
+        if info is not None:
+            self.info = info
+
+    # Everything else is read on first use: opening must stay well under 3 ms.
+    @cached_property
+    def info(self) -> TraceInfo:
+        return TraceInfo.from_dict(json.loads(self._f.attrs["info"]))
+
+    @cached_property
+    def trace_id(self) -> str:
+        return str(self._f.attrs["trace_id"])
+
+    @cached_property
+    def precision(self) -> Precision:
+        return Precision(str(self._f.attrs.get("precision", "lossless")))
+
+    @cached_property
+    def vision_shape(self) -> tuple[int, int, int, int] | None:
         vis = self._f.get("vision_attention")
-        self.vision_shape: tuple[int, int, int, int] | None = (
-            tuple(int(n) for n in vis.shape) if vis is not None else None
-        )
+        return tuple(int(n) for n in vis.shape) if vis is not None else None
 
     # -- context manager -------------------------------------------------------------------
     def close(self) -> None:

@@ -44,6 +44,18 @@ _PROMPT_WORDS = (
 _TEMPLATE = ("<s>", "USER", ":", "\n")
 
 
+def _noise(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
+    """Uniform float32 noise with standard deviation ``std``.
+
+    Built from random bytes: ~20x faster than ``standard_normal`` for 7B-shaped traces,
+    and the softmax does not care about the noise's exact distribution.
+    """
+    count = int(np.prod(shape))
+    out = np.frombuffer(rng.bytes(count), dtype=np.int8).astype(np.float32).reshape(shape)
+    out *= std * np.sqrt(3.0) / 128.0
+    return out
+
+
 def _softmax_rows(logits: np.ndarray) -> np.ndarray:
     """In-place, float32 softmax over the last axis (``-inf`` entries become exact zeros)."""
     logits -= logits.max(axis=-1, keepdims=True)
@@ -69,17 +81,17 @@ def _lm_attention(
 ) -> np.ndarray:
     dist = np.subtract.outer(np.arange(seq_len), np.arange(seq_len)).astype(np.float32)
     causal = dist < 0
-    locals_ = [np.where(causal, 0, np.exp(-dist / d)).astype(np.float32) for d in (1.0, 4.0, 32.0)]
+    locals_ = [np.exp(-np.maximum(dist, 0) / d) * ~causal for d in (1.0, 4.0, 32.0)]
+    mask = np.where(causal, -np.inf, 0).astype(np.float32)
     out = np.empty((num_layers, num_heads, seq_len, seq_len), np.float16)
     for layer in range(num_layers):
-        logits = rng.standard_normal((num_heads, seq_len, seq_len), dtype=np.float32)
-        logits *= noise
+        logits = _noise(rng, (num_heads, seq_len, seq_len), noise)
         for h in range(num_heads):
             logits[h] += locals_[rng.integers(3)] * rng.uniform(1.0, 4.0)
             logits[h, :, 0] += rng.uniform(2.0, 6.0)  # attention sink
             if rng.random() < 0.4:  # an image-looking head
                 logits[h, :, image_cols] += blob * rng.uniform(2.0, 5.0)
-        logits[:, causal] = -np.inf
+        logits += mask
         out[layer] = _softmax_rows(logits)
     return out
 
@@ -100,8 +112,7 @@ def _vision_attention(
     v = near.shape[0]
     out = np.empty((layers, heads, v, v), np.float16)
     for layer in range(layers):
-        logits = rng.standard_normal((heads, v, v), dtype=np.float32)
-        logits *= noise
+        logits = _noise(rng, (heads, v, v), noise)
         logits += near * rng.uniform(1.0, 4.0, size=(heads, 1, 1)).astype(np.float32)
         if cls:
             logits[:, :, 0] += rng.uniform(1.0, 4.0, size=(heads, 1)).astype(np.float32)
