@@ -3,8 +3,12 @@
 Heads are independent, and the work per head is dominated by Python-level
 graph search (not BLAS), so threads would serialise on the GIL; we use
 processes. Only each head's selected attention rows (``k x T``) are shipped,
-not the ``T x T`` matrix. The ``spawn`` start method is used because callers
-(model runners, web servers) may hold threads, which makes ``fork`` unsafe.
+not the ``T x T`` matrix. Callers (model runners, web servers) may hold
+threads, which makes ``fork`` unsafe, and ``spawn`` costs about a second per
+call to re-import numpy; a ``forkserver`` that preloads this package starts
+workers in tens of milliseconds after its first use (measured on 2 cores:
+spawn 0.8-1.4 s, forkserver 0.06 s warm). Heads are submitted largest graph
+first so the slowest ones do not end up last on a single worker.
 """
 
 from __future__ import annotations
@@ -79,9 +83,9 @@ def explain_heads(
             results[h] = explain_rows(*job)
             _report(on_progress, h + 1, total)
     else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-            futures = {pool.submit(explain_rows, *job): h for h, job in enumerate(jobs)}
+        largest_first = sorted(range(total), key=lambda h: -len(jobs[h][1]))
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_mp_context()) as pool:
+            futures = {pool.submit(explain_rows, *jobs[h]): h for h in largest_first}
             for done, fut in enumerate(as_completed(futures), start=1):
                 results[futures[fut]] = fut.result()
                 _report(on_progress, done, total)
@@ -91,6 +95,15 @@ def explain_heads(
         res.head = h
         out.append(res)
     return out
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """Thread-safe start method: forkserver (preloading this package) where available."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["engine.causal.explain"])
+    return ctx
 
 
 def _report(callback: ProgressCallback | None, done: int, total: int) -> None:
