@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 TRACE = "trace"
 COMPARE = "compare"
@@ -88,8 +89,12 @@ def widget(key: str, seed: object, write: Callable[[Any], None]) -> dict[str, An
     """Keyword arguments that bind a widget to shared state.
 
     The widget's own key is seeded with ``seed`` (the shared value) before it is drawn, and
-    its ``on_change`` hands the new value to ``write``; pass no ``value``/``default``.
+    its ``on_change`` hands the new value to ``write``; pass no ``value``/``default``. Keys are
+    scoped to the page: a widget of the same name on the previous page must not hand its
+    stale value to this one during a page switch.
     """
+    ctx = get_script_run_ctx()
+    key = f"{ctx.page_script_hash if ctx else ''}:{key}"
     if st.session_state.get(key) != seed:
         st.session_state[key] = seed
     return {"key": key, "on_change": lambda: write(st.session_state[key])}
