@@ -72,13 +72,13 @@ def app(monkeypatch: pytest.MonkeyPatch, demo_store: DemoStore) -> Callable[...,
     """Run a page of the real app (through its navigation) with URL parameters."""
     monkeypatch.setenv(STORE_ENV, str(demo_store.directory))
 
-    def run(page: str | None = None, store_dir: Path | None = None, **params: str) -> AppTest:
+    def run(view: str | None = None, /, store_dir: Path | None = None, **params: str) -> AppTest:
         if store_dir is not None:
             monkeypatch.setenv(STORE_ENV, str(store_dir))
         at = AppTest.from_file(str(APP), default_timeout=60)
         at.query_params.update(params)
-        if page is not None:
-            at.switch_page(f"views/{page}.py")
+        if view is not None:
+            at.switch_page(f"views/{view}.py")
         return at.run()
 
     return run
