@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -72,6 +74,22 @@ def start(
         env=environment,
         **popen_kwargs,
     )
+
+
+def wait_ready(host: str, port: int, timeout: float = 60.0) -> None:
+    """Block until the server answers its health check (tests and benchmarks need this)."""
+    deadline = time.monotonic() + timeout
+    url = f"http://{host}:{port}/_stcore/health"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # local URL only
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"dashboard did not start on {host}:{port} within {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def serve(
