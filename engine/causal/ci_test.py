@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+from scipy import special
 
 # Added to the diagonal of a correlation matrix so that duplicate or constant
 # tokens (e.g. heads that put all attention on a sink) give a well-posed,
@@ -75,13 +76,39 @@ class FisherZTest:
         self._cache: dict[tuple[int, int, tuple[int, ...]], float] = {}
 
     def partial_correlation(self, i: int, j: int, cond: Sequence[int]) -> float:
+        c = self.corr
         if not cond:
-            return float(self.corr[i, j])
-        idx = [i, j, *cond]
-        prec = np.linalg.inv(self.corr[np.ix_(idx, idx)])
-        denom = math.sqrt(prec[0, 0] * prec[1, 1])
-        r = -prec[0, 1] / denom if denom > 0 else 0.0
+            return float(c[i, j])
+        if len(cond) == 1:  # closed form: by far the most frequent case
+            k = cond[0]
+            denom = (1.0 - c[i, k] ** 2) * (1.0 - c[j, k] ** 2)
+            r = (c[i, j] - c[i, k] * c[j, k]) / math.sqrt(denom) if denom > 0 else 0.0
+        else:
+            idx = [i, j, *cond]
+            prec = np.linalg.inv(c[idx][:, idx])
+            denom = prec[0, 0] * prec[1, 1]
+            r = -prec[0, 1] / math.sqrt(denom) if denom > 0 else 0.0
         return float(r) if math.isfinite(r) else 0.0
+
+    def pvalues_given(self, i: int, cond: Sequence[int]) -> np.ndarray:
+        """p-values of ``i ⊥ v | cond`` for every node ``v`` at once (one solve).
+
+        Entries for ``i`` itself and for members of ``cond`` are meaningless
+        and set to 1.
+        """
+        c = self.corr
+        s = list(cond)
+        resid = c - c[:, s] @ np.linalg.solve(c[np.ix_(s, s)], c[s, :]) if s else c
+        diag = np.clip(np.diag(resid), 1e-300, None)
+        r = np.clip(resid[i] / np.sqrt(diag[i] * diag), -_MAX_ABS_R, _MAX_ABS_R)
+        eff = self.dof - len(s) - 3
+        if eff <= 0:
+            return np.ones(len(c))
+        z = math.sqrt(eff) * np.abs(np.arctanh(r))
+        p = special.erfc(z / math.sqrt(2.0))
+        p[[i, *s]] = 1.0
+        self.n_tests += len(c) - 1 - len(s)
+        return p
 
     def __call__(self, i: int, j: int, cond: Sequence[int]) -> float:
         a, b = (i, j) if i < j else (j, i)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.causal.ci_test import CITest, FisherZTest, attention_correlation
+from engine.causal.ci_test import FisherZTest, attention_correlation
 from engine.causal.graph import list_edges
 from engine.causal.pds import PDSTree, build_pds_tree, reachable_within
 from engine.causal.structure import learn_ordered_pag
@@ -223,18 +223,15 @@ def explain_rows(
 
 
 def _minimal_explanation(
-    test: CITest, marks: np.ndarray, tree: PDSTree, params: ExplainParams
+    test: FisherZTest, marks: np.ndarray, tree: PDSTree, params: ExplainParams
 ) -> tuple[list[int], bool]:
     """Smallest PDS-legal superset of the target's neighbours that separates it from the rest."""
     t = tree.root
-    n = marks.shape[0]
     neighbours = [v for v, d in tree.depth.items() if d == 1]
     deeper = sorted((v for v, d in tree.depth.items() if d > 1), key=lambda v: (tree.depth[v], v))
 
     def separates(members: list[int]) -> bool:
-        cond = tuple(sorted(members))
-        inside = set(members)
-        return all(test(t, v, cond) > params.alpha for v in range(n) if v != t and v not in inside)
+        return bool(np.all(test.pvalues_given(t, sorted(members)) > params.alpha))
 
     if separates(neighbours):
         return neighbours, True

@@ -41,49 +41,47 @@ def orient(marks: np.ndarray, sepsets: SepSets, final: bool) -> None:
 
 
 def _orient_v_structures(marks: np.ndarray, sepsets: SepSets) -> None:
+    """R0: a *-* c *-* b with a, b not adjacent and c outside sepset(a, b)  =>  a *-> c <-* b."""
     adj = marks != NONE
-    n = marks.shape[0]
-    for c in range(n):
-        nb = np.flatnonzero(adj[c])
-        for x in range(len(nb)):
-            for y in range(x + 1, len(nb)):
-                a, b = int(nb[x]), int(nb[y])
-                if adj[a, b]:
-                    continue
-                sep = sepsets.get(_key(a, b))
-                if sep is not None and c not in sep:
-                    marks[a, c] = ARROW
-                    marks[b, c] = ARROW
+    shielded = adj | np.eye(len(adj), dtype=bool)
+    pairs = np.triu(~shielded & _exists(adj, adj), k=1)
+    for a, b in zip(*np.nonzero(pairs), strict=True):
+        sep = sepsets.get((int(a), int(b)))
+        if sep is None:
+            continue
+        for c in np.flatnonzero(adj[a] & adj[b]):
+            if int(c) not in sep:
+                marks[a, c] = ARROW
+                marks[b, c] = ARROW
+
+
+def _exists(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``out[x, z]``: some ``y`` has ``left[x, y] and right[y, z]`` (boolean matrix product)."""
+    return (left.astype(np.uint8) @ right.astype(np.uint8)) > 0
 
 
 def _rule1(marks: np.ndarray, _: SepSets) -> bool:
     """a *-> b o-* c, a and c not adjacent  =>  b --> c."""
-    adj = marks != NONE
-    changed = False
-    for c, b in zip(*np.nonzero(marks == CIRCLE), strict=True):
-        if marks[c, b] != CIRCLE:
-            continue
-        into_b = marks[:, b] == ARROW
-        into_b[c] = False
-        if np.any(into_b & ~adj[:, c]):
-            marks[c, b] = TAIL
-            marks[b, c] = ARROW
-            changed = True
-    return changed
+    n = marks.shape[0]
+    nonadj = (marks == NONE) & ~np.eye(n, dtype=bool)  # nonadj[a, c], a != c
+    # hit[c, b]: circle at b on c-b, and some a *-> b with a, c not adjacent
+    hit = (marks == CIRCLE) & _exists(nonadj.T, marks == ARROW)
+    if not hit.any():
+        return False
+    marks[hit] = TAIL
+    marks[hit.T] = ARROW
+    return True
 
 
 def _rule2(marks: np.ndarray, _: SepSets) -> bool:
     """a --> b *-> c or a *-> b --> c, and a *-o c  =>  a *-> c."""
-    changed = False
-    for a, c in zip(*np.nonzero(marks == CIRCLE), strict=True):
-        a_into_b = marks[a, :] == ARROW
-        b_into_c = marks[:, c] == ARROW
-        tail_at_a = marks[:, a] == TAIL
-        tail_at_b_from_c = marks[c, :] == TAIL
-        if np.any(a_into_b & b_into_c & (tail_at_a | tail_at_b_from_c)):
-            marks[a, c] = ARROW
-            changed = True
-    return changed
+    arrow = marks == ARROW
+    directed = arrow & (marks.T == TAIL)  # directed[x, y]: x --> y
+    hit = (marks == CIRCLE) & (_exists(directed, arrow) | _exists(arrow, directed))
+    if not hit.any():
+        return False
+    marks[hit] = ARROW
+    return True
 
 
 def _rule3(marks: np.ndarray, _: SepSets) -> bool:
@@ -149,16 +147,15 @@ def _discriminating_start(
 
 def _rule8(marks: np.ndarray, _: SepSets) -> bool:
     """a --> b --> c or a -o b --> c, and a o-> c  =>  a --> c."""
-    changed = False
-    for c, a in zip(*np.nonzero(marks == CIRCLE), strict=True):
-        if marks[a, c] != ARROW:
-            continue
-        a_to_b = (marks[:, a] == TAIL) & ((marks[a, :] == ARROW) | (marks[a, :] == CIRCLE))
-        b_to_c = (marks[:, c] == ARROW) & (marks[c, :] == TAIL)
-        if np.any(a_to_b & b_to_c):
-            marks[c, a] = TAIL
-            changed = True
-    return changed
+    arrow = marks == ARROW
+    directed = arrow & (marks.T == TAIL)
+    out_of_a = (marks.T == TAIL) & (arrow | (marks == CIRCLE))  # a --> b or a -o b
+    # hit[c, a]: circle at a on a o-> c, with a path a -(>|o) b --> c
+    hit = (marks == CIRCLE) & arrow.T & _exists(out_of_a, directed).T
+    if not hit.any():
+        return False
+    marks[hit] = TAIL
+    return True
 
 
 def _pd_step(marks: np.ndarray, u: int) -> np.ndarray:

@@ -58,13 +58,13 @@ def build_pds_tree(
     n = marks.shape[0]
     ok = np.ones(n, dtype=bool) if allowed is None else allowed.copy()
     ok[root] = False
-    adj_lists = [np.flatnonzero((marks[v] != NONE) & ok) for v in range(n)]
+    adj = (marks != NONE) & ok[None, :]
     tree = PDSTree(root)
     if max_depth < 1:
         return tree
     queue: deque[tuple[int, int, int]] = deque()
     seen: set[tuple[int, int]] = set()
-    for v in adj_lists[root]:
+    for v in np.flatnonzero(adj[root]):
         v = int(v)
         seen.add((root, v))
         tree.depth[v] = 1
@@ -74,7 +74,7 @@ def build_pds_tree(
         prev, cur, d = queue.popleft()
         if d >= max_depth:
             continue
-        for nxt in adj_lists[cur]:
+        for nxt in np.flatnonzero(adj[cur]):
             nxt = int(nxt)
             if nxt == prev or (cur, nxt) in seen or not _continues(marks, prev, cur, nxt):
                 continue
