@@ -62,6 +62,9 @@ class ExplainParams:
 class CausalExplanation:
     """CLEANN result for one target token and one head. Positions are token positions.
 
+    ``explanation_by_radius[r]`` (for every ``r`` in ``1..max_radius``) holds the
+    tokens whose shortest PDS path from the target has ``r`` edges; the
+    explanation at search radius ``r`` is the union over ``1..r``.
     ``marks[i, j]`` is the PAG mark at ``nodes[j]`` on the edge ``nodes[i]``-``nodes[j]``
     (0 none, 1 circle, 2 arrow, 3 tail). ``pds_tree`` lists ``(parent, child, depth)``.
     ``p_values[v]`` is the largest p-value of the tests of ``v`` against the target
@@ -199,6 +202,7 @@ def explain_rows(
         len(labels), test, params.alpha, params.max_cond_size, params.ancestor_pruning
     )
     tree = build_pds_tree(learned.marks, t, params.max_radius)
+    by_radius = tree.by_radius()
     minimal, separating = _minimal_explanation(test, learned.marks, tree, params)
 
     p_values = {
@@ -212,7 +216,9 @@ def explain_rows(
         nodes=labels,
         marks=learned.marks,
         pds_tree=[(labels[a], labels[b], d) for a, b, d in tree.edges],
-        explanation_by_radius={r: [labels[v] for v in vs] for r, vs in tree.by_radius().items()},
+        explanation_by_radius={
+            r: [labels[v] for v in by_radius.get(r, [])] for r in range(1, params.max_radius + 1)
+        },
         minimal_explanation=sorted(labels[v] for v in minimal),
         minimal_is_separating=separating,
         p_values=p_values,

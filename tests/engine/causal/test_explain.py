@@ -23,7 +23,7 @@ def test_explanation_follows_pds_tree_through_a_collider():
     att = sem_attention(model, np.random.default_rng(0))
     res = explain(att, np.array([1, 2, 3]), target=3, **EXACT)
     assert res.edges() == [(1, 2, "circle", "arrow"), (2, 3, "arrow", "arrow")]
-    assert res.explanation_by_radius == {1: [2], 2: [1]}
+    assert res.explanation_by_radius == {1: [2], 2: [1], 3: []}
     assert res.pds_tree == [(3, 2, 1), (2, 1, 2)]
     # conditioning on the collider a opens b - a <-> t, so b must join the explanation
     assert res.minimal_explanation == [1, 2]
@@ -76,7 +76,7 @@ def test_single_node_graph():
     res = explain(att, np.array([7]), target=7)
     assert res.edges() == []
     assert res.marks.shape == (1, 1)
-    assert res.explanation_by_radius == {}
+    assert res.explanation_by_radius == {1: [], 2: [], 3: []}
     assert res.minimal_explanation == []
     assert res.p_values == {}
     assert res.head_importance == 0.0
@@ -129,11 +129,9 @@ def test_explain_heads_parallel_matches_serial_and_reports_progress():
     layer = _small_layer()
     image, text = np.arange(10, 40), np.setdiff1d(np.arange(58), np.arange(10, 40))
     calls = []
-    serial = explain_heads(layer, 58, image, text, workers=1, on_progress=lambda d, t: None)
-    parallel = explain_heads(
-        layer, 58, image, text, workers=2, on_progress=lambda d, t: calls.append((d, t))
-    )
-    assert calls == [(d, 4) for d in range(1, 5)]
+    serial = explain_heads(layer, 58, image, text, workers=1, on_progress=lambda *a: calls.append(a))
+    parallel = explain_heads(layer, 58, image, text, workers=2, on_progress=lambda *a: calls.append(a))
+    assert calls == [(d, 4) for d in range(1, 5)] * 2
     assert [r.head for r in parallel] == [0, 1, 2, 3]
     assert [r.to_dict() for r in serial] == [r.to_dict() for r in parallel]
     for h, r in enumerate(serial):
