@@ -129,8 +129,9 @@ def test_explain_heads_parallel_matches_serial_and_reports_progress():
     layer = _small_layer()
     image, text = np.arange(10, 40), np.setdiff1d(np.arange(58), np.arange(10, 40))
     calls = []
-    serial = explain_heads(layer, 58, image, text, workers=1, on_progress=lambda *a: calls.append(a))
-    parallel = explain_heads(layer, 58, image, text, workers=2, on_progress=lambda *a: calls.append(a))
+    record = lambda *a: calls.append(a)  # noqa: E731
+    serial = explain_heads(layer, 58, image, text, workers=1, on_progress=record)
+    parallel = explain_heads(layer, 58, image, text, workers=2, on_progress=record)
     assert calls == [(d, 4) for d in range(1, 5)] * 2
     assert [r.head for r in parallel] == [0, 1, 2, 3]
     assert [r.to_dict() for r in serial] == [r.to_dict() for r in parallel]
