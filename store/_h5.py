@@ -210,15 +210,22 @@ def read_relevancy(f: h5py.File) -> Relevancy | None:
     return Relevancy(llm=g["llm"][()], vision=g["vision"][()], all=g["all"][()])
 
 
-def read_attention(f: h5py.File, name: str, index: tuple) -> np.ndarray:
-    """Read ``f[name][index]`` as float32, decoding log8 when the file uses it.
+def read_attention(ds: h5py.Dataset, row_max: h5py.Dataset | None, index: tuple) -> np.ndarray:
+    """Read ``ds[index]`` as float32, decoding log8 when ``row_max`` is given.
 
     ``index`` addresses [L, H, R, C] with ints, slices or one sorted index array per axis
     (h5py's rule); its last item must not be an int. The log8 row maxima are read with the
-    same index minus the column axis.
+    same index minus the column axis. Callers keep ``ds`` open between calls: HDF5's chunk
+    cache lives with the open dataset, so a new handle per read would make every read cold.
     """
-    ds = f[name]
     data = ds[index]
-    if ds.attrs.get("encoding", "fp16") == "log8":
-        return _codec.log8_decode(data, f[f"{name}_row_max"][index[:-1]])
+    if row_max is not None:
+        return _codec.log8_decode(data, row_max[index[:-1]])
     return data.astype(np.float32)
+
+
+def attention_datasets(f: h5py.File, name: str) -> tuple[h5py.Dataset, h5py.Dataset | None]:
+    """The attention dataset ``name`` and, when log8-encoded, its row maxima."""
+    ds = f[name]
+    log8 = ds.attrs.get("encoding", "fp16") == "log8"
+    return ds, (f[f"{name}_row_max"] if log8 else None)

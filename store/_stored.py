@@ -58,8 +58,8 @@ class StoredTrace:
         self.path = Path(path)
         self._f: h5py.File = _h5.open_file(str(self.path))
         self.format_version = int(self._f.attrs["format_version"])
-        lm = self._f["lm_attention"]
-        self.num_layers, self.num_heads, self.seq_len = (int(n) for n in lm.shape[:3])
+        self._lm = _h5.attention_datasets(self._f, "lm_attention")
+        self.num_layers, self.num_heads, self.seq_len = (int(n) for n in self._lm[0].shape[:3])
         if info is not None:
             self.info = info
 
@@ -77,9 +77,14 @@ class StoredTrace:
         return Precision(str(self._f.attrs.get("precision", "lossless")))
 
     @cached_property
+    def _vision(self) -> tuple[h5py.Dataset, h5py.Dataset | None] | None:
+        if "vision_attention" not in self._f:
+            return None
+        return _h5.attention_datasets(self._f, "vision_attention")
+
+    @cached_property
     def vision_shape(self) -> tuple[int, int, int, int] | None:
-        vis = self._f.get("vision_attention")
-        return tuple(int(n) for n in vis.shape) if vis is not None else None
+        return None if self._vision is None else tuple(int(n) for n in self._vision[0].shape)
 
     # -- context manager -------------------------------------------------------------------
     def close(self) -> None:
@@ -129,15 +134,13 @@ class StoredTrace:
         """[T, T] heatmap of one LM head."""
         layer = _check(layer, self.num_layers, "layer")
         head = _check(head, self.num_heads, "head")
-        return _h5.read_attention(self._f, "lm_attention", (layer, head, slice(None), slice(None)))
+        return _h5.read_attention(*self._lm, (layer, head, slice(None), slice(None)))
 
     def answer_attention(self, k: int) -> np.ndarray:
         """[L, H, T]: the row that produced answer token ``k`` (row P-1+k), every layer/head."""
         k = _check(k, self.answer_length, "answer token")
         row = self.prompt_length - 1 + k
-        return _h5.read_attention(
-            self._f, "lm_attention", (slice(None), slice(None), row, slice(None))
-        )
+        return _h5.read_attention(*self._lm, (slice(None), slice(None), row, slice(None)))
 
     def attention_rows(self, rows: Indices, layers: Indices | None = None) -> np.ndarray:
         """[l, H, len(rows), T]: chosen query rows of every head, for all or chosen layers."""
@@ -145,15 +148,11 @@ class StoredTrace:
         layer_ids = range(self.num_layers) if layers is None else layers
         layer_sel, layer_inv = _selector(layer_ids, self.num_layers, "layers")
         if isinstance(layer_sel, slice):
-            out = _h5.read_attention(
-                self._f, "lm_attention", (layer_sel, slice(None), row_sel, slice(None))
-            )
+            out = _h5.read_attention(*self._lm, (layer_sel, slice(None), row_sel, slice(None)))
         else:
             out = np.stack(
                 [
-                    _h5.read_attention(
-                        self._f, "lm_attention", (int(i), slice(None), row_sel, slice(None))
-                    )
+                    _h5.read_attention(*self._lm, (int(i), slice(None), row_sel, slice(None)))
                     for i in layer_sel
                 ]
             )
@@ -171,9 +170,7 @@ class StoredTrace:
         else:
             col_read = slice(int(col_sel[0]), int(col_sel[-1]) + 1)
             col_take = col_sel - col_sel[0]
-        out = _h5.read_attention(
-            self._f, "lm_attention", (slice(None), slice(None), row_sel, col_read)
-        )
+        out = _h5.read_attention(*self._lm, (slice(None), slice(None), row_sel, col_read))
         if col_take is not None:
             out = out[..., col_take]
         if row_inv is not None:
@@ -187,39 +184,35 @@ class StoredTrace:
             return None
         layer = _check(layer, self.vision_shape[0], "vision layer")
         head = _check(head, self.vision_shape[1], "vision head")
-        return _h5.read_attention(
-            self._f, "vision_attention", (layer, head, slice(None), slice(None))
-        )
+        return _h5.read_attention(*self._vision, (layer, head, slice(None), slice(None)))
 
     def vision_attention_layer(self, layer: int) -> np.ndarray | None:
         """[Hv, V, V]: every head of one vision layer, or None when not recorded."""
         if self.vision_shape is None:
             return None
         layer = _check(layer, self.vision_shape[0], "vision layer")
-        return _h5.read_attention(
-            self._f, "vision_attention", (layer, slice(None), slice(None), slice(None))
-        )
+        return _h5.read_attention(*self._vision, (layer, slice(None), slice(None), slice(None)))
 
     # -- everything -------------------------------------------------------------------------
-    def _full(self, name: str) -> np.ndarray:
-        ds = self._f[name]
-        if ds.attrs.get("encoding", "fp16") != "log8":
+    @staticmethod
+    def _full(ds: h5py.Dataset, row_max: h5py.Dataset | None) -> np.ndarray:
+        if row_max is None:
             return ds[()]
         out = np.empty(ds.shape, np.float16)
         all_ = slice(None)
         for layer in range(ds.shape[0]):
-            out[layer] = _h5.read_attention(self._f, name, (layer, all_, all_, all_))
+            out[layer] = _h5.read_attention(ds, row_max, (layer, all_, all_, all_))
         return out
 
     def read(self) -> Trace:
         """The whole trace in memory (attention as float16, as the schema says)."""
-        vision = self._full("vision_attention") if self.has_vision_attention else None
+        vision = self._full(*self._vision) if self._vision is not None else None
         return Trace(
             info=self.info,
             tokens=self.tokens,
             image=self.image,
             top_k=self.top_k,
-            lm_attention=self._full("lm_attention"),
+            lm_attention=self._full(*self._lm),
             vision_attention=vision,
             relevancy=self.relevancy,
             summaries=self.summaries,
