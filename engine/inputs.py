@@ -64,7 +64,9 @@ def check_prompt(prompt: str) -> str:
     if not text:
         raise PromptError("The prompt is empty: ask a question about the image.")
     if len(text) > MAX_PROMPT_CHARS:
-        raise PromptError(f"The prompt has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}.")
+        raise PromptError(
+            f"The prompt has {len(text)} characters; the limit is {MAX_PROMPT_CHARS}."
+        )
     if IMAGE_PLACEHOLDER in text:
         raise PromptError(
             f"Remove {IMAGE_PLACEHOLDER!r} from the prompt: the model's chat template places the "

@@ -51,17 +51,20 @@ def gradient_weighted(attention: torch.Tensor, gradient: torch.Tensor) -> torch.
     return (gradient * attention).clamp(min=0).mean(dim=(0, 1))
 
 
-def propagate_row(row: torch.Tensor, cams: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``row · (I + Ā_L)···(I + Ā_1)`` for layer maps given first layer first."""
+def propagate_row(start: torch.Tensor, cams: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``start · (I + Ā_L)···(I + Ā_1) − start`` for layer maps given first layer first.
+
+    The identity part is kept out of the running sum: relevancy mass off the diagonal is often
+    1e-3 of it, and adding it to 1.0 in float32 would round most of it away.
+    """
+    delta = torch.zeros_like(start)
     for cam in reversed(cams):
-        row = row + row @ cam
-    return row
+        delta = delta + (start + delta) @ cam
+    return delta
 
 
-def normalise_residual(row: torch.Tensor, own: int) -> torch.Tensor:
-    """Eqs. 8-9 on one row: drop the identity, scale the rest to sum 1 (all-zero rows stay 0)."""
-    row = row.clone()
-    row[own] -= 1.0
+def share_of_total(row: torch.Tensor) -> torch.Tensor:
+    """Eqs. 8-9 on one row of R - I: scale to sum 1 (an all-zero row stays 0)."""
     total = row.sum()
     return row / total if total > 0 else row
 
@@ -78,18 +81,18 @@ def token_relevancy(
     seq_len = cams_lm[0].shape[-1]
     start = torch.zeros(seq_len, dtype=cams_lm[0].dtype, device=cams_lm[0].device)
     start[query_position] = 1.0
-    llm = normalise_residual(propagate_row(start, cams_lm), query_position)
+    llm = share_of_total(propagate_row(start, cams_lm))
 
     vision_len = cams_vision[0].shape[-1]
     cls = torch.zeros(vision_len, dtype=cams_vision[0].dtype, device=cams_vision[0].device)
     cls[0] = 1.0
-    vision = normalise_residual(propagate_row(cls, cams_vision), 0)[1 : num_patches + 1]
+    vision = share_of_total(propagate_row(cls, cams_vision))[1 : num_patches + 1]
 
     on_patches = image_patches >= 0
     carried = torch.zeros_like(cls)
     carried[1 + image_patches[on_patches]] = llm[image_positions[on_patches]]
     image_share = carried.sum()
-    spread = propagate_row(carried, cams_vision)[1 : num_patches + 1]
+    spread = (carried + propagate_row(carried, cams_vision))[1 : num_patches + 1]
     total = spread.sum()
     every = spread * (image_share / total) if total > 0 else spread
     return llm, vision, every

@@ -50,7 +50,9 @@ def teacher_forced_accuracy(
         answers = [f" {q.answer} {eos}" for _, q in chunk]
         batch = processor(
             images=[s.image for s, _ in chunk],
-            text=[chat_prompt(processor, q.text) + a for (_, q), a in zip(chunk, answers)],
+            text=[
+                chat_prompt(processor, q.text) + a for (_, q), a in zip(chunk, answers, strict=True)
+            ],
             return_tensors="pt",
             padding=True,
             padding_side="right",
@@ -60,7 +62,9 @@ def teacher_forced_accuracy(
             n = len(processor.tokenizer(answer, add_special_tokens=False)["input_ids"])
             end = int(batch["attention_mask"][row].sum())
             target = batch["input_ids"][row, end - n : end]
-            hits[question.kind].append(bool((predicted[row, end - n - 1 : end - 1] == target).all()))
+            hits[question.kind].append(
+                bool((predicted[row, end - n - 1 : end - 1] == target).all())
+            )
     return {k: round(v.accuracy, 3) for k, v in _summarise(hits).items()}
 
 

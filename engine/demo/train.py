@@ -121,7 +121,9 @@ class Batches:
 
 
 def chat_prompt(processor, question: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
     return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 

@@ -1,0 +1,79 @@
+"""Bad input gets a clear error that says what to do, never a deep stack trace."""
+
+import pytest
+from PIL import Image
+
+from engine.errors import ImageError, ModelLoadError, PromptError, UnsupportedModelError
+from engine.inputs import check_prompt, load_image
+from engine.loading import load_model
+
+
+def test_missing_image(tmp_path):
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_corrupt_and_unsupported_images(tmp_path):
+    truncated = tmp_path / "cut.png"
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "ok.png")
+    truncated.write_bytes((tmp_path / "ok.png").read_bytes()[:60])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    for path in (truncated, text):
+        with pytest.raises(ImageError, match="not a readable image"):
+            load_image(path)
+
+
+def test_oversized_image_is_rejected_before_decoding(tmp_path):
+    huge = tmp_path / "huge.png"
+    Image.new("1", (9000, 9000)).save(huge)  # tiny file, 81 Mpx once decoded
+    with pytest.raises(ImageError, match="downscale"):
+        load_image(huge)
+
+
+def test_image_identity_is_its_content_hash(tmp_path):
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes())
+    first, second = load_image(tmp_path / "a.png"), load_image(tmp_path / "b.png")
+    assert first.sha256 == second.sha256 and first.name == "a.png"
+    assert first.image.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [("", "empty"), ("   \n", "empty"), ("<image> what is this?", "Remove"), ("x" * 9000, "limit")],
+)
+def test_bad_prompts(prompt, message):
+    with pytest.raises(PromptError, match=message):
+        check_prompt(prompt)
+
+
+def test_unknown_model_path():
+    with pytest.raises(ModelLoadError, match="Could not load"):
+        load_model("/no/such/checkpoint")
+
+
+def test_text_only_model_is_not_a_vlm(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.demo.architecture import build_tokenizer
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    build_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises((ModelLoadError, UnsupportedModelError)):
+        load_model(str(tmp_path))
+
+
+def test_unknown_dtype():
+    with pytest.raises(ModelLoadError, match="dtype"):
+        load_model("anything", dtype="float8")
