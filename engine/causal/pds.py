@@ -11,7 +11,7 @@ explained token, is CLEANN's explanation search space.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -103,13 +103,36 @@ def reachable_within(marks: np.ndarray, root: int, subset: Iterable[int]) -> boo
     return len(reached) == len(members)
 
 
-def legal_subsets(marks: np.ndarray, tree: PDSTree, size: int) -> list[tuple[int, ...]]:
-    """Size-``size`` conditioning sets from ``tree``, nearest first (sum of distances)."""
-    nodes = sorted(tree.depth, key=lambda v: (tree.depth[v], v))
-    found = []
-    for combo in combinations(nodes, size):
-        dist = sum(tree.depth[v] for v in combo)
-        if dist == size or reachable_within(marks, tree.root, combo):
-            found.append((dist, combo))
-    found.sort(key=lambda x: x[0])
-    return [c for _, c in found]
+class LegalSets:
+    """Size-``size`` conditioning sets from ``tree``, nearest first, generated lazily.
+
+    Sets are combinations of the tree's nodes ordered by PDS distance, so the
+    nearest candidates come first. Generation is lazy and memoised because most
+    tested edges stop at an early set: enumerating every combination up front
+    dominated run time on dense graphs.
+    """
+
+    def __init__(
+        self, marks: np.ndarray, tree: PDSTree, size: int, candidates: np.ndarray | None = None
+    ) -> None:
+        nodes = sorted(
+            (v for v in tree.depth if candidates is None or candidates[v]),
+            key=lambda v: (tree.depth[v], v),
+        )
+        self._source = (
+            combo
+            for combo in combinations(nodes, size)
+            if all(tree.depth[v] == 1 for v in combo) or reachable_within(marks, tree.root, combo)
+        )
+        self._seen: list[tuple[int, ...]] = []
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        i = 0
+        while True:
+            if i == len(self._seen):
+                nxt = next(self._source, None)
+                if nxt is None:
+                    return
+                self._seen.append(nxt)
+            yield self._seen[i]
+            i += 1

@@ -23,7 +23,7 @@ import numpy as np
 from engine.causal.ci_test import CITest
 from engine.causal.graph import NONE, complete_ordered_pag, delete_edge, possible_ancestors
 from engine.causal.orient import orient
-from engine.causal.pds import build_pds_tree, legal_subsets
+from engine.causal.pds import LegalSets, build_pds_tree
 
 
 @dataclass
@@ -117,7 +117,9 @@ def _prune_into(
     tree = build_pds_tree(marks, b, max_depth=r, allowed=allowed)
     if len(tree.depth) < r + 1:  # need r conditioning nodes besides the tested one
         return False
-    subsets = legal_subsets(marks, tree, r)
+    # only nodes that are possible ancestors of b or of some tested a can condition
+    useful = anc[:, b] | anc[:, earlier].any(axis=1)
+    subsets = LegalSets(marks, tree, r, candidates=useful)
     any_legal = False
     for a in earlier:
         a = int(a)
