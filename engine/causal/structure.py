@@ -37,7 +37,6 @@ class LearnedPAG:
     marks: np.ndarray
     sepsets: dict[tuple[int, int], frozenset[int]] = field(default_factory=dict)
     max_p: dict[tuple[int, int], float] = field(default_factory=dict)
-    max_cond_size_reached: int = 0
 
 
 class _Recorder:
@@ -92,7 +91,6 @@ def learn_ordered_pag(
             found_legal_set |= _prune_into(marks, result, test, anc, b, r, alpha)
         if not found_legal_set:
             break
-        result.max_cond_size_reached = r
         orient(marks, result.sepsets, final=False)
 
     orient(marks, result.sepsets, final=True)
