@@ -150,36 +150,32 @@ def token_probabilities(
     )
 
 
-def patch_grid(
-    rows: int, cols: int, image_url: str, selected: Sequence[int], px: int = 336
-) -> alt.LayerChart:
-    """The processed image under its patch grid; clicking cells selects patches."""
+def patch_grid(colours: Sequence[str], rows: int, cols: int, selected: Sequence[int]) -> alt.Chart:
+    """The image as its patch grid (each cell in the patch's mean colour); click to select.
+
+    Cells carry the picture themselves, so the chart needs no image layer to line up with.
+    """
     index = np.arange(rows * cols)
-    frame = pd.DataFrame({"patch": index, "row": index // cols, "col": index % cols})
-    frame["selected"] = frame["patch"].isin(list(selected))
-    width, height = px, round(px * rows / cols)
-    picture = (
-        alt.Chart(pd.DataFrame({"url": [image_url], "x": [cols / 2], "y": [rows / 2]}))
-        .mark_image(width=width, height=height)
-        .encode(x=alt.X("x:Q"), y=alt.Y("y:Q"), url="url:N")
+    frame = pd.DataFrame(
+        {"patch": index, "row": index // cols, "col": index % cols, "colour": list(colours)}
     )
+    frame["selected"] = frame["patch"].isin(list(selected))
     pick = alt.selection_point(name="patch", fields=["patch"], toggle="true")
-    cells = (
-        alt.Chart(frame)
-        .mark_rect(stroke="white", strokeOpacity=0.5, strokeWidth=0.5)
+    step = max(8, min(40, 336 // max(rows, cols)))
+    return (
+        alt.Chart(frame, title="Image patches (click to select)")
+        .mark_rect()
         .encode(
-            x=alt.X("col:Q", title="patch column", scale=alt.Scale(domain=[0, cols], nice=False)),
-            x2=alt.X2("col_end:Q"),
-            y=alt.Y("row:Q", title="patch row", scale=alt.Scale(domain=[rows, 0], nice=False)),
-            y2=alt.Y2("row_end:Q"),
-            fillOpacity=alt.condition(alt.datum.selected, alt.value(0.45), alt.value(0.02)),
-            fill=alt.value("#00e5ff"),
+            x=alt.X("col:O", title="patch column (index)"),
+            y=alt.Y("row:O", title="patch row (index)"),
+            color=alt.Color("colour:N", scale=None, legend=None),
+            stroke=alt.condition(alt.datum.selected, alt.value("#00e5ff"), alt.value("white")),
+            strokeWidth=alt.condition(alt.datum.selected, alt.value(3), alt.value(0.5)),
             tooltip=["patch:Q", "row:Q", "col:Q"],
         )
-        .transform_calculate(col_end="datum.col + 1", row_end="datum.row + 1")
         .add_params(pick)
+        .properties(width=alt.Step(step), height=alt.Step(step))
     )
-    return alt.layer(picture, cells).properties(width=width, height=height)
 
 
 def layer_divergence(divergence: np.ndarray) -> alt.Chart:

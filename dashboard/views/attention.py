@@ -94,10 +94,14 @@ def _patch_picker(trace: StoredTrace) -> list[int]:
     geometry = trace.image
     labels = _patch_labels(trace)
     chosen = [p for p in state.ints(state.PATCHES) if 0 <= p < len(labels)]
-    url = images.data_url(images.thumbnail(geometry.processed, size=336))
     key = f"attn:grid:{trace.trace_id}"
     st.altair_chart(
-        charts.patch_grid(geometry.grid_rows, geometry.grid_cols, url, chosen),
+        charts.patch_grid(
+            images.patch_colours(geometry.processed, geometry.grid_rows, geometry.grid_cols),
+            geometry.grid_rows,
+            geometry.grid_cols,
+            chosen,
+        ),
         key=key,
         on_select=lambda: _patches_from_chart(key),
         selection_mode="patch",

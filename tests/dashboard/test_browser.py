@@ -57,6 +57,7 @@ def test_each_page_shows_its_maps_and_charts(site, page, demo_store):
     page.locator(CHART).first.wait_for()
     _pills(page).nth(2).click()
     page.wait_for_url(re.compile(r"tokens=2"))
+    page.get_by_text("Nothing selected").wait_for(state="detached")  # the rerun finished
     _shot(page, "generation")
 
     page.get_by_test_id("stSidebarNav").get_by_text("Raw attention").click()
