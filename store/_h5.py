@@ -21,6 +21,7 @@ chunks (measured in the spike: the best of the shapes tried).
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -84,10 +85,17 @@ def _put_attention(f: h5py.File, name: str, att: np.ndarray, precision: Precisio
             ds[layer] = np.asarray(block, dtype=np.float16)
 
 
-def write_trace(path: str, trace: Trace, precision: Precision) -> None:
-    """Write ``trace`` to a new file at ``path`` (the caller renames it into place)."""
+def encode_trace(trace: Trace, precision: Precision) -> io.BytesIO:
+    """The complete HDF5 file of ``trace``, built in memory.
+
+    HDF5 never touches the disk: a full disk or an I/O error then surfaces as a plain
+    OSError from the caller's write, instead of leaving HDF5's library state broken (a
+    failed close crashed the process at exit in testing). It also lets the caller hash
+    while writing, in one pass.
+    """
     tok, img, top = trace.tokens, trace.image, trace.top_k
-    with h5py.File(path, "w") as f:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["trace_id"] = trace.info.trace_id
         f.attrs["precision"] = precision.value
@@ -131,6 +139,7 @@ def write_trace(path: str, trace: Trace, precision: Precision) -> None:
         _put_attention(f, "lm_attention", trace.lm_attention, precision)
         if trace.vision_attention is not None:
             _put_attention(f, "vision_attention", trace.vision_attention, precision)
+    return buf
 
 
 def open_file(path: str) -> h5py.File:

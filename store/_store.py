@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -70,6 +71,23 @@ def checksum_file(path: Path) -> str:
         while chunk := f.read(8 * 2**20):
             h.update(chunk)
     return f"{CHECKSUM}:{h.hexdigest()}"
+
+
+def _write_durably(path: Path, buf: io.BytesIO) -> tuple[str, int]:
+    """Write ``buf`` to a new file, hashing as it goes, and fsync it; (checksum, size)."""
+    h = hashlib.blake2b(digest_size=32)
+    view = buf.getbuffer()
+    step = 8 * 2**20
+    with open(path, "xb") as f:
+        for start in range(0, len(view), step):
+            piece = view[start : start + step]
+            f.write(piece)
+            h.update(piece)
+        f.flush()
+        os.fsync(f.fileno())
+    size = len(view)
+    view.release()
+    return f"{CHECKSUM}:{h.hexdigest()}", size
 
 
 def _is_full(exc: BaseException) -> bool:
@@ -135,10 +153,17 @@ class TraceStore:
                 f"no store at {root}; create one with open_store({str(root)!r}, mode='a')"
             )
         self.db_url = db_url or self._sqlite_url()
+        writable = mode == "a"
         try:
-            self._index = Index(
-                make_engine(self.db_url, writable=mode == "a"), writable=mode == "a"
-            )
+            try:
+                self._index = Index(make_engine(self.db_url, writable), writable)
+            except sa.exc.OperationalError:
+                if writable or db_url is not None:
+                    raise
+                # WAL readers need a writable -shm beside the database; in a read-only
+                # directory nothing can change the index, so SQLite may treat it as immutable.
+                self.db_url = f"sqlite:///file:{self.layout.db_path}?mode=ro&immutable=1&uri=true"
+                self._index = Index(make_engine(self.db_url, writable), writable)
         except sa.exc.OperationalError as exc:
             raise _translate(exc.orig or exc, f"cannot open index {self.db_url}") from exc
 
@@ -163,13 +188,8 @@ class TraceStore:
 
     def _sqlite_url(self) -> str:
         path = self.layout.db_path
-        if self.mode == "r":
-            if not path.exists():
-                raise StoreError(f"no index at {path}; is {self.layout.root} a store?")
-            if not os.access(self.layout.root, os.W_OK):
-                # WAL needs a writable -shm next to the database; a read-only directory
-                # cannot change under us, so SQLite may treat the file as immutable.
-                return f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
+        if self.mode == "r" and not path.exists():
+            raise StoreError(f"no index at {path}; is {self.layout.root} a store?")
         return f"sqlite:///{path}"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -212,10 +232,7 @@ class TraceStore:
         final, tmp = lay.trace_path(trace_id), lay.temp_path(trace_id)
         with store_lock(lay, exclusive=False):
             try:
-                _h5.write_trace(str(tmp), trace, precision)
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                digest, size = checksum_file(tmp), tmp.stat().st_size
+                digest, size = _write_durably(tmp, _h5.encode_trace(trace, precision))
                 new_dir = not final.parent.exists()
                 final.parent.mkdir(exist_ok=True)
                 os.replace(tmp, final)
