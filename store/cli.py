@@ -69,7 +69,8 @@ def ls(
         title=f"{page.total} trace(s)"
         + (f", showing {offset + 1}-{offset + len(page)}" if page.has_more or offset else "")
     )
-    for col in ("id", "created", "model", "prompt", "answer", "tags"):
+    table.add_column("id", no_wrap=True, min_width=32)
+    for col in ("created", "model", "prompt", "answer", "tags"):
         table.add_column(col, overflow="fold")
     for info in page:
         table.add_row(
@@ -152,7 +153,9 @@ def verify(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
         console.print("[green]store is consistent[/green]")
         return
     table = Table(title=f"{len(problems)} problem(s)")
-    for col in ("kind", "trace", "path", "detail"):
+    table.add_column("kind", no_wrap=True)
+    table.add_column("trace", no_wrap=True, min_width=32)
+    for col in ("path", "detail"):
         table.add_column(col, overflow="fold")
     for p in problems:
         table.add_row(p.kind, p.trace_id or "", str(p.path), p.detail)
