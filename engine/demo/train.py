@@ -38,7 +38,7 @@ class Recipe:
     joint_steps: int = 6000
     joint_lr: float = 1e-3
     warmup_steps: int = 200
-    dense_weight: float = 0.3
+    questions_per_image: int = 3
     weight_decay: float = 0.01
 
 
@@ -95,29 +95,44 @@ class Batches:
             "pixel_values"
         ]
 
-    def questions(self, scenes: list[Scene]) -> dict[str, torch.Tensor]:
-        """Prompt + answer + EOS, labels masked to the answer so only answering is learned."""
-        prompts, answers = [], []
+    def questions(self, scenes: list[Scene], per_image: int) -> dict[str, torch.Tensor]:
+        """Conversations of ``per_image`` question turns; labels only on answers and EOS."""
+        texts = []
         for scene in scenes:
-            question = ask(scene, self.rng.choice(QUESTION_KINDS), self.rng)
-            prompts.append(chat_prompt(self.processor, question.text))
-            answers.append(f" {question.answer} {self.eos}")
+            messages = []
+            for turn in range(per_image):
+                question = ask(scene, self.rng.choice(QUESTION_KINDS), self.rng)
+                content = [{"type": "text", "text": question.text}]
+                if turn == 0:
+                    content.append({"type": "image"})
+                messages.append({"role": "user", "content": content})
+                answer = [{"type": "text", "text": question.answer}]
+                messages.append({"role": "assistant", "content": answer})
+            texts.append(self.processor.apply_chat_template(messages))
         batch = self.processor(
             images=[s.image for s in scenes],
-            text=[p + a for p, a in zip(prompts, answers, strict=True)],
+            text=texts,
             return_tensors="pt",
             padding=True,
             padding_side="right",
         )
-        labels = batch["input_ids"].clone()
-        tokenizer = self.processor.tokenizer
-        for row, answer in enumerate(answers):
-            answer_len = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
-            end = int(batch["attention_mask"][row].sum())
-            labels[row, : end - answer_len] = -100
-            labels[row, end:] = -100
-        batch["labels"] = labels
+        batch["labels"] = answer_labels(batch["input_ids"], self.processor.tokenizer)
         return batch
+
+
+def answer_labels(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Keep the tokens after each 'ASSISTANT :' up to and including EOS; mask the rest."""
+    assistant, colon = tokenizer.convert_tokens_to_ids(["ASSISTANT", ":"])
+    labels = torch.full_like(input_ids, -100)
+    for row, ids in enumerate(input_ids.tolist()):
+        answering = False
+        for position, token in enumerate(ids):
+            if answering:
+                labels[row, position] = token
+                answering = token != tokenizer.eos_token_id
+            elif position > 0 and token == colon and ids[position - 1] == assistant:
+                answering = True
+    return labels
 
 
 def chat_prompt(processor, question: str) -> str:
@@ -173,31 +188,26 @@ def train(
         if step % 100 == 0 or step == recipe.vision_steps - 1:
             log(f"vision {step:5d}  dense loss {loss.item():.4f}")
 
-    optimiser = torch.optim.AdamW(
-        [*model.parameters(), *head.parameters()],
-        lr=recipe.joint_lr,
-        weight_decay=recipe.weight_decay,
-    )
+    # Stage 2: the vision tower stays as stage 1 left it; projector and LM learn to answer.
+    model.model.vision_tower.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=recipe.joint_lr, weight_decay=recipe.weight_decay)
     for step in range(recipe.joint_steps):
-        scenes = batches.scenes()
-        colour, shape = batches.dense_targets(scenes)
-        batch = batches.questions(scenes)
+        batch = batches.questions(batches.scenes(), recipe.questions_per_image)
         for group in optimiser.param_groups:
             group["lr"] = recipe.joint_lr * _schedule(step, recipe.joint_steps, recipe.warmup_steps)
-        qa_loss = model(**batch).loss
-        dense_loss = head.loss(captured["hidden"][:, 1:], colour, shape)
-        loss = qa_loss + recipe.dense_weight * dense_loss
+        loss = model(**batch).loss
         optimiser.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(trainable, 1.0)
         optimiser.step()
         if step % 100 == 0 or step == recipe.joint_steps - 1:
-            log(f"joint {step:5d}  qa loss {qa_loss.item():.4f}  dense {dense_loss.item():.4f}")
+            log(f"answer {step:5d}  qa loss {loss.item():.4f}")
         if eval_every and (step + 1) % eval_every == 0:
             from engine.demo.evaluate import teacher_forced_accuracy
 
             model.eval()
-            log(f"joint {step:5d}  held-out {teacher_forced_accuracy(model, processor, 40)}")
+            log(f"answer {step:5d}  held-out {teacher_forced_accuracy(model, processor, 40)}")
             model.train()
 
     model.eval()

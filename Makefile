@@ -1,0 +1,60 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up .venv themselves.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_STORE ?= demo-store
+export OMP_WAIT_POLICY := PASSIVE
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install browser demo demo-model demo-eval test test-fast bench lint format clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: this machine serves the 2.13.0 CPU wheel from disk; pyproject keeps
+	# an honest range for users, which the installed 2.13.0 already satisfies.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian's Chromium for the browser tests (never a downloaded browser build).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# Record a handful of traces of the bundled demo model (once), then serve the dashboard.
+demo: install
+	@if [ ! -e $(DEMO_STORE)/.demo-recorded ]; then \
+		$(VENV)/bin/lvlm-interpret demo record --store $(DEMO_STORE) --count 12 && \
+		touch $(DEMO_STORE)/.demo-recorded; fi
+	$(VENV)/bin/lvlm-interpret serve --store $(DEMO_STORE)
+
+# Reproduce the bundled checkpoint from its seed (about an hour on 2 cores), then score it.
+demo-model: install
+	$(VENV)/bin/lvlm-interpret demo train
+	$(VENV)/bin/lvlm-interpret demo evaluate
+
+demo-eval: install
+	$(VENV)/bin/lvlm-interpret demo evaluate --per-kind 120
+
+test: install browser
+	$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+bench: install browser
+	$(PY) bench/bench_relevancy.py
+	$(PY) bench/bench_store.py
+	$(PY) bench/bench_causal.py
+	$(PY) bench/bench_dashboard.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(DEMO_STORE) artifacts .pytest_cache

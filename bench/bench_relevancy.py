@@ -1,0 +1,139 @@
+"""Relevancy: our recorder vs the seed tool's algorithm, side by side in one process.
+
+Both produce every answer token's maps in all three modes (llm, vision, all) for the same
+model and input; the script checks they agree and prints wall time, peak extra memory
+(resident set above the pre-run level, sampled every 2 ms) and the ratios.
+
+    python bench/bench_relevancy.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import os
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from bench.seed_relevancy import seed_relevancy
+from engine.adapters import adapter_for
+from engine.demo.architecture import MID_SIZES, build_model, build_processor, build_tokenizer
+from engine.demo.world import ask, make_scene
+from engine.inputs import chat_text, load_image
+from engine.loading import LoadedModel, load_model
+from engine.recorder import RecordOptions, record
+from store.schema import GenerationSettings
+
+CHECKPOINT = Path(__file__).resolve().parents[1] / "engine" / "demo" / "checkpoint"
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry, from /proc (covers torch's allocator)."""
+
+    def __enter__(self):
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def mid_size_model() -> LoadedModel:
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    processor = build_processor(tokenizer, MID_SIZES)
+    model = build_model(tokenizer, MID_SIZES)
+    model.set_attn_implementation("eager")
+    model.eval().requires_grad_(False)
+    return LoadedModel(model, processor, adapter_for(model, processor), "mid-size", "random")
+
+
+def compare(name: str, loaded: LoadedModel, max_new_tokens: int) -> dict:
+    scene = make_scene(42)
+    question = ask(scene, "colour", random.Random(0))
+    image = load_image(scene.image, "scene.png")
+    options = RecordOptions(GenerationSettings(max_new_tokens=max_new_tokens))
+    with PeakMemory() as ours_cost:
+        trace = record(loaded, image, question.text, options)
+    answer_length = trace.tokens.answer_length
+    inputs = loaded.processor(
+        images=scene.image, text=chat_text(loaded.processor, question.text), return_tensors="pt"
+    )
+    with PeakMemory() as seed_cost:
+        sequence, *seed_maps = seed_relevancy(
+            loaded.model, loaded.adapter, dict(inputs), answer_length
+        )
+    assert np.array_equal(sequence, trace.tokens.ids), "the two runs generated different answers"
+    difference = max(
+        float(np.abs(getattr(trace.relevancy, mode) - seed).max())
+        for mode, seed in zip(("llm", "vision", "all"), seed_maps, strict=True)
+    )
+    return {
+        "config": name,
+        "tokens": f"{trace.tokens.prompt_length}+{answer_length}",
+        "ours_s": ours_cost.seconds,
+        "seed_s": seed_cost.seconds,
+        "speedup": seed_cost.seconds / ours_cost.seconds,
+        "ours_mib": ours_cost.mib,
+        "seed_mib": seed_cost.mib,
+        "memory_ratio": seed_cost.mib / max(ours_cost.mib, 1.0),
+        "max_diff": difference,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="demo model only")
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    rows = [compare("demo (1.7M params)", load_model(str(CHECKPOINT)), 8)]
+    if not args.quick:
+        rows.append(compare("mid-size (73M params, 576 image tokens)", mid_size_model(), 16))
+    header = (
+        f"{'config':42} {'prompt+answer':>13} {'ours s':>8} {'seed s':>8} {'speedup':>8} "
+        f"{'ours MiB':>9} {'seed MiB':>9} {'mem ratio':>9} {'max |diff|':>10}"
+    )
+    print(header)
+    for row in rows:
+        print(
+            f"{row['config']:42} {row['tokens']:>13} {row['ours_s']:8.2f} {row['seed_s']:8.2f} "
+            f"{row['speedup']:7.2f}x {row['ours_mib']:9.0f} {row['seed_mib']:9.0f} "
+            f"{row['memory_ratio']:8.2f}x {row['max_diff']:10.2e}"
+        )
+    worst = max(row["max_diff"] for row in rows)
+    print(f"maps agree within {worst:.1e} (target 1e-4): {'OK' if worst <= 1e-4 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
