@@ -26,6 +26,7 @@ from engine.demo.world import COLOURS, IMAGE_SIZE, QUESTION_KINDS, SHAPES, Scene
 GRID = IMAGE_SIZE // PATCH_SIZE
 COLOUR_CLASSES = ("background", *sorted(COLOURS))
 SHAPE_CLASSES = ("background", *SHAPES)
+NON_COUNT_KINDS = tuple(k for k in QUESTION_KINDS if k != "count")
 TRAIN_SEED_OFFSET = 1_000_000  # training scenes never share a seed with evaluation scenes
 
 
@@ -39,6 +40,10 @@ class Recipe:
     joint_lr: float = 1e-3
     warmup_steps: int = 200
     questions_per_image: int = 3
+    # Curriculum (fractions of the answer stage): single-object scenes first teach "read the
+    # object's colour/shape/place" without having to pick one object; then mixed; then 2-4.
+    single_object_until: float = 0.25
+    mixed_until: float = 0.5
     weight_decay: float = 0.01
 
 
@@ -80,8 +85,14 @@ class Batches:
         self.batch_size = batch_size
         self.eos = processor.tokenizer.eos_token
 
-    def scenes(self) -> list[Scene]:
-        return [make_scene(self.rng.getrandbits(32)) for _ in range(self.batch_size)]
+    def scenes(self, max_objects: int | None = None, min_objects: int = 2) -> list[Scene]:
+        """Fresh scenes; the default draws 2-4 objects as the evaluation does."""
+        if max_objects is None:
+            return [make_scene(self.rng.getrandbits(32)) for _ in range(self.batch_size)]
+        return [
+            make_scene(self.rng.getrandbits(32), self.rng.randint(min_objects, max_objects))
+            for _ in range(self.batch_size)
+        ]
 
     def dense_targets(self, scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tensor]:
         labels = [patch_labels(s) for s in scenes]
@@ -101,7 +112,9 @@ class Batches:
         for scene in scenes:
             messages = []
             for turn in range(per_image):
-                question = ask(scene, self.rng.choice(QUESTION_KINDS), self.rng)
+                # Counting needs at least two objects ("one" is not in the world's vocabulary).
+                kinds = QUESTION_KINDS if len(scene.objects) > 1 else NON_COUNT_KINDS
+                question = ask(scene, self.rng.choice(kinds), self.rng)
                 content = [{"type": "text", "text": question.text}]
                 if turn == 0:
                     content.append({"type": "image"})
@@ -193,7 +206,14 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=recipe.joint_lr, weight_decay=recipe.weight_decay)
     for step in range(recipe.joint_steps):
-        batch = batches.questions(batches.scenes(), recipe.questions_per_image)
+        progress = step / recipe.joint_steps
+        if progress < recipe.single_object_until:
+            scenes = batches.scenes(max_objects=1, min_objects=1)
+        elif progress < recipe.mixed_until:
+            scenes = batches.scenes(max_objects=4, min_objects=1)
+        else:
+            scenes = batches.scenes()
+        batch = batches.questions(scenes, recipe.questions_per_image)
         for group in optimiser.param_groups:
             group["lr"] = recipe.joint_lr * _schedule(step, recipe.joint_steps, recipe.warmup_steps)
         loss = model(**batch).loss
