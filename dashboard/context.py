@@ -166,3 +166,30 @@ def _float(value: str | None, default: float) -> float:
         return float(np.clip(float(value), 0.0, 1.0)) if value else default
     except ValueError:
         return default
+
+
+def int_param(param: str, default: int, upper: int) -> int:
+    """An integer URL parameter clipped to ``0..upper``; ``default`` when absent or garbled."""
+    try:
+        value = int(state.get(param) or default)
+    except ValueError:
+        value = default
+    return min(max(value, 0), upper)
+
+
+def layer_slider(label: str, param: str, layers: int, default: int) -> int:
+    """A layer picker bound to URL parameter ``param`` (shared by the views that use it)."""
+    return (
+        st.slider(
+            label,
+            0,
+            max(layers - 1, 0),
+            **state.widget(
+                f"layer:{param}",
+                int_param(param, default, layers - 1),
+                lambda v: state.put(param, str(v)),
+            ),
+        )
+        if layers > 1
+        else 0
+    )

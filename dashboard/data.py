@@ -12,13 +12,32 @@ import streamlit as st
 
 from dashboard.components import analysis, images
 from dashboard.config import StoreConfig
-from store import Page, StoredTrace, TraceInfo, TraceQuery, TraceStore, open_store
+from store import (
+    Page,
+    StoredTrace,
+    StoreReadOnly,
+    TraceInfo,
+    TraceQuery,
+    TraceStore,
+    open_store,
+)
 
 
 @st.cache_resource(show_spinner=False)
 def store(config: StoreConfig) -> TraceStore:
-    """The process-wide read-only store handle (the dashboard never writes)."""
+    """The process-wide read-only store handle: browsing never writes."""
     return open_store(config.directory, config.db_url, mode="r")
+
+
+@st.cache_resource(show_spinner=False)
+def results_store(config: StoreConfig) -> TraceStore:
+    """The handle derived results go through: writable when the directory allows it, so
+    causal explanations computed on demand are kept for the next viewer; otherwise the
+    read-only handle (stored results still show, nothing new can be kept)."""
+    try:
+        return open_store(config.directory, config.db_url, mode="a")
+    except StoreReadOnly:
+        return store(config)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -192,3 +192,27 @@ def layer_divergence(divergence: np.ndarray) -> alt.Chart:
             tooltip=["layer:Q", alt.Tooltip("js:Q", format=".3f")],
         )
     )
+
+
+def head_importance_bars(
+    ranking: Sequence[tuple[int, float]], layer: int, chosen: int | None = None
+) -> alt.Chart:
+    """CLEANN head importance (sum of -log10 p over image tokens in the explanation),
+    most important first; the head drawn below is highlighted."""
+    frame = pd.DataFrame(
+        {
+            "head": [int(h) for h, _ in ranking],
+            "importance": [float(v) for _, v in ranking],
+        }
+    )
+    frame["shown"] = frame["head"] == chosen
+    return (
+        alt.Chart(frame, title=f"Layer {layer}: heads ranked by causal importance")
+        .mark_bar()
+        .encode(
+            x=alt.X("head:O", title="head (index, most important first)", sort="-y"),
+            y=alt.Y("importance:Q", title="importance (sum of −log10 p over image tokens)"),
+            color=alt.condition(alt.datum.shown, alt.value("#d62728"), alt.value("#4c78a8")),
+            tooltip=["head:O", alt.Tooltip("importance:Q", format=".2f")],
+        )
+    )

@@ -17,6 +17,7 @@ import streamlit as st
 from dashboard import context, data, render, state
 from dashboard.components import analysis, charts, images, text
 from dashboard.components.overlay import Scale
+from dashboard.components.patches import original_label
 from dashboard.config import StoreConfig
 from store import StoredTrace, TokenRole
 
@@ -24,35 +25,10 @@ VIEWS = ("image → answer", "analysis", "text → image", "vision tower")
 WEIGHT = "attention weight (share of row)"
 
 
-def _int_param(param: str, default: int, upper: int) -> int:
-    try:
-        value = int(state.get(param) or default)
-    except ValueError:
-        value = default
-    return min(max(value, 0), upper)
-
-
-def _layer_slider(label: str, param: str, layers: int, default: int) -> int:
-    return (
-        st.slider(
-            label,
-            0,
-            max(layers - 1, 0),
-            **state.widget(
-                f"attn:{param}",
-                _int_param(param, default, layers - 1),
-                lambda v: state.put(param, str(v)),
-            ),
-        )
-        if layers > 1
-        else 0
-    )
-
-
 def image_to_answer(config: StoreConfig, trace: StoredTrace, selected: list[int]) -> None:
     style = context.overlay_style()
     default_layer = int(np.argmax(trace.summaries.head_image_attention.mean(axis=1)))
-    layer = _layer_slider("Layer", "layer", trace.num_layers, default_layer)
+    layer = context.layer_slider("Layer", "layer", trace.num_layers, default_layer)
     rows = data.layer_rows(config, trace.trace_id, layer, tuple(selected))
     shares = analysis.image_share(rows, trace.tokens.image_positions)
     order = analysis.rank_heads(shares)
@@ -80,8 +56,10 @@ def attention_analysis(trace: StoredTrace, selected: list[int]) -> None:
 
 
 def _patch_labels(trace: StoredTrace) -> list[str]:
-    cols = trace.image.grid_cols
-    return [f"row {p // cols}, col {p % cols}" for p in range(trace.image.grid_rows * cols)]
+    """Grid cell and the patch's box in the user's original image (from ``patch_boxes``)."""
+    geometry = trace.image
+    count = geometry.grid_rows * geometry.grid_cols
+    return [original_label(geometry.patch_boxes, p, geometry.grid_cols) for p in range(count)]
 
 
 def _patches_from_chart(key: str) -> None:
@@ -138,7 +116,7 @@ def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
             return
         to_patches = data.patch_attention(config, trace.trace_id, tuple(queries), tuple(columns))
         labels = [text.token_label(tokens.text[q]) for q in queries]
-        layer = _layer_slider("Layer", "layer", trace.num_layers, trace.num_layers - 1)
+        layer = context.layer_slider("Layer", "layer", trace.num_layers, trace.num_layers - 1)
         head = st.selectbox("Head", ["mean of heads", *range(trace.num_heads)], key="attn:t2i:head")
         values = (
             to_patches[layer].mean(axis=0)
@@ -194,7 +172,7 @@ def vision_tower(config: StoreConfig, trace: StoredTrace) -> None:
     )
     left, right = st.columns(2)
     with left:
-        layer = _layer_slider("Vision layer", "vlayer", layers, layers - 1)
+        layer = context.layer_slider("Vision layer", "vlayer", layers, layers - 1)
         head = st.selectbox("Vision head", ["mean of heads", *range(heads)], key="attn:vhead")
         attention = data.vision_layer(config, trace.trace_id, layer)
         matrix = attention.mean(axis=0) if head == "mean of heads" else attention[int(head)]

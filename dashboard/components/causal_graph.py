@@ -1,0 +1,171 @@
+"""A causal graph (PAG) drawn with Pillow: image patches as crops, words as text, PAG marks.
+
+Nodes sit on a circle in token order (clockwise from the top), so the causal order reads
+around the ring and no two edges overlap along a line, as they would in a single row.
+Everything is pixels: token text reaches the browser as part of a PNG, never as markup.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw, ImageFont
+
+TARGET_COLOUR = "#111111"
+OTHER_COLOUR = "#9e9e9e"
+RADIUS_COLOURS = ("#e6550d", "#3182bd", "#31a354", "#756bb1", "#d6616b", "#8c6d31")
+EDGE_COLOUR = "#555555"
+MARKS = ("arrow", "circle", "tail")
+
+
+def radius_colour(radius: int) -> str:
+    """Colour of the patches and nodes first reached at PDS distance ``radius`` (1-based)."""
+    return RADIUS_COLOURS[(radius - 1) % len(RADIUS_COLOURS)]
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One token of the graph: a patch crop (image token) or its text (word)."""
+
+    position: int
+    label: str
+    colour: str
+    picture: Image.Image | None = None
+
+
+@dataclass(frozen=True)
+class Edge:
+    """PAG edge between token positions, with the mark at each end (``MARKS``)."""
+
+    a: int
+    b: int
+    mark_a: str
+    mark_b: str
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def _short(label: str, limit: int = 10) -> str:
+    label = " ".join(label.split()) or "␣"
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def _end_mark(
+    draw: ImageDraw.ImageDraw, tip: tuple[float, float], angle: float, mark: str, size: float
+) -> None:
+    """Draw ``mark`` at ``tip``; ``angle`` points from the edge into the node."""
+    x, y = tip
+    if mark == "arrow":
+        spread = 0.45
+        back = [
+            (x - size * math.cos(angle + s), y - size * math.sin(angle + s))
+            for s in (spread, -spread)
+        ]
+        draw.polygon([tip, *back], fill=EDGE_COLOUR)
+    elif mark == "circle":
+        r = size / 2.6
+        cx, cy = x - r * math.cos(angle), y - r * math.sin(angle)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill="white", outline=EDGE_COLOUR, width=2)
+
+
+def _layout(count: int, node: int) -> tuple[int, list[tuple[float, float]]]:
+    """Canvas side and node centres on a ring wide enough to keep nodes apart."""
+    radius = max(140.0, count * node * 1.35 / (2 * math.pi))
+    side = int(2 * radius + 2.6 * node)
+    centre = side / 2
+    points = [
+        (
+            centre + radius * math.sin(2 * math.pi * i / count),
+            centre - radius * math.cos(2 * math.pi * i / count),
+        )
+        for i in range(count)
+    ]
+    return side, points
+
+
+def _draw_node(
+    canvas: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    node: GraphNode,
+    at: tuple[float, float],
+    size: int,
+) -> None:
+    x, y = at
+    half = size / 2
+    box = (x - half, y - half, x + half, y + half)
+    border = 4 if node.colour == TARGET_COLOUR else 3
+    if node.picture is not None:
+        picture = node.picture
+        canvas.paste(picture, (round(x - picture.width / 2), round(y - picture.height / 2)))
+        draw.rectangle(box, outline=node.colour, width=border)
+    else:
+        draw.rounded_rectangle(box, radius=6, fill="white", outline=node.colour, width=border)
+        draw.text((x, y), _short(node.label, 6), fill="black", font=_font(11), anchor="mm")
+    draw.text((x, y + half + 2), f"{node.position}", fill="#444", font=_font(10), anchor="ma")
+
+
+def _legend(width: int, radii: int) -> Image.Image:
+    """Edge marks and node colours, explained in one strip under the graph."""
+    legend = Image.new("RGB", (width, 70), "white")
+    draw = ImageDraw.Draw(legend)
+    font = _font(12)
+    meanings = {
+        "arrow": "arrowhead: not an ancestor",
+        "tail": "tail: an ancestor",
+        "circle": "circle: undetermined",
+    }
+    x = 10
+    for mark, meaning in meanings.items():
+        draw.line((x, 14, x + 40, 14), fill=EDGE_COLOUR, width=2)
+        _end_mark(draw, (x + 40, 14), 0.0, mark, 11)
+        draw.text((x + 48, 14), meaning, fill="black", font=font, anchor="lm")
+        x += 48 + int(draw.textlength(meaning, font=font)) + 24
+    swatches = [("explained token", TARGET_COLOUR)]
+    swatches += [(f"radius {r}", radius_colour(r)) for r in range(1, radii + 1)]
+    swatches += [("outside the explanation", OTHER_COLOUR)]
+    x = 10
+    for name, colour in swatches:
+        draw.rectangle((x, 40, x + 14, 54), outline=colour, width=3)
+        draw.text((x + 20, 47), name, fill="black", font=font, anchor="lm")
+        x += 20 + int(draw.textlength(name, font=font)) + 18
+    return legend
+
+
+def draw_graph(
+    nodes: Sequence[GraphNode], edges: Sequence[Edge], radii: int, node_size: int = 44
+) -> Image.Image:
+    """The graph with its legend underneath, as one image.
+
+    Edges are drawn first and shortened to stop at each node's border, so marks stay
+    visible next to the crops. Nodes are drawn in ``position`` order around the ring.
+    """
+    ordered = sorted(nodes, key=lambda n: n.position)
+    side, points = _layout(max(len(ordered), 1), node_size)
+    where = {n.position: p for n, p in zip(ordered, points, strict=True)}
+    canvas = Image.new("RGB", (side, side), "white")
+    draw = ImageDraw.Draw(canvas)
+    stop = node_size * 0.62
+    for edge in edges:
+        if edge.a not in where or edge.b not in where:
+            continue
+        (xa, ya), (xb, yb) = where[edge.a], where[edge.b]
+        angle = math.atan2(yb - ya, xb - xa)
+        length = math.hypot(xb - xa, yb - ya)
+        if length <= 2 * stop:
+            continue
+        start = (xa + stop * math.cos(angle), ya + stop * math.sin(angle))
+        end = (xb - stop * math.cos(angle), yb - stop * math.sin(angle))
+        draw.line((start, end), fill=EDGE_COLOUR, width=2)
+        _end_mark(draw, end, angle, edge.mark_b, 12)
+        _end_mark(draw, start, angle + math.pi, edge.mark_a, 12)
+    for node in ordered:
+        _draw_node(canvas, draw, node, where[node.position], node_size)
+    legend = _legend(max(side, 720), radii)
+    framed = Image.new("RGB", (legend.width, side + legend.height), "white")
+    framed.paste(canvas, ((legend.width - side) // 2, 0))
+    framed.paste(legend, (0, side))
+    return framed

@@ -1,0 +1,129 @@
+"""What a CLEANN explanation means on a trace: patches to highlight, graph nodes, table rows.
+
+A :class:`~engine.causal.CausalExplanation` speaks in token positions; the views need image
+patches (through the token table's ``image_patch``), token text and the PDS distance at
+which each token joined the explanation. This module does that translation once, without
+Streamlit, so it is tested on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dashboard.components import patches, text
+from dashboard.components.causal_graph import (
+    OTHER_COLOUR,
+    TARGET_COLOUR,
+    Edge,
+    GraphNode,
+    radius_colour,
+)
+from engine.causal import CausalExplanation
+from store import ImageGeometry, TokenRole, TokenTable
+
+
+@dataclass(frozen=True)
+class TraceView:
+    """The parts of a trace an explanation is read against."""
+
+    tokens: TokenTable
+    image: ImageGeometry
+
+    def patch(self, position: int) -> int | None:
+        """The image patch of a token, or ``None`` for text (and a kept CLS feature)."""
+        if self.tokens.roles[position] != TokenRole.IMAGE:
+            return None
+        patch = int(self.tokens.image_patch[position])
+        return patch if 0 <= patch < self.image.grid_rows * self.image.grid_cols else None
+
+    def label(self, position: int) -> str:
+        return text.token_label(self.tokens.text[position])
+
+
+def radius_of(explanation: CausalExplanation) -> dict[int, int]:
+    """Token position -> the PDS distance at which it entered the explanation."""
+    return {
+        position: radius
+        for radius, members in explanation.explanation_by_radius.items()
+        for position in members
+    }
+
+
+def patch_colours(view: TraceView, explanation: CausalExplanation, up_to: int) -> dict[int, str]:
+    """Patches in the explanation at search radius ``up_to``, coloured by their distance."""
+    return {
+        patch: radius_colour(radius)
+        for position, radius in radius_of(explanation).items()
+        if radius <= up_to and (patch := view.patch(position)) is not None
+    }
+
+
+def minimal_colours(view: TraceView, explanation: CausalExplanation) -> dict[int, str]:
+    """Patches of the minimal explanation, coloured like the radius they came from."""
+    radii = radius_of(explanation)
+    return {
+        patch: radius_colour(radii.get(position, 1))
+        for position in explanation.minimal_explanation
+        if (patch := view.patch(position)) is not None
+    }
+
+
+def graph(
+    view: TraceView, explanation: CausalExplanation, whole: bool = False, crop_size: int = 40
+) -> tuple[list[GraphNode], list[Edge]]:
+    """Nodes (patch crops or words) and PAG edges; by default only the explained token and
+    its explanation, since the whole graph of ~50 nodes is unreadable as one picture."""
+    radii = radius_of(explanation)
+    keep = set(explanation.nodes) if whole else {explanation.target, *radii}
+    geometry = view.image
+    nodes = []
+    for position in sorted(keep):
+        patch = view.patch(position)
+        picture = (
+            None
+            if patch is None
+            else patches.crop(
+                geometry.processed, geometry.grid_rows, geometry.grid_cols, patch, crop_size
+            )
+        )
+        colour = (
+            TARGET_COLOUR
+            if position == explanation.target
+            else radius_colour(radii[position])
+            if position in radii
+            else OTHER_COLOUR
+        )
+        nodes.append(GraphNode(position, view.label(position), colour, picture))
+    edges = [
+        Edge(a, b, mark_a, mark_b)
+        for a, b, mark_a, mark_b in explanation.edges()
+        if a in keep and b in keep
+    ]
+    return nodes, edges
+
+
+def rows(view: TraceView, explanation: CausalExplanation) -> list[dict[str, object]]:
+    """One table row per explanation token: where it is, its distance and its p-value."""
+    geometry = view.image
+    minimal = set(explanation.minimal_explanation)
+    out: list[dict[str, object]] = []
+    for position, radius in sorted(radius_of(explanation).items(), key=lambda p: (p[1], p[0])):
+        patch = view.patch(position)
+        where = (
+            view.label(position)
+            if patch is None
+            else patches.original_label(geometry.patch_boxes, patch, geometry.grid_cols)
+        )
+        out.append(
+            {
+                "position": position,
+                "kind": "text" if patch is None else "image patch",
+                "token or patch": where,
+                "radius": radius,
+                "minimal": position in minimal,
+                "p-value": float(explanation.p_values.get(position, np.nan)),
+            }
+        )
+    return out
