@@ -21,8 +21,8 @@ chunks (measured in the spike: the best of the shapes tried).
 
 from __future__ import annotations
 
-import io
 import json
+import secrets
 from typing import Any
 
 import h5py
@@ -47,6 +47,7 @@ CACHE_BYTES = 64 * 2**20  # per open file: holds a whole layer's chunks for a 7B
 CACHE_SLOTS = 10_007  # prime, well above the number of chunks that fit in the cache
 _SMALL = 64 * 1024  # arrays below this many bytes are stored uncompressed
 _STR = h5py.string_dtype("utf-8")
+_CORE_BLOCK = 64 * 2**20  # growth step of the in-memory file (few reallocations)
 
 
 def _compression() -> dict[str, Any]:
@@ -85,7 +86,7 @@ def _put_attention(f: h5py.File, name: str, att: np.ndarray, precision: Precisio
             ds[layer] = np.asarray(block, dtype=np.float16)
 
 
-def encode_trace(trace: Trace, precision: Precision) -> io.BytesIO:
+def encode_trace(trace: Trace, precision: Precision) -> bytes:
     """The complete HDF5 file of ``trace``, built in memory.
 
     HDF5 never touches the disk: a full disk or an I/O error then surfaces as a plain
@@ -94,8 +95,8 @@ def encode_trace(trace: Trace, precision: Precision) -> io.BytesIO:
     while writing, in one pass.
     """
     tok, img, top = trace.tokens, trace.image, trace.top_k
-    buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
+    name = f"{trace.info.trace_id}-{secrets.token_hex(4)}.h5"  # an in-memory file's label
+    with h5py.File(name, "w", driver="core", backing_store=False, block_size=_CORE_BLOCK) as f:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["trace_id"] = trace.info.trace_id
         f.attrs["precision"] = precision.value
@@ -139,7 +140,8 @@ def encode_trace(trace: Trace, precision: Precision) -> io.BytesIO:
         _put_attention(f, "lm_attention", trace.lm_attention, precision)
         if trace.vision_attention is not None:
             _put_attention(f, "vision_attention", trace.vision_attention, precision)
-    return buf
+        f.flush()
+        return f.id.get_file_image()
 
 
 def open_file(path: str) -> h5py.File:

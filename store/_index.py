@@ -21,6 +21,7 @@ from .errors import FormatTooNew, IndexSchemaTooOld, StoreError, TraceNotFound
 from .schema import TraceInfo
 
 INDEX_SCHEMA_VERSION = 1
+SCAN_ROWS_LIMIT = 20_000  # below this many candidate rows, text search scans instead of FTS
 REINDEX_HINT = (
     "run `lvlm-interpret store reindex --store DIR` (rebuilds the index from the trace files)"
 )
@@ -462,13 +463,15 @@ class Index:
                 out.append(TraceInfo.from_dict(data[tid]))
         return out
 
-    def _text_filter(self, text: str, columns: tuple[str, ...]) -> sa.ColumnElement[bool]:
+    def _text_filter(
+        self, text: str, columns: tuple[str, ...], use_fts: bool
+    ) -> sa.ColumnElement[bool]:
         """Case-insensitive substring match on prompt and/or answer.
 
-        On SQLite with FTS5 trigram a phrase MATCH is an indexed substring search (for 3+
-        characters); elsewhere, or for shorter text, a plain case-insensitive LIKE.
+        With FTS5 trigram a phrase MATCH is an indexed substring search (3+ characters);
+        otherwise, for shorter text, or when ``use_fts`` is False, a case-insensitive LIKE.
         """
-        if self.has_fts and len(text) >= 3:
+        if use_fts and len(text) >= 3:
             phrase = '"' + text.replace('"', '""') + '"'
             expr = ("{" + " ".join(columns) + "}: " if len(columns) < 2 else "") + phrase
             sub = (
@@ -479,7 +482,7 @@ class Index:
             return sa.literal_column("traces.rowid").in_(sub)
         return sa.or_(*(traces.c[c].icontains(text, autoescape=True) for c in columns))
 
-    def _where(self, q: TraceQuery) -> list[sa.ColumnElement[bool]]:
+    def _where(self, conn: Connection, q: TraceQuery) -> list[sa.ColumnElement[bool]]:
         t = traces.c
         conds: list[sa.ColumnElement[bool]] = []
         if q.model is not None:
@@ -492,12 +495,15 @@ class Index:
             conds.append(t.created_at >= normalize_time(q.created_after))
         if q.created_before is not None:
             conds.append(t.created_at < normalize_time(q.created_before))
-        if q.text:
-            conds.append(self._text_filter(q.text, ("prompt", "answer")))
-        if q.prompt_contains:
-            conds.append(self._text_filter(q.prompt_contains, ("prompt",)))
-        if q.answer_contains:
-            conds.append(self._text_filter(q.answer_contains, ("answer",)))
+        texts = [
+            (q.text, ("prompt", "answer")),
+            (q.prompt_contains, ("prompt",)),
+            (q.answer_contains, ("answer",)),
+        ]
+        texts = [(text, cols) for text, cols in texts if text]
+        if texts:
+            use_fts = self.has_fts and self._text_index_pays(conn, conds)
+            conds += [self._text_filter(text, cols, use_fts) for text, cols in texts]
         if q.answer_token:
             sub = sa.select(answer_tokens.c.trace_id).where(
                 answer_tokens.c.token == normalize_token(q.answer_token)
@@ -513,6 +519,18 @@ class Index:
                 sub = sub.where(metrics.c.value <= hi)
             conds.append(t.trace_id.in_(sub))
         return conds
+
+    def _text_index_pays(self, conn: Connection, conds: list[sa.ColumnElement[bool]]) -> bool:
+        """Whether to search text through FTS or scan the rows the other filters leave.
+
+        A common word can match most of the index through FTS, while model + date already
+        narrow to a few thousand rows on (model_id, created_at); scanning those is faster
+        (measured: 47 ms via FTS vs ~2 ms scanning, 100k rows). Counting via the index is cheap.
+        """
+        if not conds:
+            return True
+        count = sa.select(sa.func.count()).select_from(traces).where(*conds)
+        return conn.execute(count).scalar_one() > SCAN_ROWS_LIMIT
 
     def _order(self, q: TraceQuery) -> sa.ColumnElement[Any]:
         if q.order_by.startswith("metric:"):
@@ -532,7 +550,11 @@ class Index:
     def query(self, q: TraceQuery) -> Page:
         if q.limit < 0 or q.offset < 0:
             raise ValueError("limit and offset must be >= 0")
-        conds = self._where(q)
+        with self.engine.connect() as conn:
+            return self._query(conn, q)
+
+    def _query(self, conn: Connection, q: TraceQuery) -> Page:
+        conds = self._where(conn, q)
         ids_stmt = (
             sa.select(traces.c.trace_id)
             .where(*conds)
@@ -540,11 +562,11 @@ class Index:
             .limit(q.limit)
             .offset(q.offset)
         )
+        # Two index passes beat one `count(*) OVER ()` pass (measured 0.5 vs 6 ms on SQLite).
         count_stmt = sa.select(sa.func.count()).select_from(traces).where(*conds)
-        with self.engine.connect() as conn:
-            ids = list(conn.execute(ids_stmt).scalars())
-            total = conn.execute(count_stmt).scalar_one()
-            items = self._infos(conn, ids)
+        ids = list(conn.execute(ids_stmt).scalars())
+        total = conn.execute(count_stmt).scalar_one()
+        items = self._infos(conn, ids)
         return Page(items=items, total=total, limit=q.limit, offset=q.offset)
 
     def models(self) -> list[str]:

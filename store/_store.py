@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -73,10 +72,10 @@ def checksum_file(path: Path) -> str:
     return f"{CHECKSUM}:{h.hexdigest()}"
 
 
-def _write_durably(path: Path, buf: io.BytesIO) -> tuple[str, int]:
-    """Write ``buf`` to a new file, hashing as it goes, and fsync it; (checksum, size)."""
+def _write_durably(path: Path, data: bytes) -> tuple[str, int]:
+    """Write ``data`` to a new file, hashing as it goes, and fsync it; (checksum, size)."""
     h = hashlib.blake2b(digest_size=32)
-    view = buf.getbuffer()
+    view = memoryview(data)
     step = 8 * 2**20
     with open(path, "xb") as f:
         for start in range(0, len(view), step):

@@ -94,14 +94,16 @@ class TraceInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TraceInfo:
         """Inverse of :meth:`to_dict`; unknown keys (from newer writers) are ignored."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        values = {k: v for k, v in data.items() if k in _INFO_FIELDS}
         gen = values.get("generation") or {}
-        gen_known = {f.name for f in fields(GenerationSettings)}
         values["generation"] = GenerationSettings(
-            **{k: v for k, v in gen.items() if k in gen_known}
+            **{k: v for k, v in gen.items() if k in _GENERATION_FIELDS}
         )
         return cls(**values)
+
+
+_INFO_FIELDS = frozenset(f.name for f in fields(TraceInfo))
+_GENERATION_FIELDS = frozenset(f.name for f in fields(GenerationSettings))
 
 
 @dataclass
