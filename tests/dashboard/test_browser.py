@@ -13,6 +13,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 HEATMAP = ".st-key-heatmaps img, .st-key-heatmap img"
 CHART = "[data-testid='stVegaLiteChart']"
+CAUSAL_GRAPH = ".st-key-causal-graph img"
 TIMEOUT = 30_000
 
 
@@ -79,8 +80,14 @@ def test_each_page_shows_its_maps_and_charts(site, page, demo_store):
     page.locator(".st-key-gallery img").nth(3).wait_for()
     _shot(page, "relevancy")
 
-    page.goto(f"{site}/causal?trace={demo_store.main}")
-    page.locator(".st-key-causal-patch_effect img").wait_for()
+    page.goto(f"{site}/causal?trace={demo_store.main}&tokens=0")
+    compute = page.get_by_role("button", name="Compute")
+    page.locator(f"{CAUSAL_GRAPH}, .stButton button").first.wait_for()
+    if compute.is_visible():  # another test may have stored this explanation already
+        compute.click()
+    page.locator(CAUSAL_GRAPH).wait_for()
+    page.locator(".st-key-causal-patches img").nth(3).wait_for()  # radii 1-3 and minimal
+    page.locator(".st-key-causal-patch_effect img").wait_for()  # another tool's result
     _shot(page, "causal")
 
     page.goto(f"{site}/compare?trace={demo_store.main}&compare={demo_store.second}")

@@ -22,6 +22,9 @@ at.run()
 for page in pages:
     at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
+    if page == "causal" and at.button:  # CLEANN's compute path too
+        at.button[0].click().run()
+        assert not at.exception and len(at.get("imgs") or at.get("image")) > 1
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
 print(json.dumps(heavy))
 """
