@@ -32,7 +32,7 @@ from engine.causal.explain import (
 )
 from engine.causal.heads import ProgressCallback, explain_heads
 from engine.causal.nodes import DEFAULT_MAX_IMAGE_TOKENS, DEFAULT_THRESHOLD, MIN_IMAGE_TOKENS
-from store import StoredTrace, Trace, TraceStore
+from store import StoredTrace, StoreReadOnly, Trace, TraceStore
 from store.schema import TokenRole, TokenTable
 
 KIND = "cleann"
@@ -167,9 +167,10 @@ def cached_explanations(
     and storing the missing ones.
 
     When everything is cached the trace file is not opened (the head count comes from
-    the stored payloads). ``on_progress(done, total)`` counts only the heads computed now,
-    so it is never called on a full cache hit. ``layer``, ``token`` and ``heads`` must be
-    non-negative: they are part of the key.
+    the stored payloads) and a read-only store is fine; otherwise it raises
+    :class:`store.StoreReadOnly` before computing anything. ``on_progress(done, total)``
+    counts only the heads computed now, so it is never called on a full cache hit.
+    ``layer``, ``token`` and ``heads`` must be non-negative: they are part of the key.
     """
     params = params or CausalParams()
     params.validate()
@@ -187,6 +188,11 @@ def cached_explanations(
             if payload is not None:
                 found[h] = CausalExplanation.from_dict(payload)
     if wanted is None or any(h not in found for h in wanted):
+        if store.mode != "a":
+            raise StoreReadOnly(
+                f"explanations of layer {layer}, token {token} are not all stored and store "
+                f"{store.root} is read-only; reopen it with mode='a' to compute them"
+            )
         with store.open(trace_id) as trace:
             wanted = list(range(trace.num_heads)) if wanted is None else wanted
             missing = list(dict.fromkeys(h for h in wanted if h not in found))
