@@ -7,9 +7,34 @@ from collections.abc import Sequence
 import numpy as np
 import streamlit as st
 
-from dashboard.components import overlay, text
+from dashboard.components import images, overlay, text
 from dashboard.components.overlay import OverlayStyle, Scale
 from store import StoredTrace
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def overlay_url(
+    trace_id: str,
+    grid: np.ndarray,
+    style: OverlayStyle,
+    scale: Scale,
+    _image: np.ndarray,
+    legend: bool = False,
+) -> str:
+    """One overlay (with its colour bar underneath when ``legend``) as an inline JPEG URL,
+    encoded once. Inline, the map arrives with the page's own message instead of one more
+    HTTP request per image after it (Streamlit would also re-encode a Pillow image at JPEG
+    quality 100 on every rerun). ``_image`` is the trace's processed image (not hashed:
+    ``trace_id`` names it)."""
+    picture = overlay.overlay(_image, grid, style, scale)
+    return images.data_url(
+        overlay.with_legend(picture, style, scale) if legend else picture, "JPEG"
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def legend_url(style: OverlayStyle, scale: Scale) -> str:
+    return images.data_url(overlay.legend(style, scale), "JPEG")
 
 
 def image_grid(trace: StoredTrace, row: np.ndarray) -> np.ndarray:
@@ -45,10 +70,10 @@ def gallery(
     carry token text.
     """
     with st.container(key=key):
-        st.image(overlay.legend(style, scale), caption=None)
+        st.image(legend_url(style, scale), caption=None)
         slots = st.columns(columns)
         for i, (grid, caption) in enumerate(zip(grids, captions, strict=True)):
-            picture = overlay.overlay(trace.image.processed, grid, style, scale)
+            picture = overlay_url(trace.trace_id, grid, style, scale, trace.image.processed)
             slots[i % columns].image(
                 picture, caption=text.markdown_literal(caption), width="stretch"
             )
@@ -59,5 +84,6 @@ def heatmap(
 ) -> None:
     """One overlay with its own legend underneath."""
     with st.container(key=key):
-        picture = overlay.overlay(trace.image.processed, grid, style, scale)
-        st.image(overlay.with_legend(picture, style, scale))
+        st.image(
+            overlay_url(trace.trace_id, grid, style, scale, trace.image.processed, legend=True)
+        )
