@@ -129,9 +129,13 @@ def explanations(
                 "and the store is read-only, so none can be computed here."
             )
             return None
-        st.caption(f"Not computed yet for {which} of layer {layer} with these parameters.")
-        if not st.button("Compute", type="primary", icon=":material/science:"):
+        offer = st.empty()  # cleared once computing starts: the results replace it
+        with offer.container():
+            st.caption(f"Not computed yet for {which} of layer {layer} with these parameters.")
+            clicked = st.button("Compute", type="primary", icon=":material/science:")
+        if not clicked:
             return None
+        offer.empty()
         bar = st.progress(0.0, text=f"Learning causal graphs: 0 of {len(wanted)} heads")
     try:
         return cached_explanations(
