@@ -42,7 +42,7 @@ def _dicts(results) -> list[dict]:
 
 
 def test_params_key_is_stable_and_names_every_parameter():
-    assert CausalParams().key() == "v1,a=1e-05,dof=128.0,r=3,thr=0.005,img=50,anc=0"
+    assert CausalParams().key() == "v1,a=1e-05,dof=128.0,r=3,thr=0.005,img=50,anc=0,cond=3"
     assert result_key(31, 7, 2, CausalParams()) == f"L31/H7/T2/{CausalParams().key()}"
     variants = [
         CausalParams(alpha=1e-4),
@@ -51,6 +51,7 @@ def test_params_key_is_stable_and_names_every_parameter():
         CausalParams(threshold=0.01),
         CausalParams(max_image_tokens=20),
         CausalParams(ancestor_pruning=True),
+        CausalParams(max_cond_size=None),
     ]
     assert len({p.key() for p in [CausalParams(), *variants]}) == 1 + len(variants)
     assert CausalParams(dof=128).key() == CausalParams(dof=128.0).key()
