@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.cli.options import DbUrl, StoreDir
+from engine.cli.record import CausalLayers, store_causal
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "demo" / "checkpoint"
 app = typer.Typer(help="The bundled demo LVLM and its shapes world.", no_args_is_help=True)
@@ -53,6 +54,10 @@ def record_demo(
     count: Annotated[int, typer.Option(help="Number of traces (one per question).")] = 10,
     seed: int = 7,
     checkpoint: Path = CHECKPOINT,
+    causal: Annotated[
+        bool, typer.Option(help="Store CLEANN explanations: every answer token, all heads.")
+    ] = True,
+    causal_layers: CausalLayers = None,
 ) -> None:
     """Record demo traces of held-out scenes, with ground truth and reference answers."""
     from engine.cli.progress import recording_progress
@@ -78,6 +83,8 @@ def record_demo(
                     extra={"ground_truth": scene.ground_truth(), "question_kind": question.kind},
                     progress=progress,
                 )
-            opened.add(trace)
+            trace_id = opened.add(trace)
+            if causal:
+                store_causal(opened, trace_id, causal_layers, f"{index + 1}/{count}")
             mark = "[green]✓[/green]" if trace.info.correct else "[red]✗[/red]"
             console.print(f"{mark} {question.text} -> {trace.info.answer!r}")

@@ -3,14 +3,43 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from engine.cli.options import DbUrl, StoreDir
 
+if TYPE_CHECKING:
+    from store import TraceStore
+
 console = Console(stderr=True)
+CausalLayers = Annotated[
+    list[int] | None,
+    typer.Option(
+        help="Layer for --causal (repeatable; negative counts from the end). Default: last."
+    ),
+]
+
+
+def store_causal(store: TraceStore, trace_id: str, layers: list[int] | None, label: str) -> None:
+    """CLEANN for every answer token and head of ``layers``, stored with the trace.
+
+    A bad layer is reported and ends the command, but the trace itself stays stored.
+    """
+    from engine.causal.trace import record_causal
+    from engine.cli.progress import recording_progress
+
+    with recording_progress(label) as progress:
+        try:
+            record_causal(
+                store, trace_id, layers, on_progress=lambda d, t: progress("causal", d, t)
+            )
+        except IndexError as error:
+            console.print(
+                f"[red]error:[/red] --causal-layers: {error} (trace {trace_id} is stored)"
+            )
+            raise typer.Exit(2) from None
 
 
 def record(
@@ -42,6 +71,10 @@ def record(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Run the model repo's own Python code (off: safer).")
     ] = False,
+    causal: Annotated[
+        bool, typer.Option(help="Store CLEANN explanations: every answer token, all heads.")
+    ] = False,
+    causal_layers: CausalLayers = None,
 ) -> None:
     """Generate an answer and record its full interpretability trace into the store."""
     from engine.cli.progress import recording_progress
@@ -83,6 +116,8 @@ def record(
             )
         with open_store(store, db_url=db, mode="a") as opened:
             trace_id = opened.add(trace, lossy=lossy or False)
+            if causal:
+                store_causal(opened, trace_id, causal_layers, image.name)
     except (EngineError, StoreError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
