@@ -7,6 +7,9 @@ Typical use for one answer token and one layer::
     ranked = sorted(results, key=lambda r: r.head_importance, reverse=True)
 
 or, for one head with hand-picked nodes, :func:`select_nodes` then :func:`explain`.
+For recorded traces (which row explains an answer token, results cached in the store) use
+:mod:`engine.causal.trace`; it is not re-exported here because it imports the store, and
+the head workers import this package.
 """
 
 from engine.causal.explain import CausalExplanation, ExplainParams, explain
