@@ -54,15 +54,17 @@ class CausalParams:
     ancestor in the current PAG" rule lets a spurious arrowhead hide a true separating
     set, leaving extra edges: the library's finite-sample check measures skeleton
     precision 0.95 without it vs 0.75 with it at equal recall. On attention the effect
-    is large: on the demo model's colour answers, pruning links the colour word to ~33 of
-    64 patches, as often on the queried object as chance (0.22 vs 0.20), while without
-    it the explanation is a few patches, twice as often on the object as chance (see
-    tests/engine/causal/test_trace_demo.py). Token order alone is a sound ancestor rule.
+    is large: on the (placeholder) demo checkpoint's colour answers, pruning links the
+    colour word to ~33 of 64 patches, on the queried object no more often than chance
+    (0.22 vs 0.20), while without it the explanation is a few patches, on the object
+    twice as often as chance (see tests/engine/causal/test_trace_demo.py). Token order
+    alone is a sound ancestor rule.
 
     ``max_cond_size`` caps the conditioning-set size. ICD is anytime, so the result is
-    still a valid (r-representing) PAG; uncapped (pruning off) one head of a 7B-shaped
-    layer ran for over 13 minutes (sets of 5 from a dense 43-node graph), with it every head takes
-    under a second, and on the demo model the results are identical.
+    still a valid (r-representing) PAG. Uncapped (pruning off), one head of a 7B-shaped
+    synthetic layer ran for over 13 minutes (sets of 5 from a dense 43-node graph); with
+    the cap every head took under a second, and on the demo model the results are the
+    same as uncapped.
     """
 
     alpha: float = DEFAULT_ALPHA
@@ -159,8 +161,9 @@ def explain_layer(
 
 
 def head_ranking(explanations: Iterable[CausalExplanation]) -> list[tuple[int, float]]:
-    """``(head, head_importance)`` from most to least important (ties: lower head first)."""
-    pairs = [(int(e.head if e.head is not None else -1), e.head_importance) for e in explanations]
+    """``(head, head_importance)`` from most to least important (ties: lower head first);
+    results without a head index are left out."""
+    pairs = [(int(e.head), e.head_importance) for e in explanations if e.head is not None]
     return sorted(pairs, key=lambda p: (-p[1], p[0]))
 
 
@@ -191,14 +194,14 @@ def cached_explanations(
     wanted = None if heads is None else [int(h) for h in heads]
     if wanted is None:
         first = store.get_result(trace_id, KIND, result_key(layer, 0, token, params))
-        wanted = None if first is None else list(range(int(first["num_heads"])))
+        wanted = None if _decode(first) is None else list(range(int(first["num_heads"])))
     found: dict[int, CausalExplanation] = {}
     if wanted is not None:
         _non_negative("head", wanted)
         for h in wanted:
-            payload = store.get_result(trace_id, KIND, result_key(layer, h, token, params))
-            if payload is not None:
-                found[h] = CausalExplanation.from_dict(payload)
+            cached = _decode(store.get_result(trace_id, KIND, result_key(layer, h, token, params)))
+            if cached is not None:
+                found[h] = cached
     if wanted is None or any(h not in found for h in wanted):
         if store.mode != "a":
             raise StoreReadOnly(
@@ -241,7 +244,8 @@ def record_causal(
             missing = [
                 h
                 for h in range(n_heads)
-                if store.get_result(trace_id, KIND, result_key(layer, h, token, params)) is None
+                if _decode(store.get_result(trace_id, KIND, result_key(layer, h, token, params)))
+                is None
             ]
             base = done_jobs * n_heads + n_heads - len(missing)
             progress = None if on_progress is None else _shifted(on_progress, base, total)
@@ -273,11 +277,22 @@ def _compute_and_store(
     results = explain_layer(
         trace, layer, token, params, heads=heads, workers=workers, on_progress=on_progress
     )
-    for res in results:
-        assert res.head is not None
+    for head, res in zip(heads, results, strict=True):
         payload = _payload(res, layer, token, trace.num_heads, params)
-        store.put_result(trace_id, KIND, result_key(layer, res.head, token, params), payload)
-    return {int(r.head): r for r in results if r.head is not None}
+        store.put_result(trace_id, KIND, result_key(layer, head, token, params), payload)
+    return dict(zip(heads, results, strict=True))
+
+
+def _decode(payload: dict | None) -> CausalExplanation | None:
+    """A stored result, or None when absent or not in the form this code writes (so a
+    half-written or foreign entry is recomputed and replaced rather than crashing a page)."""
+    if payload is None:
+        return None
+    try:
+        _ = int(payload["num_heads"])
+        return CausalExplanation.from_dict(payload)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _payload(

@@ -112,14 +112,19 @@ def test_cache_round_trip_never_recomputes(stored):
     assert stored_keys == {result_key(1, h, 2, CausalParams()) for h in range(4)}
     os.rename(path.with_suffix(".moved"), path)
 
-    # A partial hit computes only the missing head; other parameters are another entry.
+    # A partial hit computes only the missing head; a foreign entry counts as missing;
+    # other parameters are another entry.
     with open_store(root) as store:
+        store.put_result(trace_id, KIND, result_key(0, 3, 0, CausalParams()), {"note": "x"})
         one = cached_explanations(store, trace_id, 0, 0, heads=[1], workers=1)
         calls = []
         both = cached_explanations(
             store, trace_id, 0, 0, heads=[1, 3], workers=1, on_progress=lambda *a: calls.append(a)
         )
         assert calls == [(1, 1)] and both[0].to_dict() == one[0].to_dict()
+        assert both[1].head == 3
+        stored_again = store.get_result(trace_id, KIND, result_key(0, 3, 0, CausalParams()))
+        assert "note" not in stored_again and stored_again["head"] == 3
         other = cached_explanations(
             store, trace_id, 1, 2, CausalParams(max_radius=1), heads=[0], workers=1
         )
