@@ -21,7 +21,16 @@ import torch
 from torch import nn
 
 from engine.demo.architecture import PATCH_SIZE, build_model, build_processor, build_tokenizer
-from engine.demo.world import COLOURS, IMAGE_SIZE, QUESTION_KINDS, SHAPES, Scene, ask, make_scene
+from engine.demo.world import (
+    COLOURS,
+    IMAGE_SIZE,
+    QUESTION_KINDS,
+    SHAPES,
+    Question,
+    Scene,
+    ask,
+    make_scene,
+)
 
 GRID = IMAGE_SIZE // PATCH_SIZE
 COLOUR_CLASSES = ("background", *sorted(COLOURS))
@@ -44,7 +53,33 @@ class Recipe:
     # object's colour/shape/place" without having to pick one object; then mixed; then 2-4.
     single_object_until: float = 0.25
     mixed_until: float = 0.5
+    # Auxiliary loss on the LM's image tokens after ``referent_layer``: is this patch part of
+    # the object the (first) question is about? It teaches the step that plain training never
+    # found: picking the queried object among several.
+    referent_weight: float = 0.5
+    referent_layer: int = 1
     weight_decay: float = 0.01
+
+
+def _coverage(obj) -> np.ndarray:
+    return obj.mask.reshape(GRID, PATCH_SIZE, GRID, PATCH_SIZE).mean(axis=(1, 3))
+
+
+def referent_patches(scene: Scene, question: Question) -> np.ndarray:
+    """[G] 1.0 where a patch is 20%+ covered by what the question is about, else 0.0.
+
+    Count questions are about every object; absent objects (hallucination bait) about none.
+    """
+    if question.kind == "count":
+        referents = scene.objects
+    elif question.target is None:
+        referents = ()
+    else:
+        referents = (scene.objects[question.target],)
+    covered = np.zeros((GRID, GRID), dtype=bool)
+    for obj in referents:
+        covered |= _coverage(obj) >= 0.2
+    return covered.reshape(-1).astype(np.float32)
 
 
 def patch_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +88,7 @@ def patch_labels(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     shape = np.zeros((GRID, GRID), dtype=np.int64)
     best = np.full((GRID, GRID), 0.2)  # a patch needs 20% coverage to belong to an object
     for obj in scene.objects:
-        cover = obj.mask.reshape(GRID, PATCH_SIZE, GRID, PATCH_SIZE).mean(axis=(1, 3))
+        cover = _coverage(obj)
         wins = cover > best
         best = np.where(wins, cover, best)
         colour[wins] = COLOUR_CLASSES.index(obj.colour)
@@ -108,7 +143,7 @@ class Batches:
 
     def questions(self, scenes: list[Scene], per_image: int) -> dict[str, torch.Tensor]:
         """Conversations of ``per_image`` question turns; labels only on answers and EOS."""
-        texts = []
+        texts, referents = [], []
         for scene in scenes:
             messages = []
             for turn in range(per_image):
@@ -118,6 +153,7 @@ class Batches:
                 content = [{"type": "text", "text": question.text}]
                 if turn == 0:
                     content.append({"type": "image"})
+                    referents.append(referent_patches(scene, question))
                 messages.append({"role": "user", "content": content})
                 answer = [{"type": "text", "text": question.answer}]
                 messages.append({"role": "assistant", "content": answer})
@@ -130,6 +166,7 @@ class Batches:
             padding_side="right",
         )
         batch["labels"] = answer_labels(batch["input_ids"], self.processor.tokenizer)
+        batch["referents"] = torch.from_numpy(np.stack(referents))
         return batch
 
 
@@ -161,13 +198,14 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
-def _capture_last_vision_layer(model) -> dict[str, torch.Tensor]:
+def _capture_output(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Keep a layer's latest output hidden states (for auxiliary losses)."""
     captured: dict[str, torch.Tensor] = {}
 
     def hook(_module, _inputs, output):
         captured["hidden"] = output[0] if isinstance(output, tuple) else output
 
-    model.model.vision_tower.encoder.layers[-1].register_forward_hook(hook)
+    module.register_forward_hook(hook)
     return captured
 
 
@@ -180,7 +218,7 @@ def train(
     processor = build_processor(tokenizer)
     model = build_model(tokenizer)
     head = DenseHead(model.config.vision_config.hidden_size)
-    captured = _capture_last_vision_layer(model)
+    captured = _capture_output(model.model.vision_tower.encoder.layers[-1])
     batches = Batches(processor, recipe.seed, recipe.batch_size)
 
     vision_params = [*model.model.vision_tower.parameters(), *head.parameters()]
@@ -203,7 +241,11 @@ def train(
 
     # Stage 2: the vision tower stays as stage 1 left it; projector and LM learn to answer.
     model.model.vision_tower.requires_grad_(False)
+    referent_head = nn.Linear(model.config.text_config.hidden_size, 1)
+    lm_hidden = _capture_output(model.model.language_model.layers[recipe.referent_layer])
+    image_token = model.config.image_token_id
     trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable += list(referent_head.parameters())
     optimiser = torch.optim.AdamW(trainable, lr=recipe.joint_lr, weight_decay=recipe.weight_decay)
     for step in range(recipe.joint_steps):
         progress = step / recipe.joint_steps
@@ -214,15 +256,21 @@ def train(
         else:
             scenes = batches.scenes()
         batch = batches.questions(scenes, recipe.questions_per_image)
+        referents = batch.pop("referents")
         for group in optimiser.param_groups:
             group["lr"] = recipe.joint_lr * _schedule(step, recipe.joint_steps, recipe.warmup_steps)
-        loss = model(**batch).loss
+        qa_loss = model(**batch).loss
+        image_hidden = lm_hidden["hidden"][batch["input_ids"] == image_token]
+        referent_logits = referent_head(image_hidden).view_as(referents)
+        referent_loss = nn.functional.binary_cross_entropy_with_logits(referent_logits, referents)
+        loss = qa_loss + recipe.referent_weight * referent_loss
         optimiser.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(trainable, 1.0)
         optimiser.step()
         if step % 100 == 0 or step == recipe.joint_steps - 1:
-            log(f"answer {step:5d}  qa loss {loss.item():.4f}")
+            losses = f"qa loss {qa_loss.item():.4f}  referent {referent_loss.item():.4f}"
+            log(f"answer {step:5d}  {losses}")
         if eval_every and (step + 1) % eval_every == 0:
             from engine.demo.evaluate import teacher_forced_accuracy
 
