@@ -43,12 +43,14 @@ TRAIN_SEED_OFFSET = 1_000_000  # training scenes never share a seed with evaluat
 class Recipe:
     seed: int = 0
     batch_size: int = 48
-    vision_steps: int = 600
+    vision_steps: int = 400
     vision_lr: float = 2e-3
-    joint_steps: int = 6000
+    joint_steps: int = 2500
     joint_lr: float = 1e-3
     warmup_steps: int = 200
-    questions_per_image: int = 3
+    # One question per image: in a multi-turn conversation only the first question precedes
+    # the image, and later turns taught the image-first lookup that never trained.
+    questions_per_image: int = 1
     # Curriculum (fractions of the answer stage): single-object scenes first teach "read the
     # object's colour/shape/place" without having to pick one object; then mixed; then 2-4.
     single_object_until: float = 0.25
