@@ -1,8 +1,8 @@
 """CLEANN on the demo model: the colour word's explanation lands on the queried object.
 
 For "What color is the {shape}?" the colour word (answer token 0) can only be right if the
-model looked at that shape, so its causal explanation at the last layer should contain the
-object's patches more often than patches drawn at random. Statistic: over every question,
+model looked at that shape, so its causal explanation should contain the object's patches
+more often than patches drawn at random. Statistic: over every question,
 the explanation's image patches (union over the layer's heads: a layer-level claim that
 does not hinge on which head ranks first) that overlap the object's ground-truth box, as
 a share of all explanation patches. Chance: the share a random patch set of the same
@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from engine.causal.trace import explain_layer
+from engine.demo.train import Recipe
 from engine.demo.world import COLOURS, ask, make_scene
 from engine.inputs import load_image
 from engine.recorder import RecordOptions, record
@@ -48,7 +49,7 @@ def colour_traces(demo_model):
     return out
 
 
-def test_colour_word_explanation_contains_the_queried_object(colour_traces):
+def _layer_statistics(colour_traces, layer: int) -> dict[str, float]:
     size = on_object = on_others = hits = 0
     expected = expected_hits = 0.0
     answered = 0
@@ -57,7 +58,7 @@ def test_colour_word_explanation_contains_the_queried_object(colour_traces):
         if tokens.text[tokens.prompt_length].strip() not in COLOURS:
             continue  # no colour word to explain
         answered += 1
-        results = explain_layer(trace, -1, 0, workers=1)
+        results = explain_layer(trace, layer, 0, workers=1)
         members = {p for r in results for p in r.explanation}
         patches = tokens.image_patch[
             sorted(p for p in members if tokens.roles[p] == TokenRole.IMAGE)
@@ -74,15 +75,39 @@ def test_colour_word_explanation_contains_the_queried_object(colour_traces):
         on_others += sum(int(_overlapping(boxes, o.box)[patches].sum()) for o in others) / max(
             len(others), 1
         )
-    rate, chance = on_object / max(size, 1), expected / max(size, 1)
+    return {
+        "answered": answered,
+        "patches": size,
+        "rate": on_object / max(size, 1),
+        "chance": expected / max(size, 1),
+        "others": on_others / max(size, 1),
+        "hits": hits,
+        "expected_hits": expected_hits,
+    }
+
+
+def test_colour_word_explanation_contains_the_queried_object(colour_traces, demo_model):
+    """Asserted where the model binds question to image; every layer is reported.
+
+    The demo model is trained to mark the queried object's patches in the LM's image tokens
+    after layer ``Recipe.referent_layer`` (1), so that is the layer a causal explanation of
+    the colour word should tie to the object. Later layers are printed, not asserted: there
+    the answer token's explanation is no longer about the object (measured: at chance).
+    """
+    layers = demo_model.model.config.text_config.num_hidden_layers
+    stats = {layer: _layer_statistics(colour_traces, layer) for layer in range(layers)}
     correct = sum(bool(t.info.answer.strip() == q.answer) for _, q, t in colour_traces)
-    print(
-        f"\ncolour word, last layer, union over heads: {answered} colour answers "
-        f"({correct}/{len(colour_traces)} correct), {size} explanation patches; "
-        f"on the queried object {rate:.3f} vs chance {chance:.3f} "
-        f"(x{rate / max(chance, 1e-9):.2f}); on another object {on_others / max(size, 1):.3f}; "
-        f"questions with an object patch {hits}/{answered} vs chance {expected_hits:.1f}"
-    )
-    assert answered >= QUESTIONS // 2
-    assert size >= MIN_PATCHES
-    assert rate > chance
+    print(f"\ncolour word, union over heads; {correct}/{len(colour_traces)} answers correct")
+    for layer, row in stats.items():
+        print(
+            f"layer {layer}: {row['patches']} explanation patches, on the queried object "
+            f"{row['rate']:.3f} vs chance {row['chance']:.3f} "
+            f"(x{row['rate'] / max(row['chance'], 1e-9):.2f}); on another object "
+            f"{row['others']:.3f}; questions with an object patch {row['hits']}/"
+            f"{row['answered']} vs chance {row['expected_hits']:.1f}"
+        )
+    binding = stats[Recipe().referent_layer]
+    assert binding["answered"] >= QUESTIONS // 2
+    assert binding["patches"] >= MIN_PATCHES
+    assert binding["rate"] > 1.5 * binding["chance"]
+    assert binding["rate"] > binding["others"]
