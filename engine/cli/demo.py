@@ -14,6 +14,7 @@ from engine.cli.options import DbUrl, StoreDir
 from engine.cli.record import CausalLayers, store_causal
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "demo" / "checkpoint"
+DEMO_MODEL_ID = "lvlm-interpret/shapes-demo"  # how demo traces name the bundled checkpoint
 app = typer.Typer(help="The bundled demo LVLM and its shapes world.", no_args_is_help=True)
 console = Console()
 
@@ -68,6 +69,8 @@ def record_demo(
     from store import open_store
 
     loaded = load_model(str(checkpoint))
+    if checkpoint == CHECKPOINT:
+        loaded.model_id = DEMO_MODEL_ID
     rng = random.Random(seed)
     with open_store(store, db_url=db, mode="a") as opened:
         for index in range(count):
