@@ -56,3 +56,13 @@ def test_record_errors_are_one_clear_line(tmp_path, demo_checkpoint):
     assert "Image file not found" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "s").exists()  # nothing half-created
+
+
+def test_public_api_resolves_lazily():
+    code = (
+        "import sys, engine, engine.causal; assert 'torch' not in sys.modules; "
+        "from engine import load_model, record, RecordOptions, load_image; "
+        "assert 'torch' in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
