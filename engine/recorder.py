@@ -77,6 +77,36 @@ def _generate(loaded: LoadedModel, inputs: dict, settings: GenerationSettings) -
     return Generated(inputs, output.sequences[0], torch.cat(output.logits).float())
 
 
+def _teacher_forced(
+    loaded: LoadedModel, inputs: dict, sequence: torch.Tensor, *, with_graph: bool
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """One forward over prompt + answer: answer logits and every layer's attention.
+
+    With ``with_graph`` the pixels require grad (parameters stay frozen), so the captured
+    attention tensors stay in an autograd graph that reaches only them.
+    """
+    answer_length = len(sequence) - inputs["input_ids"].shape[1]
+    pixel_values = inputs["pixel_values"].clone().requires_grad_(with_graph)
+    others = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    others["pixel_values"] = pixel_values
+    with (
+        torch.set_grad_enabled(with_graph),
+        capture_attention(loaded.adapter.language_attention_modules()) as lm_captured,
+        capture_attention(loaded.adapter.vision_attention_modules()) as vision_captured,
+    ):
+        logits = loaded.model(
+            input_ids=sequence[None],
+            attention_mask=torch.ones_like(sequence)[None],
+            logits_to_keep=answer_length + 1,
+            **others,
+        ).logits[0, :-1]
+    return (
+        logits,
+        require_all(lm_captured, "language-model"),
+        require_all(vision_captured, "vision-tower"),
+    )
+
+
 def _top_k(tokenizer, logits: torch.Tensor, chosen: torch.Tensor, k: int) -> TopK:
     probs = logits.softmax(-1)
     top = probs.topk(min(k, probs.shape[-1]), dim=-1)
@@ -153,30 +183,10 @@ def record(
 
     layout = adapter.image_layout(inputs["pixel_values"], image.size)
     patches = adapter.image_token_patches(len(image_positions), layout)
-    pixel_values = inputs["pixel_values"].clone().requires_grad_(options.relevancy)
-    lm_modules = adapter.language_attention_modules()
-    vision_modules = adapter.vision_attention_modules()
     report("forward", 0, 1)
-    with (
-        torch.set_grad_enabled(options.relevancy),
-        capture_attention(lm_modules) as lm_captured,
-        capture_attention(vision_modules) as vision_captured,
-    ):
-        extra_inputs = {
-            k: v
-            for k, v in inputs.items()
-            if k not in ("input_ids", "attention_mask", "pixel_values")
-        }
-        logits = loaded.model(
-            input_ids=generated.sequence[None],
-            attention_mask=torch.ones_like(generated.sequence)[None],
-            pixel_values=pixel_values,
-            logits_to_keep=len(answer_ids) + 1,
-            **extra_inputs,
-        ).logits[0, :-1]
+    forward = _teacher_forced(loaded, inputs, generated.sequence, with_graph=options.relevancy)
     report("forward", 1, 1)
-    lm_attention = require_all(lm_captured, "language-model")
-    vision_attention = require_all(vision_captured, "vision-tower")
+    logits, lm_attention, vision_attention = forward
 
     relevancy = None
     if options.relevancy:
