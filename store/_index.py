@@ -22,6 +22,7 @@ from .schema import TraceInfo
 
 INDEX_SCHEMA_VERSION = 1
 SCAN_ROWS_LIMIT = 20_000  # below this many candidate rows, text search scans instead of FTS
+ONE_PASS_ROWS = 2_000  # below this many candidate rows, one query gives page and total
 REINDEX_HINT = (
     "run `lvlm-interpret store reindex --store DIR` (rebuilds the index from the trace files)"
 )
@@ -102,6 +103,13 @@ results = sa.Table(
 )
 
 _CHILDREN = (tags, metrics, answer_tokens, results)
+# SQLite only: model + date filters combined with a text scan read prompts from this index
+# instead of the (wide) rows: 0.9 vs 4.7 ms for ~1,000 candidate rows of 100k (measured).
+# Not for other databases: PostgreSQL and MySQL limit the size of an index entry.
+_SQLITE_COVERING = (
+    "CREATE INDEX IF NOT EXISTS ix_traces_model_created_text "
+    "ON traces (model_id, created_at, prompt, answer)"
+)
 _FTS = "traces_fts"  # SQLite only: fts5(prompt, answer, tokenize='trigram'), rowid = traces.rowid
 ORDER_COLUMNS = (
     "created_at",
@@ -134,6 +142,11 @@ def _infos_statement() -> sa.CompoundSelect:
 
 
 _INFOS = _infos_statement()
+_SQLITE_INFOS = (
+    "SELECT trace_id, 'i', info_json, NULL FROM traces WHERE trace_id IN ({ids}) "
+    "UNION ALL SELECT trace_id, 't', tag, NULL FROM trace_tags WHERE trace_id IN ({ids}) "
+    "UNION ALL SELECT trace_id, 'm', name, value FROM trace_metrics WHERE trace_id IN ({ids})"
+)
 _EXISTS = sa.select(traces.c.trace_id).where(traces.c.trace_id == sa.bindparam("tid"))
 
 
@@ -267,12 +280,17 @@ class Index:
                 f"{INDEX_SCHEMA_VERSION}; {REINDEX_HINT}. Trace files are untouched."
             )
         self.has_fts = rows.get("fts") == "trigram"
+        if self.is_sqlite and self.writable:
+            with self.engine.begin() as conn:  # stores made before the index existed
+                conn.exec_driver_sql(_SQLITE_COVERING)
 
     def _create(self) -> None:
         with self.engine.begin() as conn:
             if self.is_sqlite:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             metadata.create_all(conn)
+            if self.is_sqlite:
+                conn.exec_driver_sql(_SQLITE_COVERING)
             fts = ""
             if self.is_sqlite:
                 try:
@@ -448,7 +466,7 @@ class Index:
         data: dict[str, dict[str, Any]] = {}
         tag_map: dict[str, list[str]] = {}
         metric_map: dict[str, dict[str, float]] = {}
-        for tid, kind, text, value in conn.execute(_INFOS, {"ids": ids}):
+        for tid, kind, text, value in self._info_rows(conn, ids):
             if kind == "i":
                 data[tid] = json.loads(text)
             elif kind == "t":
@@ -462,6 +480,20 @@ class Index:
                 data[tid]["metrics"] = metric_map.get(tid, {})
                 out.append(TraceInfo.from_dict(data[tid]))
         return out
+
+    def _info_rows(self, conn: Connection, ids: list[str]) -> list[tuple]:
+        """Rows of ``_INFOS`` for ``ids``. On SQLite straight through the DB-API cursor: the
+        same SQL with positional parameters, 3x faster than SQLAlchemy's expanding IN and
+        result rows for a page of 50 (measured 0.3 vs 1.0 ms)."""
+        if not self.is_sqlite or len(ids) > 300:  # SQLite allows 999+ parameters; 3 per id
+            return list(conn.execute(_INFOS, {"ids": ids}))
+        marks = ",".join("?" * len(ids))
+        sql = _SQLITE_INFOS.format(ids=marks)
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            return cursor.execute(sql, (*ids, *ids, *ids)).fetchall()
+        finally:
+            cursor.close()
 
     def _text_filter(
         self, text: str, columns: tuple[str, ...], use_fts: bool
@@ -482,8 +514,13 @@ class Index:
             return sa.literal_column("traces.rowid").in_(sub)
         return sa.or_(*(traces.c[c].icontains(text, autoescape=True) for c in columns))
 
-    def _where(self, conn: Connection, q: TraceQuery) -> list[sa.ColumnElement[bool]]:
+    def _where(
+        self, conn: Connection, q: TraceQuery
+    ) -> tuple[list[sa.ColumnElement[bool]], int | None]:
+        """The conditions of ``q``, and (when it was counted to choose how to search text)
+        how many rows the non-text filters leave: an upper bound on the matches."""
         t = traces.c
+        candidates = None
         conds: list[sa.ColumnElement[bool]] = []
         if q.model is not None:
             conds.append(t.model_id == q.model)
@@ -502,7 +539,8 @@ class Index:
         ]
         texts = [(text, cols) for text, cols in texts if text]
         if texts:
-            use_fts = self.has_fts and self._text_index_pays(conn, conds)
+            candidates = self._candidates(conn, conds) if self.has_fts else None
+            use_fts = self.has_fts and (candidates is None or candidates > SCAN_ROWS_LIMIT)
             conds += [self._text_filter(text, cols, use_fts) for text, cols in texts]
         if q.answer_token:
             sub = sa.select(answer_tokens.c.trace_id).where(
@@ -518,19 +556,18 @@ class Index:
             if hi is not None:
                 sub = sub.where(metrics.c.value <= hi)
             conds.append(t.trace_id.in_(sub))
-        return conds
+        return conds, candidates
 
-    def _text_index_pays(self, conn: Connection, conds: list[sa.ColumnElement[bool]]) -> bool:
-        """Whether to search text through FTS or scan the rows the other filters leave.
-
-        A common word can match most of the index through FTS, while model + date already
-        narrow to a few thousand rows on (model_id, created_at); scanning those is faster
-        (measured: 47 ms via FTS vs ~2 ms scanning, 100k rows). Counting via the index is cheap.
-        """
+    def _candidates(self, conn: Connection, conds: list[sa.ColumnElement[bool]]) -> int | None:
+        """Rows left by the non-text filters (None: no filters), to choose between FTS and
+        scanning those rows: a common word can match most of the index through FTS, while
+        model + date already narrow to a few thousand rows on (model_id, created_at);
+        scanning those is faster (measured: 47 ms via FTS vs ~1 ms scanning, 100k rows).
+        Counting via the index is cheap."""
         if not conds:
-            return True
+            return None
         count = sa.select(sa.func.count()).select_from(traces).where(*conds)
-        return conn.execute(count).scalar_one() > SCAN_ROWS_LIMIT
+        return conn.execute(count).scalar_one()
 
     def _order(self, q: TraceQuery) -> sa.ColumnElement[Any]:
         if q.order_by.startswith("metric:"):
@@ -554,18 +591,24 @@ class Index:
             return self._query(conn, q)
 
     def _query(self, conn: Connection, q: TraceQuery) -> Page:
-        conds = self._where(conn, q)
-        ids_stmt = (
-            sa.select(traces.c.trace_id)
-            .where(*conds)
-            .order_by(self._order(q), traces.c.trace_id)
-            .limit(q.limit)
-            .offset(q.offset)
+        conds, candidates = self._where(conn, q)
+        ordered = (
+            sa.select(traces.c.trace_id).where(*conds).order_by(self._order(q), traces.c.trace_id)
         )
+        if candidates is not None and candidates <= ONE_PASS_ROWS:
+            # Few candidates (counted above): one scan gives the page and the total, instead
+            # of the scan twice (page, then count). Same result; ~0.5 ms less at 100k rows.
+            every = list(conn.execute(ordered).scalars())
+            ids = every[q.offset : q.offset + q.limit]
+            return Page(self._infos(conn, ids), len(every), limit=q.limit, offset=q.offset)
+        ids_stmt = ordered.limit(q.limit).offset(q.offset)
         # Two index passes beat one `count(*) OVER ()` pass (measured 0.5 vs 6 ms on SQLite).
         count_stmt = sa.select(sa.func.count()).select_from(traces).where(*conds)
         ids = list(conn.execute(ids_stmt).scalars())
-        total = conn.execute(count_stmt).scalar_one()
+        if len(ids) < q.limit and (ids or q.offset == 0):
+            total = q.offset + len(ids)  # the page holds the end of the result: no count needed
+        else:
+            total = conn.execute(count_stmt).scalar_one()
         items = self._infos(conn, ids)
         return Page(items=items, total=total, limit=q.limit, offset=q.offset)
 
