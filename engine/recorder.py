@@ -164,15 +164,21 @@ def record(
     adapter, processor, tokenizer = loaded.adapter, loaded.processor, loaded.processor.tokenizer
     report = progress or (lambda stage, done, total: None)
 
-    inputs = processor(images=image.image, text=chat_text(processor, prompt), return_tensors="pt")
+    no_image = (
+        "The chat template placed no image token in the prompt, so the model would not see "
+        "the image. Check the processor's chat template and image token."
+    )
+    try:
+        inputs = processor(
+            images=image.image, text=chat_text(processor, prompt), return_tensors="pt"
+        )
+    except ValueError as error:  # e.g. "0 <image> tokens and 1 images"
+        raise PromptError(f"{no_image} ({error})") from error
     inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
     prompt_ids = inputs["input_ids"][0]
     image_positions = torch.nonzero(prompt_ids == adapter.image_token_id).flatten()
     if len(image_positions) == 0:
-        raise PromptError(
-            "The chat template placed no image token in the prompt, so the model would not see "
-            "the image. Check the processor's chat template and image token."
-        )
+        raise PromptError(no_image)
     report("generate", 0, 1)
     generated = _generate(loaded, inputs, settings)
     report("generate", 1, 1)

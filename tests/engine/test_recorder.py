@@ -139,3 +139,15 @@ def test_model_without_attention_weights_is_refused(demo_checkpoint, scene_and_q
     with pytest.raises(UnsupportedModelError, match="attn_implementation='eager'"):
         record(loaded, load_image(scene.image, "s.png"), question.text)
     torch.set_grad_enabled(True)
+
+
+def test_template_without_an_image_placeholder_is_refused(demo_checkpoint, scene_and_question):
+    from engine.errors import PromptError
+    from engine.loading import load_model
+
+    loaded = load_model(str(demo_checkpoint))
+    text_only = "{% for m in messages %}{{ m['content'][-1]['text'] }}{% endfor %}"
+    loaded.processor.chat_template = text_only
+    scene, question = scene_and_question
+    with pytest.raises(PromptError, match="no image token"):
+        record(loaded, load_image(scene.image, "s.png"), question.text)
