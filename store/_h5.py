@@ -31,7 +31,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from . import _codec
+from . import _chunks, _codec
 from ._codec import Precision
 from .errors import CorruptTrace, FormatTooNew
 from .schema import (
@@ -50,11 +50,6 @@ CACHE_SLOTS = 10_007  # prime, well above the number of chunks that fit in the c
 _SMALL = 64 * 1024  # arrays below this many bytes are stored uncompressed
 _STR = h5py.string_dtype("utf-8")
 _QUEUE_PIECES = 64  # writes in flight to the background writer (each at most a chunk or so)
-
-# Blosc2 (hdf5plugin 7.1's bundled c-blosc2) reads BLOSC_NTHREADS whenever it creates a
-# (de)compression context. Two threads: +20 % write speed, faster cold reads on the 2-core
-# dev machine. setdefault: a value the user chose wins, and nothing else reads it.
-os.environ.setdefault("BLOSC_NTHREADS", str(min(4, os.cpu_count() or 1)))
 
 
 def _compression() -> dict[str, Any]:
@@ -160,7 +155,9 @@ class _BackgroundFile:
         return bytes(buf[: self.readinto(buf)])
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = offset if whence == 0 else (self.pos + offset if whence == 1 else self.size + offset)
+        self.pos = (
+            offset if whence == 0 else (self.pos + offset if whence == 1 else self.size + offset)
+        )
         return self.pos
 
     def tell(self) -> int:
@@ -325,7 +322,9 @@ def read_attention(ds: h5py.Dataset, row_max: h5py.Dataset | None, index: tuple)
     same index minus the column axis. Callers keep ``ds`` open between calls: HDF5's chunk
     cache lives with the open dataset, so a new handle per read would make every read cold.
     """
-    data = ds[index]
+    data = _chunks.read(ds, index)
+    if data is None:
+        data = ds[index]
     if row_max is not None:
         return _codec.log8_decode(data, row_max[index[:-1]])
     return data.astype(np.float32)
