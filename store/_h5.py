@@ -322,12 +322,12 @@ def read_attention(ds: h5py.Dataset, row_max: h5py.Dataset | None, index: tuple)
     same index minus the column axis. Callers keep ``ds`` open between calls: HDF5's chunk
     cache lives with the open dataset, so a new handle per read would make every read cold.
     """
-    data = _chunks.read(ds, index)
+    data = _chunks.read(ds, index, None if row_max is not None else np.float32)
     if data is None:
         data = ds[index]
     if row_max is not None:
         return _codec.log8_decode(data, row_max[index[:-1]])
-    return data.astype(np.float32)
+    return data.astype(np.float32, copy=False)
 
 
 def attention_datasets(f: h5py.File, name: str) -> tuple[h5py.Dataset, h5py.Dataset | None]:
