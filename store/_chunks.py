@@ -145,8 +145,18 @@ def read(ds: h5py.Dataset, index: tuple, dtype: Any = None) -> np.ndarray | None
 
     # Ask the kernel for every needed range at once: it then reads them with a deep queue
     # instead of two at a time from the reader threads (cold reads are mostly disk time).
-    for offset, size, *_ in jobs:
-        os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+    # Adjacent chunks (a layer's row blocks follow each other in the file) become one call.
+    spans: list[list[int]] = []
+    for offset, size, *_ in sorted(jobs, key=lambda job: job[0]):
+        if spans and offset <= spans[-1][1] + 65536:
+            spans[-1][1] = max(spans[-1][1], offset + size)
+        else:
+            spans.append([offset, offset + size])
+    for start, end in spans:
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+            start = offset
+        end = max(end, offset + size)
+    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
 
     def work(job: tuple) -> bool:
         offset, size, origin, lo, hi = job
