@@ -154,9 +154,6 @@ def read(ds: h5py.Dataset, index: tuple, dtype: Any = None) -> np.ndarray | None
             spans.append([offset, offset + size])
     for start, end in spans:
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
-            start = offset
-        end = max(end, offset + size)
-    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
 
     def work(job: tuple) -> bool:
         offset, size, origin, lo, hi = job
