@@ -42,11 +42,15 @@ test: install browser
 	$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+BENCH_STORE := artifacts/bench-demo-store
+
 bench: install browser
 	$(PY) bench/bench_relevancy.py
 	$(PY) bench/bench_store.py
 	$(PY) bench/bench_causal.py
-	$(PY) bench/bench_dashboard.py
+	@[ -e $(BENCH_STORE)/index.sqlite ] || \
+		$(VENV)/bin/lvlm-interpret demo record --store $(BENCH_STORE) --count 6 >/dev/null
+	$(PY) bench/bench_dashboard.py --store $(BENCH_STORE)
 
 lint: install
 	$(VENV)/bin/ruff check .
