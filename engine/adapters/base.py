@@ -7,7 +7,6 @@ tokens map onto the patch grid.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -65,7 +64,14 @@ class VlmAdapter:
     def image_token_id(self) -> int:
         raise NotImplementedError
 
-    def image_layout(self, pixel_values: torch.Tensor, original_size: tuple[int, int]):
+    def image_layout(
+        self, pixel_values: torch.Tensor, original_size: tuple[int, int]
+    ) -> ImageLayout:
+        """The patch grid of the processed image and each patch's box in the user's image."""
+        raise NotImplementedError
+
+    def image_token_patches(self, num_image_tokens: int, layout: ImageLayout) -> np.ndarray:
+        """Patch index (row-major) of each LM image token, in sequence order; -1 for none."""
         raise NotImplementedError
 
     def processed_image(self, pixel_values: torch.Tensor) -> np.ndarray:
@@ -92,7 +98,7 @@ def list_adapters() -> list[str]:
 def adapter_for(model: nn.Module, processor) -> VlmAdapter:
     """The adapter serving this model's architecture, or a clear error naming the known ones."""
     model_type = getattr(model.config, "model_type", "?")
-    matches: list[Callable[..., VlmAdapter]] = [
+    matches: list[type[VlmAdapter]] = [
         cls for cls in _ADAPTERS.values() if model_type in cls.model_types
     ]
     if not matches:

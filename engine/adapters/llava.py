@@ -63,7 +63,9 @@ class LlavaAdapter(VlmAdapter):
         # hidden_states has total + 1 entries (embeddings first): index -1 is the last layer.
         return deepest + 1 + total if deepest < 0 else deepest
 
-    def image_layout(self, pixel_values: torch.Tensor, original_size: tuple[int, int]):
+    def image_layout(
+        self, pixel_values: torch.Tensor, original_size: tuple[int, int]
+    ) -> ImageLayout:
         patch = int(self.model.config.vision_config.patch_size)
         height, width = pixel_values.shape[-2:]
         rows, cols = height // patch, width // patch

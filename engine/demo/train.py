@@ -120,7 +120,6 @@ class Batches:
         self.processor = processor
         self.rng = random.Random(seed + TRAIN_SEED_OFFSET)
         self.batch_size = batch_size
-        self.eos = processor.tokenizer.eos_token
 
     def scenes(self, max_objects: int | None = None, min_objects: int = 2) -> list[Scene]:
         """Fresh scenes; the default draws 2-4 objects as the evaluation does."""
