@@ -1,10 +1,12 @@
 """Reproduce the demo checkpoint from a seed on a CPU, in two stages as LLaVA trains.
 
 Stage 1 teaches the vision tower what is in every patch (a dense auxiliary loss: colour and
-shape of the object covering each patch), because end-to-end question answering alone
-plateaus near 60% on this world. Stage 2 trains the whole model on questions, keeping the
-dense loss as a regulariser. Schedules are counted in steps with fixed seeds, never wall-clock,
-so the same recipe gives the same weights.
+shape of the object covering each patch), because end-to-end question answering alone stayed
+at chance on colour, shape and position questions. Stage 2 freezes the tower and trains
+projector + LM on questions, from single-object scenes to the full world, with an auxiliary
+"which patches is the question about" loss on the LM's image tokens (see ``Recipe``).
+Schedules are counted in steps with fixed seeds, never wall-clock, so the same recipe gives
+the same weights (up to floating-point reduction order across thread counts).
 """
 
 from __future__ import annotations
