@@ -1,4 +1,4 @@
-"""Trace store: HDF5 files for tensors, a SQL index for search. See store/README-section.md.
+"""Trace store: HDF5 files for tensors, a SQL index for search. See "The trace store" in README.md.
 
 from store import open_store, TraceQuery
 with open_store("traces") as st:

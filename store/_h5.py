@@ -1,6 +1,6 @@
 """One trace <-> one HDF5 file. Writes a complete file; reads lazily with a sized chunk cache.
 
-Layout (format version in the root attributes; see store/README-section.md):
+Layout (format version in the root attributes; see "File layout" in README.md):
 
     /                 attrs: format_version, trace_id, precision, info (JSON of TraceInfo)
     /tokens/          ids, text, roles, word_ids, image_patch; attr prompt_length
@@ -13,10 +13,12 @@ Layout (format version in the root attributes; see store/README-section.md):
     /lm_attention_row_max      [L, H, T] float32           (log8 only)
     /vision_attention [Lv, Hv, V, V], same encodings       (absent when not recorded)
     /vision_attention_row_max  [Lv, Hv, V] float32         (log8 only)
+    /<attention>_blocks        [L, row chunks, H, 2] int64  (see _blocks)
 
 Attention is chunked (1, H, 16, T): 16 query rows of every head of one layer. Reading a
 heatmap, one token's row across all layers, or an answer x image block each touch few
-chunks (measured in the spike: the best of the shapes tried).
+chunks (measured in the spike: the best of the shapes tried); within a chunk, each head is
+a Blosc2 block of its own, which a heatmap reads alone.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from . import _chunks, _codec
+from . import _blocks, _codec
 from ._codec import Precision
 from .errors import CorruptTrace, FormatTooNew
 from .schema import (
@@ -69,7 +71,11 @@ def _put_text(group: h5py.Group, name: str, text: list[str] | list[list[str]]) -
 
 
 def _put_attention(f: h5py.File, name: str, att: np.ndarray, precision: Precision) -> None:
-    """Write [L, H, R, C] attention one layer at a time (bounded memory for lossy encodings)."""
+    """Write [L, H, R, C] attention one layer at a time (bounded memory for lossy encodings).
+
+    The dataset declares the Blosc2 filter (so plain h5py reads it); its chunks are written
+    directly as one-block-per-head frames with their block table (see ``_blocks``).
+    """
     n_layers, n_heads, rows, cols = att.shape
     chunks = (1, n_heads, max(1, min(CHUNK_ROWS, rows)), max(1, cols))
     dtype = np.uint8 if precision is Precision.LOG8 else np.float16
@@ -77,15 +83,17 @@ def _put_attention(f: h5py.File, name: str, att: np.ndarray, precision: Precisio
     ds.attrs["encoding"] = "log8" if precision is Precision.LOG8 else "fp16"
     if precision is Precision.LOG8:
         row_max = f.create_dataset(f"{name}_row_max", shape=att.shape[:3], dtype=np.float32)
+    writer = _blocks.BlockedWriter(ds)
     for layer in range(n_layers):
         block = att[layer]
         if precision is Precision.LOG8:
             codes, row_max[layer] = _codec.log8_encode(block)
-            ds[layer] = codes
+            writer.write_layer(layer, codes)
         elif precision is Precision.SPARSE:
-            ds[layer] = _codec.sparsify(block)
+            writer.write_layer(layer, _codec.sparsify(block))
         else:
-            ds[layer] = np.asarray(block, dtype=np.float16)
+            writer.write_layer(layer, np.asarray(block, dtype=np.float16))
+    writer.finish()
 
 
 class _BackgroundFile:
@@ -314,7 +322,9 @@ def read_relevancy(f: h5py.File) -> Relevancy | None:
     return Relevancy(llm=g["llm"][()], vision=g["vision"][()], all=g["all"][()])
 
 
-def read_attention(ds: h5py.Dataset, row_max: h5py.Dataset | None, index: tuple) -> np.ndarray:
+def read_attention(
+    blocked: _blocks.BlockedDataset, row_max: h5py.Dataset | None, index: tuple
+) -> np.ndarray:
     """Read ``ds[index]`` as float32, decoding log8 when ``row_max`` is given.
 
     ``index`` addresses [L, H, R, C] with ints, slices or one sorted index array per axis
@@ -322,16 +332,18 @@ def read_attention(ds: h5py.Dataset, row_max: h5py.Dataset | None, index: tuple)
     same index minus the column axis. Callers keep ``ds`` open between calls: HDF5's chunk
     cache lives with the open dataset, so a new handle per read would make every read cold.
     """
-    data = _chunks.read(ds, index, None if row_max is not None else np.float32)
+    data = _blocks.read(blocked, index, None if row_max is not None else np.float32)
     if data is None:
-        data = ds[index]
+        data = blocked.values[index]
     if row_max is not None:
         return _codec.log8_decode(data, row_max[index[:-1]])
     return data.astype(np.float32, copy=False)
 
 
-def attention_datasets(f: h5py.File, name: str) -> tuple[h5py.Dataset, h5py.Dataset | None]:
-    """The attention dataset ``name`` and, when log8-encoded, its row maxima."""
+def attention_datasets(
+    f: h5py.File, name: str
+) -> tuple[_blocks.BlockedDataset, h5py.Dataset | None]:
+    """The attention dataset ``name`` with its block table and, when log8, its row maxima."""
     ds = f[name]
     log8 = ds.attrs.get("encoding", "fp16") == "log8"
-    return ds, (f[f"{name}_row_max"] if log8 else None)
+    return _blocks.BlockedDataset(ds), (f[f"{name}_row_max"] if log8 else None)

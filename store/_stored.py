@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import _h5
+from . import _blocks, _h5
 from ._codec import Precision
 from .schema import ImageGeometry, Relevancy, Summaries, TokenTable, TopK, Trace, TraceInfo
 
@@ -59,7 +59,8 @@ class StoredTrace:
         self._f: h5py.File = _h5.open_file(str(self.path))
         self.format_version = int(self._f.attrs["format_version"])
         self._lm = _h5.attention_datasets(self._f, "lm_attention")
-        self.num_layers, self.num_heads, self.seq_len = (int(n) for n in self._lm[0].shape[:3])
+        shape = self._lm[0].values.shape
+        self.num_layers, self.num_heads, self.seq_len = (int(n) for n in shape[:3])
         if info is not None:
             self.info = info
 
@@ -77,14 +78,14 @@ class StoredTrace:
         return Precision(str(self._f.attrs.get("precision", "lossless")))
 
     @cached_property
-    def _vision(self) -> tuple[h5py.Dataset, h5py.Dataset | None] | None:
+    def _vision(self) -> tuple[_blocks.BlockedDataset, h5py.Dataset | None] | None:
         if "vision_attention" not in self._f:
             return None
         return _h5.attention_datasets(self._f, "vision_attention")
 
     @cached_property
     def vision_shape(self) -> tuple[int, int, int, int] | None:
-        return None if self._vision is None else tuple(int(n) for n in self._vision[0].shape)
+        return None if self._vision is None else tuple(int(n) for n in self._vision[0].values.shape)
 
     # -- context manager -------------------------------------------------------------------
     def close(self) -> None:
@@ -195,13 +196,13 @@ class StoredTrace:
 
     # -- everything -------------------------------------------------------------------------
     @staticmethod
-    def _full(ds: h5py.Dataset, row_max: h5py.Dataset | None) -> np.ndarray:
+    def _full(blocked: _blocks.BlockedDataset, row_max: h5py.Dataset | None) -> np.ndarray:
         if row_max is None:
-            return ds[()]
-        out = np.empty(ds.shape, np.float16)
+            return blocked.values[()]
+        out = np.empty(blocked.values.shape, np.float16)
         all_ = slice(None)
-        for layer in range(ds.shape[0]):
-            out[layer] = _h5.read_attention(ds, row_max, (layer, all_, all_, all_))
+        for layer in range(out.shape[0]):
+            out[layer] = _h5.read_attention(blocked, row_max, (layer, all_, all_, all_))
         return out
 
     def read(self) -> Trace:

@@ -1,0 +1,88 @@
+"""Block reads return exactly what h5py returns through the filter, or decline."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from store import _blocks
+from store._h5 import attention_datasets, open_file
+
+
+def _indexes(t: int) -> list[tuple]:
+    return [
+        (1, 2, slice(None), slice(None)),  # a heatmap
+        (slice(None), slice(None), t - 3, slice(None)),  # one row, every layer and head
+        (slice(None), slice(None), slice(5, t - 1), slice(3, 30)),  # a block
+        (slice(0, 2), slice(1, 3), slice(10, 40), slice(None)),
+        (2, slice(None), slice(None), slice(None)),  # a whole layer
+        (0, 0, 3, slice(None)),  # a single row of a single head
+        (2, 1, slice(t - 2, t), slice(t - 5, t)),  # inside the padded last chunk
+    ]
+
+
+@pytest.mark.parametrize("lossy", [False, "sparse", "log8"])
+def test_block_read_matches_h5py(store, make_trace, lossy):
+    tid = store.add(make_trace(seed=3), lossy=lossy)
+    with open_file(str(store.layout.trace_path(tid))) as f:
+        blocked, _ = attention_datasets(f, "lm_attention")
+        assert blocked.header is not None  # the writer produced a usable block table
+        t = blocked.values.shape[2]
+        for index in _indexes(t):
+            got = _blocks.read(blocked, index)
+            assert got is not None, index
+            want = blocked.values[index]  # h5py + hdf5plugin decode the same chunks
+            assert got.dtype == want.dtype and np.array_equal(got, want), index
+            as_float = _blocks.read(blocked, index, np.float32)
+            assert as_float.dtype == np.float32 and np.array_equal(as_float, want), index
+        # index arrays and steps are left to h5py
+        assert _blocks.read(blocked, (0, 0, np.array([1, 5]), slice(None))) is None
+        assert _blocks.read(blocked, (0, 0, slice(0, t, 2), slice(None))) is None
+
+
+def test_vision_attention_is_blocked_too(store, make_trace):
+    tid = store.add(make_trace(seed=4))
+    with open_file(str(store.layout.trace_path(tid))) as f:
+        blocked, _ = attention_datasets(f, "vision_attention")
+        got = _blocks.read(blocked, (1, 0, slice(None), slice(None)))
+        assert np.array_equal(got, blocked.values[1, 0])
+
+
+def test_one_block_per_head_in_every_chunk(store, make_trace):
+    """Each stored chunk is a Blosc2 frame whose block size is one head's rows."""
+    tid = store.add(make_trace(seed=5))
+    with open_file(str(store.layout.trace_path(tid))) as f:
+        ds = f["lm_attention"]
+        _, heads, rows, cols = ds.chunks
+        header = f["lm_attention_blocks"].attrs["chunk_header"].tobytes()
+        assert int.from_bytes(header[8:12], "little") == rows * cols * ds.dtype.itemsize
+        table = f["lm_attention_blocks"][()]
+        assert table.shape == (ds.shape[0], -(-ds.shape[2] // rows), heads, 2)
+        assert (table[..., 1] > table[..., 0]).all()
+
+
+def test_a_copied_file_falls_back_to_h5py(store, make_trace, tmp_path):
+    """Copying datasets to a new file moves the chunks; the stale table must not be used."""
+    tid = store.add(make_trace(seed=6))
+    copy = tmp_path / "copy.h5"
+    with open_file(str(store.layout.trace_path(tid))) as src, h5py.File(copy, "w") as dst:
+        dst.create_dataset("padding", data=np.arange(50_000))  # shift everything after it
+        for name in ("lm_attention", "lm_attention_blocks"):
+            src.copy(src[name], dst, name)
+    with h5py.File(copy, "r") as f:
+        blocked, _ = attention_datasets(f, "lm_attention")
+        assert blocked.header is None
+        assert _blocks.read(blocked, (1, 1, slice(None), slice(None))) is None
+
+
+def test_files_without_a_table_read_through_h5py(tmp_path):
+    import hdf5plugin
+
+    path = tmp_path / "plain.h5"
+    values = np.random.default_rng(0).random((2, 3, 20, 20)).astype(np.float16)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("lm_attention", data=values, chunks=(1, 3, 16, 20), **hdf5plugin.Blosc2())
+    with h5py.File(path, "r") as f:
+        blocked, _ = attention_datasets(f, "lm_attention")
+        assert _blocks.read(blocked, (0, 0, slice(None), slice(None))) is None
