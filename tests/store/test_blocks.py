@@ -86,3 +86,25 @@ def test_files_without_a_table_read_through_h5py(tmp_path):
     with h5py.File(path, "r") as f:
         blocked, _ = attention_datasets(f, "lm_attention")
         assert _blocks.read(blocked, (0, 0, slice(None), slice(None))) is None
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(num_heads=1, prompt_len=9, answer_len=3, grid=(2, 2)),  # fewer rows than a chunk
+        dict(num_heads=7, prompt_len=50, answer_len=2, grid=(3, 3)),  # odd head count
+    ],
+)
+def test_unusual_shapes_read_exactly(store, make_trace, shape):
+    tid = store.add(make_trace(seed=8, **shape))
+    with open_file(str(store.layout.trace_path(tid))) as f:
+        blocked, _ = attention_datasets(f, "lm_attention")
+        assert blocked.header is not None
+        n_layers, n_heads, t, _ = blocked.values.shape
+        for index in [
+            (n_layers - 1, n_heads - 1, slice(None), slice(None)),
+            (slice(None), slice(None), t - 1, slice(None)),
+            (slice(None), slice(n_heads // 2, n_heads), slice(1, t), slice(0, t - 1)),
+        ]:
+            got = _blocks.read(blocked, index)
+            assert np.array_equal(got, blocked.values[index]), index
