@@ -14,6 +14,7 @@ gradients of retained attention tensors between tokens.
 from __future__ import annotations
 
 import inspect
+import time
 
 import numpy as np
 import torch
@@ -47,8 +48,11 @@ def _relevancy_matrix(
     return relevancy
 
 
-def seed_relevancy(model, adapter, inputs: dict, max_new_tokens: int):
-    """(sequence, llm [N,T], vision [N,G], all [N,G]) by the seed tool's strategy."""
+def seed_relevancy(model, adapter, inputs: dict, max_new_tokens: int, timings: dict | None = None):
+    """(sequence, llm [N,T], vision [N,G], all [N,G]) by the seed tool's strategy.
+
+    ``timings`` (when given) receives ``generate_s``: the time before the per-token loop."""
+    started = time.perf_counter()
     lm_modules = adapter.language_attention_modules()
     vision_modules = adapter.vision_attention_modules()[: adapter.vision_layers_feeding_lm()]
     lm_steps: list[list[torch.Tensor]] = [[] for _ in lm_modules]
@@ -78,6 +82,8 @@ def seed_relevancy(model, adapter, inputs: dict, max_new_tokens: int):
                 return_dict_in_generate=True,
                 output_logits=True,
             )
+        if timings is not None:
+            timings["generate_s"] = time.perf_counter() - started
         prompt_length = inputs["input_ids"].shape[1]
         sequence = output.sequences[0]
         answer = sequence[prompt_length:]
