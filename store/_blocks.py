@@ -57,26 +57,29 @@ class _Frame:
     head: bytes  # frame header up to the chunk
     tail: bytes  # chunk offsets and trailer after it
 
-    _LENGTH, _CBYTES = slice(16, 24), slice(39, 47)  # big-endian uint64 / int64 after markers
+    # Big-endian uint64 frame length and int64 compressed size, after their msgpack markers.
+    _FRAME_LENGTH, _FRAME_CBYTES = slice(16, 24), slice(39, 47)
 
     @classmethod
     def learn(cls, chunk: np.ndarray, cparams: blosc2.CParams) -> _Frame | None:
         frame = blosc2.SChunk(chunksize=chunk.nbytes, data=chunk, cparams=cparams).to_cframe()
-        start = int.from_bytes(frame[11:15], "big")
-        cbytes = int.from_bytes(frame[start + _CBYTES.start : start + _CBYTES.stop], "little")
+        start = int.from_bytes(frame[11:15], "big")  # the header's length: the chunk follows
+        chunk_header = frame[start : start + _HEADER]
+        cbytes = int.from_bytes(chunk_header[_CBYTES], "little")
         fields_in_place = (
             frame[2:10] == b"b2frame\0"
             and frame[15] == 0xCF
             and frame[38] == 0xD3
-            and int.from_bytes(frame[cls._LENGTH], "big") == len(frame)
-            and int.from_bytes(frame[cls._CBYTES], "big") == cbytes
+            and int.from_bytes(frame[cls._FRAME_LENGTH], "big") == len(frame)
+            and int.from_bytes(frame[cls._FRAME_CBYTES], "big") == cbytes
         )
         return cls(frame[:start], frame[start + cbytes :]) if fields_in_place else None
 
     def wrap(self, data: bytes) -> bytes:
         head = bytearray(self.head)
-        head[self._LENGTH] = (len(self.head) + len(data) + len(self.tail)).to_bytes(8, "big")
-        head[self._CBYTES] = len(data).to_bytes(8, "big")
+        length = len(self.head) + len(data) + len(self.tail)
+        head[self._FRAME_LENGTH] = length.to_bytes(8, "big")
+        head[self._FRAME_CBYTES] = len(data).to_bytes(8, "big")
         return b"".join((head, data, self.tail))
 
 
@@ -112,17 +115,20 @@ class BlockedWriter:
         self.cparams_dict = asdict(self.cparams)  # compress2 converts a CParams on every call
         self.header: bytes | None = None
         self.frame: _Frame | None = None
+        self.learned = False
 
     def write_layer(self, layer: int, values: np.ndarray) -> None:
         """Compress the layer's chunks in a second thread while this one writes them.
 
         Blosc2 spreads each chunk over every core itself (python-blosc2 releases the GIL);
-        more Python threads compressing side by side were slower (GIL hand-offs)."""
+        more Python threads compressing side by side were slower (GIL hand-offs).
+        """
         n_heads, rows, _ = values.shape
         starts = range(0, rows, self.chunk_rows)
         compressed = _pool(1).map(lambda r0: self._compress(values, r0), starts)
         for i, (r0, (chunk, data)) in enumerate(zip(starts, compressed, strict=True)):
-            self.frame = self.frame or _Frame.learn(chunk, self.cparams)
+            if not self.learned:
+                self.frame, self.learned = _Frame.learn(chunk, self.cparams), True
             if self.frame is None:  # an unexpected frame layout: let python-blosc2 build it
                 frame = blosc2.SChunk(chunksize=chunk.nbytes, data=chunk, cparams=self.cparams)
                 self.ds.id.write_direct_chunk((layer, 0, r0, 0), frame.to_cframe())
@@ -151,17 +157,16 @@ class BlockedWriter:
         its dataset was created with the writer: objects created after hundreds of MB of
         chunks made opening a trace measurably slower (its metadata sat far apart on disk).
         """
-        if self.header is None or self.frame is None:
-            return
 
         def place(info: h5py.h5d.StoreInfo) -> None:
             blocks = self.table[info.chunk_offset[0], info.chunk_offset[2] // self.chunk_rows]
             if blocks[0, 0] >= 0:
                 blocks += info.byte_offset
 
-        self.ds.id.chunk_iter(place)
+        if self.header is not None:  # else no chunk has blocks: readers see no header
+            self.ds.id.chunk_iter(place)
+            self.stored.attrs["chunk_header"] = np.frombuffer(self.header, np.uint8)
         self.stored[...] = self.table
-        self.stored.attrs["chunk_header"] = np.frombuffer(self.header, np.uint8)
 
 
 # -- reading -----------------------------------------------------------------------------------

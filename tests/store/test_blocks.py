@@ -108,3 +108,16 @@ def test_unusual_shapes_read_exactly(store, make_trace, shape):
         ]:
             got = _blocks.read(blocked, index)
             assert np.array_equal(got, blocked.values[index]), index
+
+
+def test_without_the_frame_shortcut_files_stay_readable(store, make_trace, monkeypatch):
+    """If python-blosc2's frame layout ever differs, chunks are framed by python-blosc2
+    itself: the file reads the same through h5py, and block reads decline."""
+    monkeypatch.setattr(_blocks._Frame, "learn", classmethod(lambda cls, chunk, cparams: None))
+    trace = make_trace(seed=9)
+    tid = store.add(trace)
+    with open_file(str(store.layout.trace_path(tid))) as f:
+        blocked, _ = attention_datasets(f, "lm_attention")
+        assert np.array_equal(blocked.values[()], trace.lm_attention)
+        assert blocked.header is None
+        assert _blocks.read(blocked, (0, 1, slice(None), slice(None))) is None
