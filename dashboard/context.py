@@ -58,6 +58,15 @@ def trace_or_stop(config: StoreConfig, param: str = state.TRACE) -> StoredTrace:
     st.stop()
 
 
+def trace_page(title: str) -> tuple[StoreConfig, StoredTrace]:
+    """Open a page about one trace: the store, the trace, the title and the trace's header."""
+    config = config_or_stop()
+    trace = trace_or_stop(config)
+    st.title(title)
+    trace_header(trace)
+    return config, trace
+
+
 def trace_header(trace: StoredTrace) -> None:
     """Which trace this is: model, checkpoint, date and prompt, all shown as plain text."""
     info = trace.info

@@ -195,10 +195,7 @@ def vision_tower(config: StoreConfig, trace: StoredTrace) -> None:
 
 
 def render_page() -> None:
-    config = context.config_or_stop()
-    trace = context.trace_or_stop(config)
-    st.title("Raw attention")
-    context.trace_header(trace)
+    config, trace = context.trace_page("Raw attention")
     current = state.get("view")
     view = (
         st.segmented_control(

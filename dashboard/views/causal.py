@@ -293,10 +293,7 @@ def other_results(config: StoreConfig, trace: StoredTrace) -> None:
 
 
 def render_page() -> None:
-    config = context.config_or_stop()
-    trace = context.trace_or_stop(config)
-    st.title("Causal explanations")
-    context.trace_header(trace)
+    config, trace = context.trace_page("Causal explanations")
     cleann_section(config, trace)
     other_results(config, trace)
 

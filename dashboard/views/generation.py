@@ -18,10 +18,7 @@ def _pick_from_chart(key: str) -> None:
 
 
 def render() -> None:
-    config = context.config_or_stop()
-    trace = context.trace_or_stop(config)
-    st.title("Generation")
-    context.trace_header(trace)
+    _, trace = context.trace_page("Generation")
     image_col, answer_col = st.columns([1, 2])
     image_col.image(trace.image.processed, caption="Processed image (as the vision tower saw it)")
     with answer_col:

@@ -55,10 +55,7 @@ def text_relevancy(trace: StoredTrace, selected: list[int]) -> None:
 
 
 def render_page() -> None:
-    config = context.config_or_stop()
-    trace = context.trace_or_stop(config)
-    st.title("Relevancy")
-    context.trace_header(trace)
+    _, trace = context.trace_page("Relevancy")
     if trace.relevancy is None:
         st.info(
             "Relevancy was not recorded for this trace (record with relevancy enabled to see it)."
