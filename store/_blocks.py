@@ -19,6 +19,7 @@ always equal ``ds[index]``.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import struct
 import threading
@@ -26,10 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import blosc2
 import h5py
 import numpy as np
+
+if TYPE_CHECKING:
+    import blosc2
 
 _HEADER = 32  # Blosc2 extended chunk header; the block starts (int32 each) follow it
 _NBYTES, _CBYTES = slice(4, 8), slice(12, 16)  # little-endian int32 fields of that header
@@ -42,6 +47,31 @@ _PARALLEL_BYTES = 4 * 2**20  # decoding less than this runs in the calling threa
 
 
 # -- writing -----------------------------------------------------------------------------------
+
+_FORKED = False  # set in a child forked from this process
+
+
+def _mark_forked() -> None:
+    global _FORKED
+    _FORKED = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
+
+
+def _compression_threads() -> int:
+    """Blosc2's own threads, except in a forked child: a child of a process that had
+    compressed with them hung in its first compression (c-blosc2 keeps thread state that
+    a fork copies without the threads; seen in 1 of ~8 runs of the kill -9 test)."""
+    return 1 if _FORKED else os.cpu_count() or 1
+
+
+def _blosc2() -> ModuleType:
+    """python-blosc2, imported on first write: the import costs ~0.4 s, and readers only
+    need its C library."""
+    import blosc2
+
+    return blosc2
 
 
 @dataclass(frozen=True)
@@ -62,7 +92,8 @@ class _Frame:
 
     @classmethod
     def learn(cls, chunk: np.ndarray, cparams: blosc2.CParams) -> _Frame | None:
-        frame = blosc2.SChunk(chunksize=chunk.nbytes, data=chunk, cparams=cparams).to_cframe()
+        frame = _blosc2().SChunk(chunksize=chunk.nbytes, data=chunk, cparams=cparams)
+        frame = frame.to_cframe()
         start = int.from_bytes(frame[11:15], "big")  # the header's length: the chunk follows
         chunk_header = frame[start : start + _HEADER]
         cbytes = int.from_bytes(chunk_header[_CBYTES], "little")
@@ -104,13 +135,14 @@ class BlockedWriter:
         # Block ranges relative to their chunk's frame until ``finish`` knows where it lies.
         self.table = np.full((n_layers, -(-rows // self.chunk_rows), n_heads, 2), -1, np.int64)
         self.stored = ds.parent.create_dataset(f"{ds.name}_blocks", self.table.shape, np.int64)
-        self.cparams = blosc2.CParams(
-            codec=blosc2.Codec.ZSTD,
+        codec = _blosc2()
+        self.cparams = codec.CParams(
+            codec=codec.Codec.ZSTD,
             clevel=1,
-            filters=[blosc2.Filter.SHUFFLE],
+            filters=[codec.Filter.SHUFFLE],
             typesize=ds.dtype.itemsize,
             blocksize=self.chunk_rows * cols * ds.dtype.itemsize,
-            nthreads=os.cpu_count() or 1,
+            nthreads=_compression_threads(),
         )
         self.cparams_dict = asdict(self.cparams)  # compress2 converts a CParams on every call
         self.header: bytes | None = None
@@ -130,7 +162,7 @@ class BlockedWriter:
             if not self.learned:
                 self.frame, self.learned = _Frame.learn(chunk, self.cparams), True
             if self.frame is None:  # an unexpected frame layout: let python-blosc2 build it
-                frame = blosc2.SChunk(chunksize=chunk.nbytes, data=chunk, cparams=self.cparams)
+                frame = _blosc2().SChunk(chunksize=chunk.nbytes, data=chunk, cparams=self.cparams)
                 self.ds.id.write_direct_chunk((layer, 0, r0, 0), frame.to_cframe())
                 continue
             self.ds.id.write_direct_chunk((layer, 0, r0, 0), self.frame.wrap(data))
@@ -143,7 +175,7 @@ class BlockedWriter:
         chunk = np.ascontiguousarray(values[:, r0 : r0 + self.chunk_rows])
         if chunk.shape[1] < self.chunk_rows:  # HDF5 stores the last chunk padded
             chunk = np.pad(chunk, ((0, 0), (0, self.chunk_rows - chunk.shape[1]), (0, 0)))
-        return chunk, blosc2.compress2(chunk, cparams=self.cparams_dict)
+        return chunk, _blosc2().compress2(chunk, cparams=self.cparams_dict)
 
     def _same_header(self, header: bytes) -> bool:
         """Blocks are decoded with one header per dataset: chunks may differ only in size."""
@@ -185,7 +217,9 @@ class _DParams(ctypes.Structure):
 
 
 def _load() -> ctypes.CDLL | None:
-    found = sorted((Path(blosc2.__file__).parent / "lib").glob("libblosc2.[sd]*"))  # .so, .dylib
+    spec = importlib.util.find_spec("blosc2")  # its C library, without importing it
+    package = Path(spec.submodule_search_locations[0]) if spec else Path()
+    found = sorted((package / "lib").glob("libblosc2.[sd]*"))  # .so, .dylib
     try:
         lib = ctypes.CDLL(str(found[0]))
         lib.blosc2_init.argtypes = []

@@ -61,6 +61,24 @@ def test_sigkill_during_add_never_leaves_half_a_trace(tmp_path):
     assert seen > 0, "the writer never finished a trace: kill points too early"
 
 
+@pytest.mark.slow
+def test_a_forked_child_writes_after_its_parent_wrote(tmp_path, make_trace):
+    """A child forked from a process that had written traces writes its own (c-blosc2's
+    compression threads do not survive a fork; a child once hung in its first add)."""
+    directory = tmp_path / "store"
+    fork = multiprocessing.get_context("fork")
+    with open_store(directory) as st:
+        for seed in range(10):
+            st.add(make_trace(seed=seed))
+            child = fork.Process(target=_workers.writer, args=(str(directory), 1, 4))
+            child.start()
+            child.join(timeout=30)
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGKILL)
+            assert child.exitcode == 0, f"child {seed} hung or failed"
+    assert _assert_consistent(directory) == 20
+
+
 def test_one_writer_several_readers(tmp_path):
     directory = tmp_path / "store"
     first = _worker("writer", directory, 2, 3)
