@@ -121,3 +121,28 @@ def test_without_the_frame_shortcut_files_stay_readable(store, make_trace, monke
         assert np.array_equal(blocked.values[()], trace.lm_attention)
         assert blocked.header is None
         assert _blocks.read(blocked, (0, 1, slice(None), slice(None))) is None
+
+
+@pytest.mark.parametrize("parallel_from", [0, _blocks._PARALLEL_BYTES])
+def test_threads_sharing_one_trace_read_exactly(store, make_trace, monkeypatch, parallel_from):
+    """The dashboard reads one open trace from several script threads at once (with every
+    read on the reader threads too, when ``parallel_from`` is 0)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(_blocks, "_PARALLEL_BYTES", parallel_from)
+    trace = make_trace(seed=10, num_layers=4, num_heads=6, prompt_len=120)
+    tid = store.add(trace)
+    with store.open(tid) as stored:
+        n_layers, n_heads = trace.lm_attention.shape[:2]
+
+        def check(i: int) -> bool:
+            layer, head, k = i % n_layers, i % n_heads, i % trace.tokens.answer_length
+            heat = stored.attention(layer, head)
+            row = stored.answer_attention(k)
+            want_row = trace.lm_attention[:, :, trace.tokens.prompt_length - 1 + k]
+            return np.array_equal(heat, trace.lm_attention[layer, head].astype(np.float32)) and (
+                np.array_equal(row, want_row.astype(np.float32))
+            )
+
+        with ThreadPoolExecutor(6) as pool:
+            assert all(pool.map(check, range(60)))
