@@ -13,7 +13,7 @@ Layout (format version in the root attributes; see "File layout" in README.md):
     /lm_attention_row_max      [L, H, T] float32           (log8 only)
     /vision_attention [Lv, Hv, V, V], same encodings       (absent when not recorded)
     /vision_attention_row_max  [Lv, Hv, V] float32         (log8 only)
-    /<attention>_blocks        [L, row chunks, H, 2] int64  (see _blocks)
+    /<attention>_blocks        [L, row chunks, H, 2] int64  (see store/_blocks)
 
 Attention is chunked (1, H, 16, T): 16 query rows of every head of one layer. Reading a
 heatmap, one token's row across all layers, or an answer x image block each touch few

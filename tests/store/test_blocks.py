@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from store import _blocks
+from store._blocks import reading, writing
 from store._h5 import attention_datasets, open_file
 
 
@@ -113,7 +114,7 @@ def test_unusual_shapes_read_exactly(store, make_trace, shape):
 def test_without_the_frame_shortcut_files_stay_readable(store, make_trace, monkeypatch):
     """If python-blosc2's frame layout ever differs, chunks are framed by python-blosc2
     itself: the file reads the same through h5py, and block reads decline."""
-    monkeypatch.setattr(_blocks._Frame, "learn", classmethod(lambda cls, chunk, cparams: None))
+    monkeypatch.setattr(writing._Frame, "learn", classmethod(lambda cls, chunk, cparams: None))
     trace = make_trace(seed=9)
     tid = store.add(trace)
     with open_file(str(store.layout.trace_path(tid))) as f:
@@ -123,13 +124,13 @@ def test_without_the_frame_shortcut_files_stay_readable(store, make_trace, monke
         assert _blocks.read(blocked, (0, 1, slice(None), slice(None))) is None
 
 
-@pytest.mark.parametrize("parallel_from", [0, _blocks._PARALLEL_BYTES])
+@pytest.mark.parametrize("parallel_from", [0, reading.PARALLEL_BYTES])
 def test_threads_sharing_one_trace_read_exactly(store, make_trace, monkeypatch, parallel_from):
     """The dashboard reads one open trace from several script threads at once (with every
     read on the reader threads too, when ``parallel_from`` is 0)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(_blocks, "_PARALLEL_BYTES", parallel_from)
+    monkeypatch.setattr(reading, "PARALLEL_BYTES", parallel_from)
     trace = make_trace(seed=10, num_layers=4, num_heads=6, prompt_len=120)
     tid = store.add(trace)
     with store.open(tid) as stored:
