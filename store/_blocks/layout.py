@@ -1,4 +1,4 @@
-"""What the readers and the writer know of Blosc2's chunk format, and their thread pools."""
+"""What the reader and the writer know of Blosc2's chunk format, and their thread pools."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def block_ranges(data: bytes, heads: int) -> list[tuple[int, int]] | None:
 
 def pool(threads: int) -> ThreadPoolExecutor:
     """This process's pool of ``threads`` threads (a forked child makes its own)."""
-    pid, pool = _POOLS.get(threads, (None, None))
+    pid, executor = _POOLS.get(threads, (None, None))
     if pid != os.getpid():
-        pool = ThreadPoolExecutor(threads, thread_name_prefix="trace-blocks")
-        _POOLS[threads] = (os.getpid(), pool)
-    return pool
+        executor = ThreadPoolExecutor(threads, thread_name_prefix="trace-blocks")
+        _POOLS[threads] = (os.getpid(), executor)
+    return executor
