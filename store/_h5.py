@@ -87,12 +87,12 @@ def _put_attention(f: h5py.File, name: str, att: np.ndarray, precision: Precisio
     for layer in range(n_layers):
         block = att[layer]
         if precision is Precision.LOG8:
-            codes, row_max[layer] = _codec.log8_encode(block)
-            writer.write_layer(layer, codes)
+            values, row_max[layer] = _codec.log8_encode(block)
         elif precision is Precision.SPARSE:
-            writer.write_layer(layer, _codec.sparsify(block))
+            values = _codec.sparsify(block)
         else:
-            writer.write_layer(layer, np.asarray(block, dtype=np.float16))
+            values = np.asarray(block, dtype=np.float16)
+        writer.write_layer(layer, values)
     writer.finish()
 
 
@@ -329,8 +329,9 @@ def read_attention(
 
     ``index`` addresses [L, H, R, C] with ints, slices or one sorted index array per axis
     (h5py's rule); its last item must not be an int. The log8 row maxima are read with the
-    same index minus the column axis. Callers keep ``ds`` open between calls: HDF5's chunk
-    cache lives with the open dataset, so a new handle per read would make every read cold.
+    same index minus the column axis. Reads go through the block table when they can and
+    through h5py otherwise; callers keep the dataset open between calls, as HDF5's chunk cache
+    (used by the h5py path) and the looked-up table live with the open handle.
     """
     data = _blocks.read(blocked, index, None if row_max is not None else np.float32)
     if data is None:

@@ -188,9 +188,7 @@ def _decode_chunk(
         return None
     if int.from_bytes(data[CBYTES], "little") != len(data):
         return None
-    out = np.empty((heads, *block_shape), dtype)
-    done = _LIB.blosc2_decompress_ctx(_context(), data, len(data), out.ctypes.data, out.nbytes)
-    return out if done == out.nbytes else None
+    return _decompress(data, np.empty((heads, *block_shape), dtype))
 
 
 def _decode_blocks(
@@ -210,6 +208,10 @@ def _decode_blocks(
     head = bytearray(header)
     head[NBYTES] = out.nbytes.to_bytes(4, "little")
     head[CBYTES] = size.to_bytes(4, "little")
-    chunk = b"".join([head, struct.pack(f"<{len(starts)}i", *starts), *parts])
-    done = _LIB.blosc2_decompress_ctx(_context(), chunk, size, out.ctypes.data, out.nbytes)
+    return _decompress(b"".join([head, struct.pack(f"<{len(starts)}i", *starts), *parts]), out)
+
+
+def _decompress(chunk: bytes, out: np.ndarray) -> np.ndarray | None:
+    """Decompress one Blosc2 chunk into ``out``; None unless it filled ``out`` exactly."""
+    done = _LIB.blosc2_decompress_ctx(_context(), chunk, len(chunk), out.ctypes.data, out.nbytes)
     return out if done == out.nbytes else None

@@ -41,6 +41,11 @@ def _blosc2() -> ModuleType:
     return blosc2
 
 
+def _python_blosc2_frame(chunk: np.ndarray, cparams: blosc2.CParams) -> bytes:
+    """The chunk as a one-chunk frame built by python-blosc2 (slower than ``_Frame.wrap``)."""
+    return _blosc2().SChunk(chunksize=chunk.nbytes, data=chunk, cparams=cparams).to_cframe()
+
+
 @dataclass(frozen=True)
 class _Frame:
     """A one-chunk Blosc2 frame around any compressed chunk of the same settings.
@@ -59,8 +64,7 @@ class _Frame:
 
     @classmethod
     def learn(cls, chunk: np.ndarray, cparams: blosc2.CParams) -> _Frame | None:
-        frame = _blosc2().SChunk(chunksize=chunk.nbytes, data=chunk, cparams=cparams)
-        frame = frame.to_cframe()
+        frame = _python_blosc2_frame(chunk, cparams)
         start = int.from_bytes(frame[11:15], "big")  # the header's length: the chunk follows
         chunk_header = frame[start : start + HEADER]
         cbytes = int.from_bytes(chunk_header[CBYTES], "little")
@@ -118,8 +122,8 @@ class BlockedWriter:
             if not self.learned:
                 self.frame, self.learned = _Frame.learn(chunk, self.cparams), True
             if self.frame is None:  # an unexpected frame layout: let python-blosc2 build it
-                frame = _blosc2().SChunk(chunksize=chunk.nbytes, data=chunk, cparams=self.cparams)
-                self.ds.id.write_direct_chunk((layer, 0, r0, 0), frame.to_cframe())
+                frame = _python_blosc2_frame(chunk, self.cparams)
+                self.ds.id.write_direct_chunk((layer, 0, r0, 0), frame)
                 continue
             self.ds.id.write_direct_chunk((layer, 0, r0, 0), self.frame.wrap(data))
             blocks = block_ranges(data, n_heads)
