@@ -13,7 +13,7 @@ cannot flip a mark back and forth: the loop always terminates.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -182,14 +182,19 @@ def _uncovered_pd_path_exists(
     return False
 
 
+def _circle_arrow_edges(marks: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Edges a o-> c, each checked when reached (the caller may orient earlier ones)."""
+    for c, a in zip(*np.nonzero(marks == CIRCLE), strict=True):
+        a, c = int(a), int(c)
+        if marks[a, c] == ARROW and marks[c, a] == CIRCLE:
+            yield a, c
+
+
 def _rule9(marks: np.ndarray, _: SepSets) -> bool:
     """a o-> c and an uncovered p.d. path <a, b, ..., c> with b, c not adjacent  =>  a --> c."""
     adj = marks != NONE
     changed = False
-    for c, a in zip(*np.nonzero(marks == CIRCLE), strict=True):
-        a, c = int(a), int(c)
-        if marks[a, c] != ARROW or marks[c, a] != CIRCLE:
-            continue
+    for a, c in _circle_arrow_edges(marks):
         for b in _pd_step(marks, a):
             b = int(b)
             if b == c or adj[b, c]:
@@ -206,10 +211,7 @@ def _rule10(marks: np.ndarray, _: SepSets) -> bool:
     first steps mu, omega differ and are not adjacent  =>  a --> c."""
     adj = marks != NONE
     changed = False
-    for c, a in zip(*np.nonzero(marks == CIRCLE), strict=True):
-        a, c = int(a), int(c)
-        if marks[a, c] != ARROW or marks[c, a] != CIRCLE:
-            continue
+    for a, c in _circle_arrow_edges(marks):
         parents = np.flatnonzero((marks[:, c] == ARROW) & (marks[c, :] == TAIL))
         parents = [int(p) for p in parents if p != a]
         firsts = [int(m) for m in _pd_step(marks, a) if m != c]
