@@ -137,6 +137,14 @@ class StoredTrace:
         head = _check(head, self.num_heads, "head")
         return _h5.read_attention(*self._lm, (layer, head, slice(None), slice(None)))
 
+    def attention_heads(self, layer: int, heads: Indices) -> np.ndarray:
+        """[len(heads), T, T]: heatmaps of chosen heads of one LM layer, read together (a
+        contiguous run of heads reads only those heads' blocks)."""
+        layer = _check(layer, self.num_layers, "layer")
+        head_sel, head_inv = _selector(heads, self.num_heads, "heads")
+        out = _h5.read_attention(*self._lm, (layer, head_sel, slice(None), slice(None)))
+        return out if head_inv is None else out[head_inv]
+
     def answer_attention(self, k: int) -> np.ndarray:
         """[L, H, T]: the row that produced answer token ``k`` (row P-1+k), every layer/head."""
         k = _check(k, self.answer_length, "answer token")

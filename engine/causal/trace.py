@@ -145,12 +145,11 @@ def explain_layer(
     if not chosen:
         return []
     if isinstance(trace, StoredTrace):
-        # Chunks hold every head of 16 rows, so reading the layer costs what one head does.
-        attention = trace.attention_rows(slice(None), layers=[layer])[0]
+        attention = trace.attention_heads(layer, chosen)  # only these heads' blocks
     else:
-        attention = np.asarray(trace.lm_attention[layer])
+        attention = np.asarray(trace.lm_attention[layer])[chosen]
     return _explain(
-        attention[chosen],
+        attention,
         chosen,
         trace.tokens,
         token,

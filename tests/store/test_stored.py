@@ -59,6 +59,8 @@ def test_accessors_match_numpy_slices(store, make_trace):
         assert np.array_equal(st.attention(-1, -1), ref[-1, -1])
         assert st.attention(0, 0).dtype == np.float32
         assert np.array_equal(st.answer_attention(3), ref[:, :, p - 1 + 3])
+        assert np.array_equal(st.attention_heads(2, [1, 2]), ref[2, [1, 2]])
+        assert np.array_equal(st.attention_heads(0, [3, 0, 3]), ref[0, [3, 0, 3]])
         rows = [p + 2, 5, p + 2, 7]  # unsorted, duplicated
         assert np.array_equal(st.attention_rows(rows), ref[:, :, rows])
         assert np.array_equal(st.attention_rows(rows, layers=[2, 0]), ref[[2, 0]][:, :, rows])
@@ -78,6 +80,8 @@ def test_accessors_match_numpy_slices(store, make_trace):
             st.answer_attention(n)
         with pytest.raises(IndexError):
             st.attention_rows([st.seq_len])
+        with pytest.raises(IndexError):
+            st.attention_heads(0, [st.num_heads])
 
 
 def test_trace_without_vision_or_relevancy(store, make_trace):
