@@ -210,7 +210,7 @@ def record(
             num_patches=layout.grid_rows * layout.grid_cols,
             on_token=lambda done, total: report("relevancy", done, total),
         )
-        relevancy = Relevancy(llm=maps.llm, vision=maps.vision, all=maps.all)
+        relevancy = Relevancy(maps.llm, maps.vision, maps.all, maps.llm_through_vision)
 
     lm_array = torch.cat([a.detach() for a in lm_attention]).to(torch.float16).cpu().numpy()
     vision_array = None

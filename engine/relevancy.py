@@ -9,12 +9,18 @@ the product costs ``O(L·T²)`` instead of ``O(L·T³)``. One teacher-forced for
 parameters serves every answer token, and each token's backward is turned into its row at once,
 so no per-token gradients are kept.
 
-The three modes (the seed tool's):
+The modes (named as the seed tool, IntelLabs LVLM-Interpret, defines them):
 - ``llm``: row ``P-1+k`` of the LM's ``R`` minus the identity, normalised to sum 1 (eqs. 8-9):
   each input token's share of the relevance.
 - ``vision``: the same rule over the vision tower's layers that feed the LM, CLS row, patches.
-- ``all``: the LM relevancy of each image token carried through the vision tower's ``R`` to
-  the input patches (``r_img · R_vit``), rescaled to keep the image's share of the LM relevancy.
+- ``all``: the seed's map: the LM's image x image block of ``R`` (identity included), padded
+  with the CLS token and pushed through the vision tower's ``R``, read at the CLS row:
+  ``R_vit[0, 1:] · R_LM[img, img]``, normalised like ``vision`` (the CLS entry minus one counts
+  in the sum). It does not depend on the answer token's own LM row; one row vector through the
+  LM (``v · R_LM`` with ``v`` the vision CLS row placed on the image tokens) computes it.
+- ``llm_through_vision``: the LM relevancy of each image token carried through the vision
+  tower's ``R`` to the input patches (``r_img · R_vit``), rescaled to keep the image's share of
+  the LM relevancy (the seed's ``all_v2``, computed there but never shown).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class RelevancyMaps:
     llm: np.ndarray  # [N, T]
     vision: np.ndarray  # [N, G]
     all: np.ndarray  # [N, G]
+    llm_through_vision: np.ndarray  # [N, G]
 
 
 def gradient_weighted(attention: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
@@ -78,8 +85,8 @@ def token_relevancy(
     image_positions: torch.Tensor,
     image_patches: torch.Tensor,
     num_patches: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three maps of one answer token from its per-layer gradient-weighted maps."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The four maps (llm, vision, all, llm_through_vision) of one answer token."""
     seq_len = cams_lm[0].shape[-1]
     start = torch.zeros(seq_len, dtype=cams_lm[0].dtype, device=cams_lm[0].device)
     start[query_position] = 1.0
@@ -88,16 +95,26 @@ def token_relevancy(
     vision_len = cams_vision[0].shape[-1]
     cls = torch.zeros(vision_len, dtype=cams_vision[0].dtype, device=cams_vision[0].device)
     cls[0] = 1.0
-    vision = share_of_total(propagate_row(cls, cams_vision))[1 : num_patches + 1]
+    cls_row = propagate_row(cls, cams_vision)  # R_vit[0] - e_0
+    vision = share_of_total(cls_row)[1 : num_patches + 1]
 
     on_patches = image_patches >= 0
+    positions, patches = image_positions[on_patches], image_patches[on_patches]
+    on_image = torch.zeros_like(start)
+    on_image[positions] = cls_row[1 + patches]
+    through_lm = on_image + propagate_row(on_image, cams_lm)  # (R_vit[0, 1:] placed) · R_LM
+    seed_row = torch.zeros_like(cls)
+    seed_row[0] = cls_row[0]
+    seed_row[1 + patches] = through_lm[positions]
+    every = share_of_total(seed_row)[1 : num_patches + 1]
+
     carried = torch.zeros_like(cls)
-    carried[1 + image_patches[on_patches]] = llm[image_positions[on_patches]]
+    carried[1 + patches] = llm[positions]
     image_share = carried.sum()
     spread = (carried + propagate_row(carried, cams_vision))[1 : num_patches + 1]
     total = spread.sum()
-    every = spread * (image_share / total) if total > 0 else spread
-    return llm, vision, every
+    through_vision = spread * (image_share / total) if total > 0 else spread
+    return llm, vision, every, through_vision
 
 
 @contextmanager
@@ -118,7 +135,7 @@ def compute_relevancy(
     on_token: Callable[[int, int], None] | None = None,
     workers: int | None = None,
 ) -> RelevancyMaps:
-    """Relevancy of every answer token in all three modes, one backward pass per token.
+    """Relevancy of every answer token in every mode, one backward pass per token.
 
     On a CPU, token backward passes run side by side on ``workers`` threads (default: torch's
     intra-op thread count), one core each: the autograd engine releases the GIL, and a
@@ -157,5 +174,4 @@ def compute_relevancy(
             rows.append(maps)
             if on_token is not None:
                 on_token(k + 1, num_answer)
-    llm, vision, every = (np.stack(mode) for mode in zip(*rows, strict=True))
-    return RelevancyMaps(llm=llm, vision=vision, all=every)
+    return RelevancyMaps(*(np.stack(mode) for mode in zip(*rows, strict=True)))

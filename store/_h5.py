@@ -8,7 +8,8 @@ Layout (format version in the root attributes; see "File layout" in README.md):
                       vision_has_cls
     /top_k/           ids, probs, text, chosen_prob
     /summaries/       attention_shares, head_image_attention
-    /relevancy/       llm, vision, all                     (absent when not recorded)
+    /relevancy/       llm, vision, all, llm_through_vision (absent when not recorded;
+                      format 1: llm, vision, all = today's llm_through_vision)
     /lm_attention     [L, H, T, T]; attr encoding = "fp16" | "log8"
     /lm_attention_row_max      [L, H, T] float32           (log8 only)
     /vision_attention [Lv, Hv, V, V], same encodings       (absent when not recorded)
@@ -237,8 +238,8 @@ def _fill(f: h5py.File, trace: Trace, precision: Precision) -> None:
 
     if trace.relevancy is not None:
         g = f.create_group("relevancy")
-        for name in ("llm", "vision", "all"):
-            _put(g, name, np.asarray(getattr(trace.relevancy, name), np.float32))
+        for mode in trace.relevancy.modes:
+            _put(g, mode.value, np.asarray(trace.relevancy.map(mode), np.float32))
 
     _put_attention(f, "lm_attention", trace.lm_attention, precision)
     if trace.vision_attention is not None:
@@ -319,7 +320,10 @@ def read_relevancy(f: h5py.File) -> Relevancy | None:
     if "relevancy" not in f:
         return None
     g = f["relevancy"]
-    return Relevancy(llm=g["llm"][()], vision=g["vision"][()], all=g["all"][()])
+    if int(f.attrs["format_version"]) < 2:  # its "all" is what format 2 calls llm_through_vision
+        return Relevancy(g["llm"][()], g["vision"][()], None, g["all"][()])
+    seed_all = g["all"][()] if "all" in g else None
+    return Relevancy(g["llm"][()], g["vision"][()], seed_all, g["llm_through_vision"][()])
 
 
 def read_attention(

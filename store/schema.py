@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+# 2: relevancy holds the seed tool's "all" and ours as ``llm_through_vision`` (1 had only ours,
+# named "all"); format-1 files stay readable.
+FORMAT_VERSION = 2
 
 
 def new_trace_id() -> str:
@@ -47,11 +49,51 @@ class TokenRole(enum.IntEnum):
 
 
 class RelevancyMode(str, enum.Enum):
-    """The three relevancy modes of the seed tool (Chefer et al. 2021)."""
+    """Relevancy modes (Chefer et al. 2021), named as the seed tool (IntelLabs LVLM-Interpret)
+    defines them; ``llm_through_vision`` is the seed's ``all_v2``, which it computes but never
+    shows. ``definition`` is the text users see beside each map."""
 
-    LLM = "llm"  # relevancy propagated through the language model only
-    VISION = "vision"  # relevancy of the vision tower's own attention (CLS row)
-    ALL = "all"  # LM relevancy on image tokens carried through the vision tower to patches
+    LLM = "llm"
+    VISION = "vision"
+    ALL = "all"
+    LLM_THROUGH_VISION = "llm_through_vision"
+
+    @property
+    def label(self) -> str:
+        return _MODE_LABELS[self]
+
+    @property
+    def definition(self) -> str:
+        return _MODE_DEFINITIONS[self]
+
+
+_MODE_LABELS = {
+    RelevancyMode.LLM: "LLM",
+    RelevancyMode.VISION: "vision tower",
+    RelevancyMode.ALL: "all (seed)",
+    RelevancyMode.LLM_THROUGH_VISION: "LLM through vision",
+}
+_MODE_DEFINITIONS = {
+    RelevancyMode.LLM: (
+        "The answer token's row of the language model's relevancy matrix (minus the identity), "
+        "as shares of its total: how much each input token mattered, read at the image tokens."
+    ),
+    RelevancyMode.VISION: (
+        "The vision tower's own relevancy, read at its CLS row and weighted by the answer "
+        "token's gradients: which patches the tower's summary relied on."
+    ),
+    RelevancyMode.ALL: (
+        "The seed tool's 'all': the language model's image-by-image relevancy block pushed "
+        "through the vision tower, read at the CLS row (R_vit[0, 1:] · R_LM[img, img]). It does "
+        "not use the answer token's own row, and stays close to the vision map when that block "
+        "is near the identity."
+    ),
+    RelevancyMode.LLM_THROUGH_VISION: (
+        "The answer token's own LM relevancy on the image tokens carried through the vision "
+        "tower to the patches (r_img · R_vit), keeping the image's share of the LM relevancy "
+        "(the seed tool's all_v2)."
+    ),
+}
 
 
 @dataclass
@@ -150,15 +192,38 @@ class TopK:
 
 @dataclass
 class Relevancy:
-    """Relevancy (Chefer et al.) per answer token, in the three modes.
+    """Relevancy (Chefer et al.) per answer token, in every :class:`RelevancyMode`.
 
     ``llm`` keeps the whole relevancy row over the sequence so text relevancy and image
     maps come from one array; image maps are ``llm[:, image_positions]`` reshaped to the grid.
+    ``all`` is ``None`` in traces of format 1, recorded before the seed's definition was added;
+    their "all" map is what is now called ``llm_through_vision``.
     """
 
     llm: np.ndarray  # [N, T] float32, row P-1+k of R for answer token k
     vision: np.ndarray  # [N, G] float32, vision-tower relevancy (CLS row) for answer token k
-    all: np.ndarray  # [N, G] float32
+    all: np.ndarray | None  # [N, G] float32, the seed's "all"
+    llm_through_vision: np.ndarray  # [N, G] float32, the seed's "all_v2"
+
+    def map(self, mode: RelevancyMode) -> np.ndarray | None:
+        """The stored array of ``mode`` ([N, T] for llm, [N, G] otherwise), None if absent."""
+        return getattr(self, RelevancyMode(mode).value)
+
+    @property
+    def modes(self) -> list[RelevancyMode]:
+        """The modes this trace holds, in the enum's order."""
+        return [mode for mode in RelevancyMode if self.map(mode) is not None]
+
+    @property
+    def legacy_note(self) -> str | None:
+        """Why a mode is missing, for traces recorded before the seed's "all" was added."""
+        if self.all is not None:
+            return None
+        return (
+            "This trace was recorded before lvlm-interpret stored the seed tool's 'all' map "
+            "(trace format 1): the map it called 'all' is the 'llm_through_vision' definition. "
+            "Record it again to get the seed's 'all'."
+        )
 
 
 @dataclass

@@ -220,9 +220,15 @@ def make_synthetic_trace(
     if with_relevancy:
         llm = rows[-1].mean(0) + 0.01 * rng.random((answer_len, seq_len), dtype=np.float32)
         vision_map = np.tile(blob / blob.sum(), (answer_len, 1)).astype(np.float32)
-        all_map = llm[:, image_cols] * vision_map
-        all_map /= all_map.sum(-1, keepdims=True)
-        relevancy = Relevancy(llm.astype(np.float32), vision_map, all_map.astype(np.float32))
+        through = llm[:, image_cols] * vision_map
+        through /= through.sum(-1, keepdims=True)
+        seed_all = 0.98 * vision_map + 0.02 * through  # near vision, as on real models
+        relevancy = Relevancy(
+            llm.astype(np.float32),
+            vision_map,
+            seed_all.astype(np.float32),
+            through.astype(np.float32),
+        )
 
     # top-k: the generated token first
     probs = np.sort(rng.dirichlet(np.ones(top_k + 1), size=answer_len)[:, :top_k], axis=1)[:, ::-1]

@@ -8,6 +8,11 @@ multiplies full T x T matrices:
     Ā_l = E_h[(∇A_l ⊙ A_l)⁺]            (eq. 5)
     R ← R + Ā_l · R, from R = I          (eq. 6)
     row normalisation of R - I           (eqs. 8-9)
+
+and the two image modes as the seed tool (IntelLabs LVLM-Interpret) defines them: ``all`` builds
+the seed's ``R_all = R_vit · pad(R_LM[img, img])`` (CLS padded with a 1 on the diagonal) and
+reads its CLS row; ``llm_through_vision`` (the seed's ``all_v2``) pushes the answer token's LM
+row over the image tokens through ``R_vit``.
 """
 
 from __future__ import annotations
@@ -32,12 +37,12 @@ def _residual_normalised(row: torch.Tensor, own: int) -> torch.Tensor:
 
 
 def reference_relevancy(model, sequence, pixel_values, prompt_length, image_token_id):
-    """(llm [N, T], vision [N, G], all [N, G]) for every answer token of ``sequence``."""
+    """(llm [N, T], vision [N, G], all [N, G], llm_through_vision [N, G]) per answer token."""
     sequence = torch.as_tensor(sequence)
     pixel_values = pixel_values.clone().requires_grad_(True)  # parameters may be frozen
     llava = model.model
     image_positions = torch.nonzero(sequence == image_token_id).flatten()
-    llm_rows, vision_rows, all_rows = [], [], []
+    llm_rows, vision_rows, all_rows, through_rows = [], [], [], []
     for k in range(len(sequence) - prompt_length):
         prefix = sequence[: prompt_length + k]
         vision = llava.vision_tower(pixel_values, output_attentions=True, output_hidden_states=True)
@@ -57,11 +62,14 @@ def reference_relevancy(model, sequence, pixel_values, prompt_length, image_toke
         llm = _residual_normalised(r_lm[query], query)
         llm_rows.append(torch.cat([llm, torch.zeros(len(sequence) - len(llm), dtype=llm.dtype)]))
         vision_rows.append(_residual_normalised(r_vit[0], 0)[1:])
+        padded = torch.eye(r_vit.shape[0], dtype=torch.float64)
+        padded[1:, 1:] = r_lm[image_positions][:, image_positions]
+        all_rows.append(_residual_normalised((r_vit @ padded)[0], 0)[1:])
         carried = torch.zeros(r_vit.shape[0], dtype=torch.float64)
         carried[1:] = llm[image_positions]
         spread = (carried @ r_vit)[1:]
-        all_rows.append(spread * carried.sum() / spread.sum())
+        through_rows.append(spread * carried.sum() / spread.sum())
     return tuple(
         torch.stack(rows).detach().numpy().astype(np.float64)
-        for rows in (llm_rows, vision_rows, all_rows)
+        for rows in (llm_rows, vision_rows, all_rows, through_rows)
     )

@@ -10,6 +10,7 @@ from engine.demo.world import ask, make_scene
 from engine.inputs import chat_text, load_image
 from engine.recorder import record
 from engine.relevancy import propagate_row
+from store import RelevancyMode
 from tests.engine.relevancy_reference import reference_relevancy
 
 
@@ -29,15 +30,17 @@ def test_relevancy_matches_reference(demo_model, seed, kind):
         trace.tokens.prompt_length,
         demo_model.adapter.image_token_id,
     )
-    for mode, reference in zip(("llm", "vision", "all"), expected, strict=True):
-        ours = getattr(trace.relevancy, mode)
+    for mode, reference in zip(RelevancyMode, expected, strict=True):
+        ours = trace.relevancy.map(mode)
         assert ours.shape == reference.shape
         np.testing.assert_allclose(ours, reference, atol=1e-5, err_msg=mode)
     # Maps are shares of the explained token's relevance; the image's part is in (0, 1).
     np.testing.assert_allclose(trace.relevancy.llm.sum(-1), 1.0, atol=1e-5)
     image_share = trace.relevancy.llm[:, trace.tokens.image_positions].sum(-1)
     assert np.all((image_share > 0) & (image_share < 1))
-    np.testing.assert_allclose(trace.relevancy.all.sum(-1), image_share, rtol=1e-4)
+    np.testing.assert_allclose(trace.relevancy.llm_through_vision.sum(-1), image_share, rtol=1e-4)
+    # The seed's "all" does not read the answer token's row: it differs from ours.
+    assert not np.allclose(trace.relevancy.all, trace.relevancy.llm_through_vision, atol=1e-3)
 
 
 def test_row_propagation_equals_full_matrix_product():

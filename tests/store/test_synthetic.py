@@ -20,6 +20,7 @@ def test_attention_is_causal_softmax_and_tables_agree():
     assert tr.summaries.attention_shares.shape == (2, 3, 5, 3)
     np.testing.assert_allclose(tr.summaries.attention_shares.sum(-1), 1.0, atol=2e-3)
     assert tr.relevancy.llm.shape == (5, t) and tr.relevancy.all.shape == (5, 12)
+    assert tr.relevancy.llm_through_vision.shape == (5, 12)
     assert tr.vision_attention.shape == (2, 2, 13, 13)
     assert tr.image.patch_boxes.shape == (12, 4) and tr.image.processed.shape == (42, 56, 3)
 
