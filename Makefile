@@ -46,6 +46,7 @@ BENCH_STORE := artifacts/bench-demo-store
 
 bench: install browser
 	$(PY) bench/bench_relevancy.py
+	$(PY) bench/seed_relevancy.py
 	$(PY) bench/bench_store.py
 	$(PY) bench/bench_causal.py
 	@[ -e $(BENCH_STORE)/index.sqlite ] || \

@@ -20,7 +20,8 @@ The modes (named as the seed tool, IntelLabs LVLM-Interpret, defines them):
   LM (``v · R_LM`` with ``v`` the vision CLS row placed on the image tokens) computes it.
 - ``llm_through_vision``: the LM relevancy of each image token carried through the vision
   tower's ``R`` to the input patches (``r_img · R_vit``), rescaled to keep the image's share of
-  the LM relevancy (the seed's ``all_v2``, computed there but never shown).
+  the LM relevancy. The seed's unshown ``all_v2`` reads the vision tower's CLS row instead
+  (``R_vit[0, 0] · r_img + R_vit[0, 1:]``); see bench/seed_relevancy.py for how close they are.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ class TokenRole(enum.IntEnum):
 
 class RelevancyMode(str, enum.Enum):
     """Relevancy modes (Chefer et al. 2021), named as the seed tool (IntelLabs LVLM-Interpret)
-    defines them; ``llm_through_vision`` is the seed's ``all_v2``, which it computes but never
-    shows. ``definition`` is the text users see beside each map."""
+    defines them; ``llm_through_vision`` is this project's own (close to, not equal to, the
+    seed's unshown ``all_v2``). ``definition`` is the text users see beside each map."""
 
     LLM = "llm"
     VISION = "vision"
@@ -90,8 +90,8 @@ _MODE_DEFINITIONS = {
     ),
     RelevancyMode.LLM_THROUGH_VISION: (
         "The answer token's own LM relevancy on the image tokens carried through the vision "
-        "tower to the patches (r_img · R_vit), keeping the image's share of the LM relevancy "
-        "(the seed tool's all_v2)."
+        "tower's patch rows to the input patches (r_img · R_vit), keeping the image's share of "
+        "the LM relevancy. This project's own mode; the seed tool has no shown equivalent."
     ),
 }
 
@@ -203,7 +203,7 @@ class Relevancy:
     llm: np.ndarray  # [N, T] float32, row P-1+k of R for answer token k
     vision: np.ndarray  # [N, G] float32, vision-tower relevancy (CLS row) for answer token k
     all: np.ndarray | None  # [N, G] float32, the seed's "all"
-    llm_through_vision: np.ndarray  # [N, G] float32, the seed's "all_v2"
+    llm_through_vision: np.ndarray  # [N, G] float32, ours: r_img · R_vit
 
     def map(self, mode: RelevancyMode) -> np.ndarray | None:
         """The stored array of ``mode`` ([N, T] for llm, [N, G] otherwise), None if absent."""

@@ -11,8 +11,8 @@ multiplies full T x T matrices:
 
 and the two image modes as the seed tool (IntelLabs LVLM-Interpret) defines them: ``all`` builds
 the seed's ``R_all = R_vit · pad(R_LM[img, img])`` (CLS padded with a 1 on the diagonal) and
-reads its CLS row; ``llm_through_vision`` (the seed's ``all_v2``) pushes the answer token's LM
-row over the image tokens through ``R_vit``.
+reads its CLS row; ``llm_through_vision`` (this project's) pushes the answer token's LM row
+over the image tokens through ``R_vit``.
 """
 
 from __future__ import annotations
