@@ -13,6 +13,7 @@ from rich.table import Table
 from ._index import TraceQuery
 from ._store import TraceStore, open_store, reindex_store
 from .errors import StoreError
+from .schema import RelevancyMode
 
 app = typer.Typer(
     help="Browse and maintain a trace store (HDF5 files + SQL index).", no_args_is_help=True
@@ -96,6 +97,7 @@ def show(trace_id: str, store: StoreDir = Path("traces"), db: DbUrl = None) -> N
                     "vision_attention": list(tr.vision_shape) if tr.vision_shape else None,
                     "precision": tr.precision.value,
                     "prompt_length": tr.prompt_length,
+                    "relevancy_modes": _held_modes(tr.relevancy),
                     "file": str(tr.path),
                 }
         except StoreError as exc:
@@ -194,3 +196,50 @@ def reindex(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
     except StoreError as exc:
         raise _fail(exc) from None
     console.print(f"indexed {count} trace(s)")
+
+
+def _held_modes(relevancy) -> str:
+    if relevancy is None:
+        return "not recorded"
+    held = ", ".join(mode.value for mode in relevancy.modes)
+    return held + (f" ({relevancy.legacy_note})" if relevancy.legacy_note else "")
+
+
+@app.command()
+def relevancy(
+    trace_id: str,
+    mode: Annotated[
+        RelevancyMode, typer.Option(help="Relevancy mode (see the README's definitions).")
+    ] = RelevancyMode.ALL,
+    token: Annotated[int, typer.Option(help="Answer token, 0-based.")] = 0,
+    store: StoreDir = Path("traces"),
+    db: DbUrl = None,
+) -> None:
+    """Print one answer token's relevancy map in MODE on the patch grid, in % of the token's
+    total relevancy."""
+    with _open(store, db) as st:
+        try:
+            with st.open(trace_id) as tr:
+                maps, tokens, image = tr.relevancy, tr.tokens, tr.image
+        except StoreError as exc:
+            raise _fail(exc) from None
+    if maps is None:
+        console.print("error: this trace has no relevancy (recorded with --no-relevancy)")
+        raise typer.Exit(2)
+    if maps.map(mode) is None:
+        console.print(f"error: this trace holds no '{mode.value}' map. {maps.legacy_note or ''}")
+        raise typer.Exit(2)
+    answer = tokens.text[tokens.prompt_length :]
+    if not 0 <= token < len(answer):
+        console.print(f"error: --token must be in 0..{len(answer) - 1} (the answer's tokens)")
+        raise typer.Exit(2)
+    rows, cols = image.grid_rows, image.grid_cols
+    grid = maps.on_patches(mode, tokens, rows * cols)[token].reshape(rows, cols)
+    console.print(f"{mode.value}: {mode.definition}", markup=False, highlight=False)
+    console.print(f"answer token {token}: {answer[token]!r}", markup=False, highlight=False)
+    table = Table(show_header=False, box=None)
+    for _ in range(cols):
+        table.add_column(justify="right")
+    for values in grid:
+        table.add_row(*(f"{100 * v:.2f}" for v in values))
+    console.print(table)

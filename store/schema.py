@@ -214,6 +214,21 @@ class Relevancy:
         """The modes this trace holds, in the enum's order."""
         return [mode for mode in RelevancyMode if self.map(mode) is not None]
 
+    def on_patches(self, mode: RelevancyMode, tokens: TokenTable, num_patches: int) -> np.ndarray:
+        """[N, G] map of ``mode`` per image patch (row-major); ``llm`` is summed over the image
+        tokens that read each patch. Raises ``KeyError`` when the trace lacks ``mode``."""
+        values = self.map(mode)
+        if values is None:
+            raise KeyError(mode)
+        if mode is not RelevancyMode.LLM:
+            return values
+        positions = tokens.image_positions
+        patches = np.asarray(tokens.image_patch)[positions]
+        on_patch = patches >= 0
+        grid = np.zeros((values.shape[0], num_patches), dtype=values.dtype)
+        np.add.at(grid.T, patches[on_patch], values[:, positions[on_patch]].T)
+        return grid
+
     @property
     def legacy_note(self) -> str | None:
         """Why a mode is missing, for traces recorded before the seed's "all" was added."""

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import h5py
 import numpy as np
 
 from store import RelevancyMode
+
+LVLM_INTERPRET = Path(sys.executable).parent / "lvlm-interpret"
 
 
 def test_every_mode_round_trips(store, make_trace):
@@ -36,3 +42,46 @@ def test_format_one_trace_reads_its_all_as_llm_through_vision(store, make_trace)
     assert RelevancyMode.ALL not in relevancy.modes
     np.testing.assert_array_equal(relevancy.llm_through_vision, trace.relevancy.llm_through_vision)
     assert "llm_through_vision" in relevancy.legacy_note
+
+
+def _relevancy_cli(store_dir, *args: str) -> subprocess.CompletedProcess:
+    command = [str(LVLM_INTERPRET), "store", "relevancy", *args, "--store", str(store_dir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def _printed_grid(stdout: str, rows: int) -> np.ndarray:
+    lines = [line.split() for line in stdout.splitlines() if line.strip()][-rows:]
+    return np.array(lines, dtype=np.float64) / 100
+
+
+def test_cli_prints_each_mode_on_the_patch_grid(store, store_dir, make_trace):
+    trace = make_trace(grid=(4, 5))
+    trace_id = store.add(trace)
+    positions = trace.tokens.image_positions
+    patches = trace.tokens.image_patch[positions]
+    for mode in RelevancyMode:
+        done = _relevancy_cli(store_dir, trace_id, "--mode", mode.value, "--token", "2")
+        assert done.returncode == 0, done.stderr
+        assert mode.definition[:40] in " ".join(done.stdout.split())
+        if mode is RelevancyMode.LLM:
+            expected = np.zeros(20)
+            expected[patches] = trace.relevancy.llm[2, positions]
+        else:
+            expected = trace.relevancy.map(mode)[2]
+        np.testing.assert_allclose(_printed_grid(done.stdout, 4).ravel(), expected, atol=5e-5)
+
+
+def test_cli_refuses_what_the_trace_does_not_hold(store, store_dir, make_trace):
+    trace_id = store.add(make_trace())
+    with store.open(trace_id) as stored:
+        path = stored.path
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 1
+        del f["relevancy/all"]
+        f["relevancy"].move("llm_through_vision", "all")
+    for args in (["--mode", "all"], ["--token", "99"], ["--mode", "bogus"]):
+        done = _relevancy_cli(store_dir, trace_id, *args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "Traceback" not in done.stdout + done.stderr
+    done = _relevancy_cli(store_dir, trace_id, "--mode", "llm_through_vision")
+    assert done.returncode == 0
