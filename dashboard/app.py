@@ -1,19 +1,22 @@
-"""Entry point of the Streamlit app: it only declares the pages and routes between them.
+"""Entry point of the Streamlit app: it declares the pages and routes between them.
 
-Run it through ``lvlm-interpret serve --store DIR`` (see :mod:`dashboard.serve`).
+Run it through ``lvlm-interpret serve --store DIR`` (see :mod:`dashboard.serve`). Two things
+hold for every page, so they live here: the URL's shared settings are remembered before
+the page runs (a link keeps its colour map on a page without heatmaps), and a trace file
+that fails while a page reads it ends in one line, not a traceback.
 """
 
 import streamlit as st
 
-st.set_page_config(page_title="LVLM-Interpret", page_icon=":material/visibility:", layout="wide")
+from dashboard import context, icon, state
+from store import CorruptTrace
+
+# The icon is an in-memory picture served by this server: an emoji or Material icon would
+# make every page load fetch it from the internet (and fail offline).
+st.set_page_config(page_title="LVLM-Interpret", page_icon=icon.picture(), layout="wide")
 
 PAGES = [
-    st.Page(
-        "views/browse.py",
-        title="Browse",
-        icon=":material/table_view:",
-        default=True,
-    ),
+    st.Page("views/browse.py", title="Browse", icon=":material/table_view:", default=True),
     st.Page(
         "views/generation.py", title="Generation", icon=":material/chat:", url_path="generation"
     ),
@@ -27,4 +30,9 @@ PAGES = [
     st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
 ]
 
-st.navigation(PAGES).run()
+state.adopt(state.SHARED)
+page = st.navigation(PAGES)
+try:
+    page.run()
+except (CorruptTrace, OSError) as error:
+    context.damaged(error)

@@ -6,10 +6,12 @@ stops the script, so views never show a traceback for an empty store or a missin
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
+from collections.abc import Sequence
 
-import numpy as np
 import streamlit as st
 
 from dashboard import data, state
@@ -19,6 +21,7 @@ from dashboard.config import StoreConfig, resolve
 from store import CorruptTrace, StoredTrace, StoreError, TokenRole, TraceNotFound
 
 BROWSE_PAGE = "views/browse.py"
+TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def config_or_stop() -> StoreConfig:
@@ -37,25 +40,52 @@ def config_or_stop() -> StoreConfig:
 
 
 def trace_or_stop(config: StoreConfig, param: str = state.TRACE) -> StoredTrace:
-    """The trace named by ``param`` in the URL, opened lazily."""
-    trace_id = state.get(param)
-    if not trace_id:
+    """The trace named by ``param`` in the URL, opened lazily.
+
+    Ids are accepted in any case (people copy them from places that upper-case hex) and
+    checked against the index on every run, so a trace removed with ``store rm`` disappears
+    at once instead of living on in the cache.
+    """
+    raw = state.get(param)
+    if not raw:
         st.info("No trace selected. Pick one on the Browse page.")
         st.page_link(BROWSE_PAGE, label="Go to Browse", icon=":material/table_view:")
         st.stop()
-    try:
-        return data.trace(config, trace_id)
-    except TraceNotFound:
+    trace_id = raw.strip().lower()
+    if not TRACE_ID.fullmatch(trace_id):
+        st.warning("This link does not name a trace: a trace id is 32 hexadecimal digits.")
+        st.text(f"{param} = {raw[:80]}")
+    elif trace_id not in data.store(config):
         st.warning("This trace is not in the store (it may have been deleted).")
-    except CorruptTrace as error:
-        st.error("This trace's file is missing or unreadable, so it can't be shown.")
-        st.text(str(error))
-    except StoreError as error:
-        st.error("This trace could not be opened.")
-        st.text(str(error))
-    st.text(f"trace id: {trace_id}")
+    else:
+        if trace_id != raw:
+            state.put(param, trace_id)
+        try:
+            return data.trace(config, trace_id)
+        except TraceNotFound:
+            st.warning("This trace is not in the store (it may have been deleted).")
+        except CorruptTrace as error:
+            st.error("This trace's file is missing or unreadable, so it can't be shown.")
+            st.text(str(error))
+        except StoreError as error:
+            st.error("This trace could not be opened.")
+            st.text(str(error))
+        st.text(f"trace id: {trace_id}")
     st.page_link(BROWSE_PAGE, label="Go to Browse", icon=":material/table_view:")
     st.stop()
+
+
+def damaged(error: BaseException) -> None:
+    """One line for a trace whose file fails while a view reads it (a flipped byte, a
+    truncated chunk): what is wrong and the command that checks the whole store."""
+    trace_id = state.get(state.TRACE) or "?"
+    detail = text.markdown_literal(
+        str(error).splitlines()[0] if str(error) else type(error).__name__
+    )
+    st.error(
+        f"trace {text.markdown_literal(trace_id[:32])} is damaged: {detail}; "
+        "run `lvlm-interpret store verify`"
+    )
 
 
 def trace_page(title: str) -> tuple[StoreConfig, StoredTrace]:
@@ -68,11 +98,36 @@ def trace_page(title: str) -> tuple[StoreConfig, StoredTrace]:
 
 
 def trace_header(trace: StoredTrace) -> None:
-    """Which trace this is: model, checkpoint, date and prompt, all shown as plain text."""
+    """Which trace this is: model, checkpoint, date, prompt, answer and, when the trace
+    carries one, the reference answer; all shown as plain text."""
     info = trace.info
-    st.text(f"{info.model_id} @ {info.model_revision} · {info.created_at} · {info.image_name}")
+    st.text(
+        f"{info.model_id} @ {info.model_revision} · {text.short_time(info.created_at)} · "
+        f"{info.image_name} · id {text.short_id(info.trace_id)}"
+    )
     st.text(f"Prompt: {info.prompt}")
-    st.text(f"Answer: {info.answer}")
+    verdict = {True: "  (correct)", False: "  (wrong)", None: ""}[info.correct]
+    st.text(f"Answer: {info.answer}{verdict}")
+    if info.reference_answer is not None:
+        st.text(f"Reference answer: {info.reference_answer}")
+
+
+def template_positions(trace: StoredTrace) -> set[int]:
+    """Positions of chat-template tokens in the prompt (``<s>``, USER, ASSISTANT, ":")."""
+    tokens = trace.tokens
+    return text.template_positions(
+        tokens.text, tokens.roles, tokens.prompt_length, trace.info.prompt
+    )
+
+
+def hide_template_toggle() -> bool:
+    """Whether charts leave out the chat template's tokens (URL ``hide=0`` shows them)."""
+    return st.toggle(
+        text.markdown_literal("Hide template tokens (<s>, USER, ASSISTANT, :)"),
+        **state.widget(
+            "text:hide", state.get("hide") != "0", lambda v: state.put("hide", None if v else "0")
+        ),
+    )
 
 
 def answer_words(trace: StoredTrace) -> list[text.Word]:
@@ -132,7 +187,11 @@ def answer_selection(
 
 
 def overlay_style() -> OverlayStyle:
-    """Colour map, opacity and smoothing for every heatmap, set in the sidebar."""
+    """Colour map, opacity and smoothing for every heatmap, set in the sidebar.
+
+    Call it once per page run (its widgets have fixed keys) and pass the style on.
+    """
+    defaults = OverlayStyle()
     with st.sidebar:
         st.subheader("Heatmaps")
         name = st.selectbox(
@@ -140,7 +199,7 @@ def overlay_style() -> OverlayStyle:
             list(colormap.SEQUENTIAL),
             **state.widget(
                 "style:cmap",
-                _valid(state.get("cmap"), colormap.SEQUENTIAL),
+                choice_param("cmap", colormap.SEQUENTIAL, defaults.colormap),
                 lambda v: state.put("cmap", v),
             ),
         )
@@ -151,8 +210,16 @@ def overlay_style() -> OverlayStyle:
             step=0.05,
             **state.widget(
                 "style:alpha",
-                _float(state.get("alpha"), 0.6),
+                round(number_param("alpha", defaults.opacity, 0.0, 1.0), 2),
                 lambda v: state.put("alpha", f"{v:.2f}"),
+            ),
+        )
+        fade = st.toggle(
+            "Fade low values (show the photo where the map is low)",
+            **state.widget(
+                "style:fade",
+                state.get("fade") != "0",
+                lambda v: state.put("fade", None if v else "0"),
             ),
         )
         smooth = st.toggle(
@@ -163,27 +230,35 @@ def overlay_style() -> OverlayStyle:
                 lambda v: state.put("smooth", "1" if v else None),
             ),
         )
-    return OverlayStyle(colormap=name or "inferno", opacity=float(opacity), smooth=bool(smooth))
+    return OverlayStyle(
+        colormap=name or defaults.colormap,
+        opacity=float(opacity),
+        smooth=bool(smooth),
+        fade=bool(fade),
+    )
 
 
-def _valid(value: str | None, options: tuple[str, ...]) -> str:
-    return value if value in options else options[0]
+def choice_param(param: str, options: Sequence[str], default: str) -> str:
+    """A URL parameter that must be one of ``options``; ``default`` otherwise."""
+    value = state.get(param)
+    return value if value in options else default
 
 
-def _float(value: str | None, default: float) -> float:
+def number_param(param: str, default: float, low: float, high: float) -> float:
+    """A finite number from the URL clipped to ``low..high``; ``default`` when absent or not a
+    finite number (``nan`` and ``inf`` would break sliders and paint maps black)."""
     try:
-        return float(np.clip(float(value), 0.0, 1.0)) if value else default
+        value = float(state.get(param) or "")
     except ValueError:
         return default
+    return min(max(value, low), high) if math.isfinite(value) else default
 
 
 def int_param(param: str, default: int, upper: int) -> int:
     """An integer URL parameter clipped to ``0..upper``; ``default`` when absent or garbled."""
-    try:
-        value = int(state.get(param) or default)
-    except ValueError:
-        value = default
-    return min(max(value, 0), upper)
+    raw = (state.get(param) or "").strip()
+    value = int(raw) if raw.isdecimal() and len(raw) < 12 else default
+    return min(max(value, 0), max(upper, 0))
 
 
 def layer_slider(label: str, param: str, layers: int, default: int) -> int:

@@ -7,6 +7,9 @@ and forth or switching pages never reads the same bytes twice.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
@@ -22,28 +25,58 @@ from store import (
     open_store,
 )
 
+INDEX_FILE = "index.sqlite"  # the store's default SQLite index, beside data/
 
-@st.cache_resource(show_spinner=False)
+
+def index_identity(config: StoreConfig) -> tuple[int, int] | None:
+    """Which SQLite index file the store's path names now (device and inode).
+
+    ``store reindex`` renames the old index aside and writes a new one; a handle opened
+    before keeps reading the renamed file. Keying the cached handles by this identity opens
+    a fresh one as soon as the file changes. ``None`` for other databases (``--db URL``).
+    """
+    if config.db_url:
+        return None
+    try:
+        info = os.stat(Path(config.directory) / INDEX_FILE)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 def store(config: StoreConfig) -> TraceStore:
     """The process-wide read-only store handle: browsing never writes."""
+    return _store(config, index_identity(config))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _store(config: StoreConfig, identity: tuple[int, int] | None) -> TraceStore:
     return open_store(config.directory, config.db_url, mode="r")
 
 
-@st.cache_resource(show_spinner=False)
 def results_store(config: StoreConfig) -> TraceStore:
     """The handle derived results go through: writable when the directory allows it, so
     causal explanations computed on demand are kept for the next viewer; otherwise the
     read-only handle (stored results still show, nothing new can be kept)."""
+    return _results_store(config, index_identity(config))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _results_store(config: StoreConfig, identity: tuple[int, int] | None) -> TraceStore:
     try:
         return open_store(config.directory, config.db_url, mode="a")
     except StoreReadOnly:
-        return store(config)
+        return _store(config, identity)
+
+
+def trace(config: StoreConfig, trace_id: str) -> StoredTrace:
+    """A lazily read trace; parts load on first use, attention by slice."""
+    return _trace(config, index_identity(config), trace_id)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def trace(config: StoreConfig, trace_id: str) -> StoredTrace:
-    """A lazily read trace; parts load on first use, attention by slice."""
-    return store(config).open(trace_id)
+def _trace(config: StoreConfig, identity: tuple[int, int] | None, trace_id: str) -> StoredTrace:
+    return _store(config, identity).open(trace_id)
 
 
 def query(config: StoreConfig, request: TraceQuery) -> Page:

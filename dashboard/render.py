@@ -20,13 +20,14 @@ def overlay_url(
     scale: Scale,
     _image: np.ndarray,
     legend: bool = False,
+    marked: int | None = None,
 ) -> str:
     """One overlay (with its colour bar underneath when ``legend``) as an inline JPEG URL,
     encoded once. Inline, the map arrives with the page's own message instead of one more
     HTTP request per image after it (Streamlit would also re-encode a Pillow image at JPEG
     quality 100 on every rerun). ``_image`` is the trace's processed image (not hashed:
-    ``trace_id`` names it)."""
-    picture = overlay.overlay(_image, grid, style, scale)
+    ``trace_id`` names it). ``marked`` outlines one patch."""
+    picture = overlay.overlay(_image, grid, style, scale, marked=marked)
     return images.data_url(
         overlay.with_legend(picture, style, scale) if legend else picture, "JPEG"
     )
@@ -80,10 +81,29 @@ def gallery(
 
 
 def heatmap(
-    trace: StoredTrace, grid: np.ndarray, style: OverlayStyle, scale: Scale, key: str = "heatmap"
+    trace: StoredTrace,
+    grid: np.ndarray,
+    style: OverlayStyle,
+    scale: Scale,
+    key: str = "heatmap",
+    marked: int | None = None,
 ) -> None:
-    """One overlay with its own legend underneath."""
+    """One overlay with its own legend underneath; ``marked`` outlines one patch."""
     with st.container(key=key):
         st.image(
-            overlay_url(trace.trace_id, grid, style, scale, trace.image.processed, legend=True)
+            overlay_url(
+                trace.trace_id,
+                grid,
+                style,
+                scale,
+                trace.image.processed,
+                legend=True,
+                marked=marked,
+            )
         )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def photo_url(trace_id: str, _image: np.ndarray) -> str:
+    """The processed image as an inline JPEG URL (for Vega charts drawn over the photo)."""
+    return images.data_url(images.thumbnail(_image, size=max(_image.shape[:2])), "JPEG")

@@ -19,9 +19,11 @@ COMPARE = "compare"
 TOKENS = "tokens"
 UNIT = "unit"  # "token" or "word": how answer selections are made
 
-_PREFIX = "url:"
 PATCHES = "patches"
+_PREFIX = "url:"
 _TRACE_SCOPED = (TOKENS, PATCHES)  # meaningless once the trace changes
+# Settings that hold on every page: a shared link names them once, whatever page it opens.
+SHARED = (TRACE, COMPARE, TOKENS, UNIT, PATCHES, "cmap", "alpha", "smooth", "fade", "hide")
 
 
 def get(param: str) -> str | None:
@@ -37,6 +39,17 @@ def get(param: str) -> str | None:
     if value is not None:
         st.query_params[param] = value
     return value
+
+
+def adopt(params: Iterable[str]) -> None:
+    """Remember the values the URL names now, before any page reads them.
+
+    Without this, a parameter that the opened page does not use (``cmap`` on a page without
+    heatmaps) would be lost when navigation drops the query string.
+    """
+    for param in params:
+        if param in st.query_params:
+            get(param)
 
 
 def _forget_trace_scoped() -> None:

@@ -82,3 +82,10 @@ def grouped_sum(values: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarr
     """Sum ``values`` over each group of positions (tokens -> words)."""
     values = np.asarray(values, dtype=np.float64)
     return np.array([values[list(g)].sum() for g in groups])
+
+
+def relative_l1(a: np.ndarray, reference: np.ndarray) -> float | None:
+    """``sum|a - reference| / sum|reference|``; ``None`` when the reference is all zero."""
+    a, reference = np.asarray(a, np.float64), np.asarray(reference, np.float64)
+    norm = float(np.abs(reference).sum())
+    return None if norm == 0 else float(np.abs(a - reference).sum()) / norm

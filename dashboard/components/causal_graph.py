@@ -11,7 +11,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from dashboard.components.fonts import drawable, font
 
 TARGET_COLOUR = "#111111"
 OTHER_COLOUR = "#9e9e9e"
@@ -45,13 +47,10 @@ class Edge:
     mark_b: str
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
-
-
-def _short(label: str, limit: int = 10) -> str:
-    label = " ".join(label.split()) or "␣"
-    return label if len(label) <= limit else label[: limit - 1] + "…"
+def _short(label: str, limit: int) -> str:
+    """A label cut to fit a node box; the table under the graph has the full text."""
+    label = " ".join(label.split()) or "_"
+    return label if len(label) <= limit else label[: limit - 2] + ".."
 
 
 def _end_mark(
@@ -104,15 +103,17 @@ def _draw_node(
         draw.rectangle(box, outline=node.colour, width=border)
     else:
         draw.rounded_rectangle(box, radius=6, fill="white", outline=node.colour, width=border)
-        draw.text((x, y), _short(node.label, 6), fill="black", font=_font(11), anchor="mm")
-    draw.text((x, y + half + 2), f"{node.position}", fill="#444", font=_font(10), anchor="ma")
+        face = font(13)
+        label = drawable(_short(node.label, 6), face)
+        draw.text((x, y), label, fill="black", font=face, anchor="mm")
+    draw.text((x, y + half + 2), f"{node.position}", fill="#444", font=font(13), anchor="ma")
 
 
 def _legend(width: int, radii: int) -> Image.Image:
     """Edge marks and node colours, explained in one strip under the graph."""
     legend = Image.new("RGB", (width, 70), "white")
     draw = ImageDraw.Draw(legend)
-    font = _font(12)
+    face = font(13)
     meanings = {
         "arrow": "arrowhead: not an ancestor",
         "tail": "tail: an ancestor",
@@ -122,21 +123,21 @@ def _legend(width: int, radii: int) -> Image.Image:
     for mark, meaning in meanings.items():
         draw.line((x, 14, x + 40, 14), fill=EDGE_COLOUR, width=2)
         _end_mark(draw, (x + 40, 14), 0.0, mark, 11)
-        draw.text((x + 48, 14), meaning, fill="black", font=font, anchor="lm")
-        x += 48 + int(draw.textlength(meaning, font=font)) + 24
+        draw.text((x + 48, 14), meaning, fill="black", font=face, anchor="lm")
+        x += 48 + int(draw.textlength(meaning, font=face)) + 24
     swatches = [("explained token", TARGET_COLOUR)]
     swatches += [(f"radius {r}", radius_colour(r)) for r in range(1, radii + 1)]
     swatches += [("outside the explanation", OTHER_COLOUR)]
     x = 10
     for name, colour in swatches:
         draw.rectangle((x, 40, x + 14, 54), outline=colour, width=3)
-        draw.text((x + 20, 47), name, fill="black", font=font, anchor="lm")
-        x += 20 + int(draw.textlength(name, font=font)) + 18
+        draw.text((x + 20, 47), name, fill="black", font=face, anchor="lm")
+        x += 20 + int(draw.textlength(name, font=face)) + 18
     return legend
 
 
 def draw_graph(
-    nodes: Sequence[GraphNode], edges: Sequence[Edge], radii: int, node_size: int = 44
+    nodes: Sequence[GraphNode], edges: Sequence[Edge], radii: int, node_size: int = 54
 ) -> Image.Image:
     """The graph with its legend underneath, as one image.
 

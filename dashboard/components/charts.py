@@ -15,6 +15,8 @@ import pandas as pd
 from dashboard.components.analysis import SHARE_CATEGORIES
 
 PERCENT = alt.Axis(format="%")
+LABEL_LIMIT = 400  # pixels of an axis label before Vega cuts it (its default, 180, cut words)
+LEGEND = alt.Legend(labelFontSize=13, titleFontSize=13, titleLimit=400)
 
 
 def head_image_bars(shares: np.ndarray, layer: int) -> alt.Chart:
@@ -55,7 +57,7 @@ def share_matrix(shares: np.ndarray) -> alt.FacetChart:
                 "share:Q",
                 title="share of attention (%)",
                 scale=alt.Scale(domain=[0, 1], scheme="inferno"),
-                legend=alt.Legend(format="%"),
+                legend=alt.Legend(format="%", labelFontSize=13, titleFontSize=13),
             ),
             tooltip=["layer:O", "head:O", "target:N", alt.Tooltip("share:Q", format=".1%")],
         )
@@ -96,7 +98,12 @@ def token_bars(
         alt.Chart(frame, title=title)
         .mark_bar()
         .encode(
-            y=alt.Y("label:N", title=label_title, sort="-x", axis=alt.Axis(labelOverlap=False)),
+            y=alt.Y(
+                "label:N",
+                title=label_title,
+                sort="-x",
+                axis=alt.Axis(labelOverlap=False, labelLimit=LABEL_LIMIT),
+            ),
             x=alt.X("value:Q", title=value_title, axis=PERCENT if percent else alt.Axis()),
             tooltip=["label:N", alt.Tooltip("value:Q", format=".4f")],
         )
@@ -104,10 +111,13 @@ def token_bars(
     )
 
 
-def layer_token_heatmap(values: np.ndarray, labels: Sequence[str], value_title: str) -> alt.Chart:
-    """[L, n] values as a layer x token heatmap (tokens in sequence order)."""
+def layer_token_heatmap(
+    values: np.ndarray, labels: Sequence[str], value_title: str, ids: Sequence[int]
+) -> alt.Chart:
+    """[L, n] values as a layer x token heatmap, tokens in sequence order and named by their
+    sequence position (``ids``), like the bar chart beside it."""
     layers, count = values.shape
-    tokens = [f"{i}: {t}" for i, t in enumerate(labels)]
+    tokens = [f"{i}: {t}" for i, t in zip(ids, labels, strict=True)]
     frame = pd.DataFrame(
         {
             "layer": np.repeat(np.arange(layers), count),
@@ -119,9 +129,19 @@ def layer_token_heatmap(values: np.ndarray, labels: Sequence[str], value_title: 
         alt.Chart(frame, title="Attention to the selected patches, by layer (mean over heads)")
         .mark_rect()
         .encode(
-            x=alt.X("token:N", title="token (position: text)", sort=tokens),
+            x=alt.X(
+                "token:N",
+                title="token (position: text)",
+                sort=tokens,
+                axis=alt.Axis(labelLimit=LABEL_LIMIT),
+            ),
             y=alt.Y("layer:O", title="layer (index)", sort="descending"),
-            color=alt.Color("value:Q", title=value_title, scale=alt.Scale(scheme="inferno")),
+            color=alt.Color(
+                "value:Q",
+                title=value_title,
+                scale=alt.Scale(scheme="inferno", domainMin=0),
+                legend=LEGEND,
+            ),
             tooltip=["layer:O", "token:N", alt.Tooltip("value:Q", format=".4f")],
         )
     )
@@ -134,7 +154,7 @@ def token_probabilities(
     frame = _ranked_frame(labels, probs)
     frame["k"] = np.arange(len(frame))
     frame["selected"] = frame["k"].isin(list(selected))
-    pick = alt.selection_point(name="token", fields=["k"], toggle="true")
+    pick = alt.selection_point(name="token", fields=["k"], toggle=False)  # the page toggles
     return (
         alt.Chart(frame, title="Probability of each generated token")
         .mark_bar()
@@ -150,31 +170,51 @@ def token_probabilities(
     )
 
 
-def patch_grid(colours: Sequence[str], rows: int, cols: int, selected: Sequence[int]) -> alt.Chart:
-    """The image as its patch grid (each cell in the patch's mean colour); click to select.
+def patch_grid(
+    photo_url: str, width: int, height: int, rows: int, cols: int, selected: Sequence[int]
+) -> alt.LayerChart:
+    """The photo with its patch grid drawn over it; click cells to select patches.
 
-    Cells carry the picture themselves, so the chart needs no image layer to line up with.
+    ``photo_url`` is the processed image as a data URL, drawn at ``width x height`` pixels
+    under transparent cells (one per patch) that carry the clicks and outline the selection.
     """
     index = np.arange(rows * cols)
     frame = pd.DataFrame(
-        {"patch": index, "row": index // cols, "col": index % cols, "colour": list(colours)}
+        {
+            "patch": index,
+            "row": index // cols,
+            "col": index % cols,
+            "row_end": index // cols + 1,
+            "col_end": index % cols + 1,
+        }
     )
     frame["selected"] = frame["patch"].isin(list(selected))
     pick = alt.selection_point(name="patch", fields=["patch"], toggle="true")
-    step = max(8, min(40, 336 // max(rows, cols)))
-    return (
-        alt.Chart(frame, title="Image patches (click to select)")
-        .mark_rect()
+    x_scale = alt.Scale(domain=[0, cols], nice=False)
+    y_scale = alt.Scale(domain=[0, rows], nice=False, reverse=True)
+    x = alt.X("col:Q", title="patch column (index)", scale=x_scale)
+    y = alt.Y("row:Q", title="patch row (index)", scale=y_scale)
+    photo = (
+        alt.Chart(pd.DataFrame({"url": [photo_url], "x": [cols / 2], "y": [rows / 2]}))
+        .mark_image(width=width, height=height)
+        .encode(x=alt.X("x:Q", scale=x_scale), y=alt.Y("y:Q", scale=y_scale), url="url:N")
+    )
+    cells = (
+        alt.Chart(frame)
+        .mark_rect(fill="white", fillOpacity=0.01)
         .encode(
-            x=alt.X("col:O", title="patch column (index)"),
-            y=alt.Y("row:O", title="patch row (index)"),
-            color=alt.Color("colour:N", scale=None, legend=None),
+            x=x,
+            x2="col_end:Q",
+            y=y,
+            y2="row_end:Q",
             stroke=alt.condition(alt.datum.selected, alt.value("#00e5ff"), alt.value("white")),
-            strokeWidth=alt.condition(alt.datum.selected, alt.value(3), alt.value(0.5)),
+            strokeWidth=alt.condition(alt.datum.selected, alt.value(3), alt.value(0.4)),
             tooltip=["patch:Q", "row:Q", "col:Q"],
         )
         .add_params(pick)
-        .properties(width=alt.Step(step), height=alt.Step(step))
+    )
+    return alt.layer(photo, cells, title="Image patches (click to select)").properties(
+        width=width, height=height
     )
 
 
@@ -185,7 +225,7 @@ def layer_divergence(divergence: np.ndarray) -> alt.Chart:
         alt.Chart(frame, title="Divergence of image attention per layer")
         .mark_line(point=True)
         .encode(
-            x=alt.X("layer:Q", title="layer (index)"),
+            x=alt.X("layer:Q", title="layer (index)", axis=alt.Axis(tickMinStep=1, format="d")),
             y=alt.Y(
                 "js:Q", title="Jensen-Shannon divergence (bits)", scale=alt.Scale(domain=[0, 1])
             ),
@@ -195,10 +235,10 @@ def layer_divergence(divergence: np.ndarray) -> alt.Chart:
 
 
 def head_importance_bars(
-    ranking: Sequence[tuple[int, float]], layer: int, chosen: int | None = None
+    ranking: Sequence[tuple[int, float]], chosen: int | None = None
 ) -> alt.Chart:
     """CLEANN head importance (sum of -log10 p over image tokens in the explanation),
-    most important first; the head drawn below is highlighted."""
+    most important first; the head drawn above is highlighted. Untitled: the page heads it."""
     frame = pd.DataFrame(
         {
             "head": [int(h) for h, _ in ranking],
@@ -207,7 +247,7 @@ def head_importance_bars(
     )
     frame["shown"] = frame["head"] == chosen
     return (
-        alt.Chart(frame, title=f"Layer {layer}: heads ranked by causal importance")
+        alt.Chart(frame)
         .mark_bar()
         .encode(
             x=alt.X("head:O", title="head (index, most important first)", sort="-y"),

@@ -41,6 +41,12 @@ class TraceView:
     def label(self, position: int) -> str:
         return text.token_label(self.tokens.text[position])
 
+    def node_label(self, position: int, target: int) -> str:
+        """A graph node's text. The explained node is the query row ``P - 1 + k`` that
+        *produced* answer token k, so it is named by that answer token, not by the row's own
+        input token (which is the previous token)."""
+        return self.label(position + 1 if position == target else position)
+
 
 def radius_of(explanation: CausalExplanation) -> dict[int, int]:
     """Token position -> the PDS distance at which it entered the explanation."""
@@ -95,13 +101,20 @@ def graph(
             if position in radii
             else OTHER_COLOUR
         )
-        nodes.append(GraphNode(position, view.label(position), colour, picture))
+        nodes.append(
+            GraphNode(position, view.node_label(position, explanation.target), colour, picture)
+        )
     edges = [
         Edge(a, b, mark_a, mark_b)
         for a, b, mark_a, mark_b in explanation.edges()
         if a in keep and b in keep
     ]
     return nodes, edges
+
+
+def p_value_text(value: float | None) -> str:
+    """A p-value in scientific notation: 2.8e-106 and 5e-05 stay short and distinct."""
+    return "–" if value is None or not np.isfinite(value) else f"{float(value):.2e}"
 
 
 def rows(view: TraceView, explanation: CausalExplanation) -> list[dict[str, object]]:
@@ -123,7 +136,7 @@ def rows(view: TraceView, explanation: CausalExplanation) -> list[dict[str, obje
                 "token or patch": where,
                 "radius": radius,
                 "minimal": position in minimal,
-                "p-value": float(explanation.p_values.get(position, np.nan)),
+                "p-value": p_value_text(explanation.p_values.get(position)),
             }
         )
     return out

@@ -6,6 +6,7 @@ The URL holds only non-default values; parsing tolerates hand-edited junk by dro
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import date
@@ -14,6 +15,8 @@ from store import TraceQuery
 
 SORT_COLUMNS = ("created_at", "model_id", "model_revision", "prompt", "answer", "correct")
 PAGE_SIZE = 25
+MAX_PAGE = 10**6  # far past any store's end; keeps the SQL offset a small integer
+MAX_TEXT = 200  # characters of a text filter
 
 
 def _float(text: str | None) -> float | None:
@@ -35,11 +38,20 @@ def _bool(text: str | None) -> bool | None:
     return {"yes": True, "no": False}.get(text or "")
 
 
-def _positive_int(text: str | None, default: int) -> int:
-    try:
-        return max(1, int(text)) if text else default
-    except ValueError:
+def _positive_int(text: str | None, default: int, upper: int = MAX_PAGE) -> int:
+    """A whole number ``1..upper`` written in decimal digits; ``default`` for anything else
+    (``1e30``, ``-3``, a 40-digit number that would overflow SQL's integers)."""
+    text = (text or "").strip()
+    if not text.isdecimal() or len(text) > len(str(upper)):
         return default
+    return min(max(1, int(text)), upper)
+
+
+def clean_text(text: str | None) -> str | None:
+    """A text filter as people type it: control characters (a NUL from ``%00`` breaks SQL)
+    removed, surrounding space trimmed, at most ``MAX_TEXT`` characters; empty is ``None``."""
+    cleaned = "".join(c for c in (text or "") if unicodedata.category(c) != "Cc").strip()
+    return cleaned[:MAX_TEXT] or None
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,8 @@ class BrowseFilters:
     model: str | None = None
     revision: str | None = None
     text: str | None = None  # matches prompt or answer
+    answer: str | None = None  # matches the answer only
+    answer_token: str | None = None  # one whole generated token (case ignored)
     tag: str | None = None
     correct: bool | None = None
     after: date | None = None
@@ -64,14 +78,16 @@ class BrowseFilters:
     def from_params(cls, params: Mapping[str, str]) -> BrowseFilters:
         sort = params.get("sort", "created_at")
         return cls(
-            model=params.get("model") or None,
-            revision=params.get("rev") or None,
-            text=params.get("q") or None,
-            tag=params.get("tag") or None,
+            model=clean_text(params.get("model")),
+            revision=clean_text(params.get("rev")),
+            text=clean_text(params.get("q")),
+            answer=clean_text(params.get("ans")),
+            answer_token=clean_text(params.get("tok")),
+            tag=clean_text(params.get("tag")),
             correct=_bool(params.get("correct")),
             after=_date(params.get("after")),
             before=_date(params.get("before")),
-            metric=params.get("metric") or None,
+            metric=clean_text(params.get("metric")),
             metric_min=_float(params.get("mmin")),
             metric_max=_float(params.get("mmax")),
             sort=sort if sort in SORT_COLUMNS or sort.startswith("metric:") else "created_at",
@@ -85,6 +101,8 @@ class BrowseFilters:
             "model": self.model,
             "rev": self.revision,
             "q": self.text,
+            "ans": self.answer,
+            "tok": self.answer_token,
             "tag": self.tag,
             "correct": None if self.correct is None else ("yes" if self.correct else "no"),
             "after": self.after.isoformat() if self.after else None,
@@ -98,7 +116,7 @@ class BrowseFilters:
         }
 
     def with_page(self, page: int) -> BrowseFilters:
-        return replace(self, page=max(1, page))
+        return replace(self, page=min(max(1, page), MAX_PAGE))
 
     def metric_ranges(self) -> dict[str, tuple[float | None, float | None]]:
         """Inclusive bounds; a metric with no bounds still filters to traces that have it."""
@@ -110,6 +128,8 @@ class BrowseFilters:
             model=self.model,
             model_revision=self.revision,
             text=self.text,
+            answer_contains=self.answer,
+            answer_token=self.answer_token,
             tag=self.tag,
             correct=self.correct,
             created_after=self.after.isoformat() if self.after else None,

@@ -24,10 +24,3 @@ def data_url(picture: Image.Image, fmt: str = "PNG") -> str:
     picture.save(buffer, format=fmt, quality=90)
     mime = "jpeg" if fmt.upper() == "JPEG" else fmt.lower()
     return f"data:image/{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def patch_colours(image: np.ndarray, rows: int, cols: int) -> list[str]:
-    """Mean colour of every patch (row-major) as ``#rrggbb``: a pixelated copy of the image."""
-    picture = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-    cells = np.asarray(picture.resize((cols, rows), Image.Resampling.BOX)).reshape(-1, 3)
-    return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in cells]

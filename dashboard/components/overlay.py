@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from dashboard.components import colormap
+from dashboard.components.fonts import drawable, font
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,9 @@ class OverlayStyle:
     """How maps are drawn; one instance is shared by every view so they stay comparable."""
 
     colormap: str = "inferno"
-    opacity: float = 0.6  # 0 shows only the image, 1 only the heatmap
+    opacity: float = 0.6  # 0 shows only the image, 1 only the heatmap (at its highest values)
     smooth: bool = False  # bilinear upsampling instead of crisp patch cells
+    fade: bool = True  # opacity grows with the value: the photo stays visible where maps are low
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,11 @@ class Scale:
     title: str
 
     @classmethod
-    def of(cls, values: np.ndarray, title: str, symmetric: bool = False) -> Scale:
-        """A range covering ``values``; symmetric around 0 for difference maps."""
+    def of(
+        cls, values: np.ndarray, title: str, symmetric: bool = False, zero: bool = False
+    ) -> Scale:
+        """A range covering ``values``; symmetric around 0 for difference maps; from 0 when
+        ``zero`` (weights and shares, where 0 means "none", not the smallest value seen)."""
         finite = np.asarray(values, dtype=np.float64)
         finite = finite[np.isfinite(finite)]
         if finite.size == 0:
@@ -43,6 +48,8 @@ class Scale:
             bound = float(np.abs(finite).max()) or 1.0
             return cls(-bound, bound, title)
         low, high = float(finite.min()), float(finite.max())
+        if zero:
+            low = min(low, 0.0)
         return cls(low, high if high > low else low + 1.0, title)
 
 
@@ -58,12 +65,20 @@ def grid_values(values: np.ndarray, patch_index: np.ndarray, rows: int, cols: in
 
 
 def overlay(
-    image: np.ndarray, grid: np.ndarray, style: OverlayStyle, scale: Scale, min_side: int = 336
+    image: np.ndarray,
+    grid: np.ndarray,
+    style: OverlayStyle,
+    scale: Scale,
+    min_side: int = 336,
+    marked: int | None = None,
 ) -> Image.Image:
     """Blend a [rows, cols] map over an [h, w, 3] image, each cell covering its patch.
 
     Small images are first enlarged (keeping their aspect ratio) to ``min_side`` pixels on the
-    longer side, so maps of small crops are still readable.
+    longer side, so maps of small crops are still readable. With ``style.fade`` each cell's
+    opacity is scaled by its value, so low values leave the photo as it is instead of
+    darkening it with the colour map's darkest colour. ``marked`` outlines one patch
+    (row-major index), e.g. the query patch of a vision-tower map.
     """
     base = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
     factor = min_side / max(base.size)
@@ -73,28 +88,49 @@ def overlay(
     colours = colormap.apply(grid, style.colormap, scale.vmin, scale.vmax)
     resample = Image.Resampling.BILINEAR if style.smooth else Image.Resampling.NEAREST
     heat = Image.fromarray(colours, mode="RGB").resize(base.size, resample=resample)
-    return Image.blend(base, heat, float(np.clip(style.opacity, 0.0, 1.0)))
+    opacity = float(np.clip(style.opacity, 0.0, 1.0))
+    alpha = np.full(np.shape(grid), opacity)
+    if style.fade:
+        span = scale.vmax - scale.vmin
+        level = (np.asarray(grid, dtype=np.float64) - scale.vmin) / (span if span > 0 else 1.0)
+        alpha = opacity * np.clip(np.nan_to_num(level, nan=0.0), 0.0, 1.0)
+    mask = Image.fromarray(np.round(alpha * 255).astype(np.uint8), mode="L")
+    picture = Image.composite(heat, base, mask.resize(base.size, resample=resample))
+    if marked is not None:
+        _outline(picture, np.shape(grid), marked)
+    return picture
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
+def _outline(picture: Image.Image, shape: tuple[int, ...], patch: int) -> None:
+    rows, cols = shape[0], shape[1]
+    if not 0 <= patch < rows * cols:
+        return
+    width, height = picture.size
+    x0, x1 = width * (patch % cols) / cols, width * (patch % cols + 1) / cols
+    y0, y1 = height * (patch // cols) / rows, height * (patch // cols + 1) / rows
+    draw = ImageDraw.Draw(picture)
+    line = max(2, round(min(width, height) / 120))
+    draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline="#00e5ff", width=line)
 
 
-def legend(style: OverlayStyle, scale: Scale, width: int = 336, height: int = 44) -> Image.Image:
+LEGEND_FONT_PX = 13
+
+
+def legend(style: OverlayStyle, scale: Scale, width: int = 336, height: int = 52) -> Image.Image:
     """A horizontal colour bar with the quantity's title and its min / mid / max values."""
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    font = _font(11)
-    margin, bar_top, bar_height = 6, 16, 10
+    face = font(LEGEND_FONT_PX)
+    margin, bar_top, bar_height = 6, 19, 12
     ramp = np.linspace(scale.vmin, scale.vmax, width - 2 * margin)
     bar = colormap.apply(np.tile(ramp, (bar_height, 1)), style.colormap, scale.vmin, scale.vmax)
     canvas.paste(Image.fromarray(bar, mode="RGB"), (margin, bar_top))
-    draw.text((margin, 1), scale.title, fill="black", font=font)
+    draw.text((margin, 2), drawable(scale.title, face), fill="black", font=face)
     ticks = [(scale.vmin, "la"), ((scale.vmin + scale.vmax) / 2, "ma"), (scale.vmax, "ra")]
     for value, anchor in ticks:
         x = margin + (width - 2 * margin) * (value - scale.vmin) / (scale.vmax - scale.vmin)
         draw.text(
-            (x, bar_top + bar_height + 2), f"{value:.3g}", fill="black", font=font, anchor=anchor
+            (x, bar_top + bar_height + 3), f"{value:.3g}", fill="black", font=face, anchor=anchor
         )
     return canvas
 

@@ -6,6 +6,7 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -76,3 +77,47 @@ def answer_diff(a: str, b: str) -> list[DiffPiece]:
         if op in ("insert", "replace") and j1 > j0:
             pieces.append(DiffPiece("insert", " ".join(words_b[j0:j1])))
     return pieces
+
+
+_SPECIAL = re.compile(r"^<[^<>\s]*>$")
+
+
+def template_positions(
+    texts: Sequence[str], roles: np.ndarray, prompt_length: int, user_prompt: str
+) -> set[int]:
+    """Prompt positions that belong to the chat template, not to the user's question.
+
+    The user's prompt is found in the prompt's text tokens by its non-space characters
+    (tokenisers add spaces and markers such as "▁"); every text token outside that span
+    (``<s>``, "USER", ":", "ASSISTANT", line breaks) is template. When the prompt cannot be
+    found, only special tokens like ``<s>`` count as template.
+    """
+    positions = [p for p in range(prompt_length) if roles[p] != 1]  # TokenRole.IMAGE
+    pieces = ["".join(texts[p].replace("▁", "").split()) for p in positions]
+    target = "".join(user_prompt.split())
+    joined = "".join(pieces)
+    start = joined.find(target) if target else -1
+    if start < 0:
+        return {p for p, piece in zip(positions, pieces, strict=True) if _SPECIAL.match(piece)}
+    end, offset, template = start + len(target), 0, set()
+    for position, piece in zip(positions, pieces, strict=True):
+        inside = piece and offset >= start and offset + len(piece) <= end
+        if not inside:
+            template.add(position)
+        offset += len(piece)
+    return template
+
+
+def short_id(trace_id: str) -> str:
+    """The first 8 hex digits: enough to tell traces apart on screen (links keep all 32)."""
+    return trace_id[:8]
+
+
+def short_time(iso: str) -> str:
+    """An ISO-8601 UTC timestamp to the second, as people read it: "2026-11-29 10:31:05 UTC"."""
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    zone = " UTC" if moment.utcoffset() == timedelta(0) else moment.strftime(" %z")
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + zone

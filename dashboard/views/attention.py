@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 
 from dashboard import context, data, render, state
-from dashboard.components import analysis, charts, images, text
+from dashboard.components import analysis, charts, text
 from dashboard.components.overlay import Scale
 from dashboard.components.patches import original_label
 from dashboard.config import StoreConfig
@@ -37,12 +37,18 @@ def image_to_answer(config: StoreConfig, trace: StoredTrace, selected: list[int]
     )
     heads = order[: int(shown)]
     grids = [render.image_grid(trace, rows[h]) for h in heads]
+    answer = trace.tokens.text[trace.tokens.prompt_length :]
+    st.text(
+        f"Layer {layer}, attention of answer token(s) "
+        + ", ".join(f"{k}: {text.token_label(answer[k])}" for k in selected)
+        + " to the image, one map per head"
+    )
     render.gallery(
         trace,
         grids,
         [f"head {h} · {shares[h]:.1%} on image" for h in heads],
         style,
-        Scale.of(np.stack(grids), WEIGHT),
+        Scale.of(np.stack(grids), WEIGHT, zero=True),
     )
     st.altair_chart(charts.head_image_bars(shares, layer), width="stretch")
 
@@ -68,14 +74,18 @@ def _patches_from_chart(key: str) -> None:
 
 
 def _patch_picker(trace: StoredTrace) -> list[int]:
-    """Patches picked on the image grid (click) or from the list; both write the same state."""
+    """Patches picked on the photo (click) or from the list; both write the same state."""
     geometry = trace.image
     labels = _patch_labels(trace)
     chosen = [p for p in state.ints(state.PATCHES) if 0 <= p < len(labels)]
     key = f"attn:grid:{trace.trace_id}"
+    height, width = geometry.processed.shape[:2]
+    scale = 336 / max(width, height)
     st.altair_chart(
         charts.patch_grid(
-            images.patch_colours(geometry.processed, geometry.grid_rows, geometry.grid_cols),
+            render.photo_url(trace.trace_id, geometry.processed),
+            round(width * scale),
+            round(height * scale),
             geometry.grid_rows,
             geometry.grid_cols,
             chosen,
@@ -99,6 +109,7 @@ def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
     left, right = st.columns([1, 2])
     with left:
         patches = _patch_picker(trace)
+        hide_template = context.hide_template_toggle()
     tokens = trace.tokens
     columns = np.flatnonzero(
         np.isin(tokens.image_patch, patches) & (tokens.roles == TokenRole.IMAGE)
@@ -111,6 +122,8 @@ def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
             return
         queries = np.flatnonzero(tokens.roles != TokenRole.IMAGE)
         queries = queries[queries > columns.min()]  # causal: earlier rows cannot see the patches
+        if hide_template:
+            queries = np.setdiff1d(queries, sorted(context.template_positions(trace)))
         if len(queries) == 0:
             st.info("No text token comes after these patches, so none can attend to them.")
             return
@@ -134,7 +147,8 @@ def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
             width="stretch",
         )
     st.altair_chart(
-        charts.layer_token_heatmap(to_patches.mean(axis=1), labels, WEIGHT), width="stretch"
+        charts.layer_token_heatmap(to_patches.mean(axis=1), labels, WEIGHT, queries.tolist()),
+        width="stretch",
     )
 
 
@@ -170,6 +184,7 @@ def vision_tower(config: StoreConfig, trace: StoredTrace) -> None:
         format_func=options.__getitem__,
         key=f"attn:vq:{trace.trace_id}",
     )
+    marked = query - offset if query >= offset else None  # the CLS token has no patch
     left, right = st.columns(2)
     with left:
         layer = context.layer_slider("Vision layer", "vlayer", layers, layers - 1)
@@ -177,8 +192,15 @@ def vision_tower(config: StoreConfig, trace: StoredTrace) -> None:
         attention = data.vision_layer(config, trace.trace_id, layer)
         matrix = attention.mean(axis=0) if head == "mean of heads" else attention[int(head)]
         values = matrix[query, offset:].reshape(rows, cols)
-        st.caption(f"Attention of {options[query]} at vision layer {layer}")
-        render.heatmap(trace, values, style, Scale.of(values, WEIGHT), key="vision-heatmap")
+        st.caption(f"Attention of {options[query]} at vision layer {layer} (query outlined)")
+        render.heatmap(
+            trace,
+            values,
+            style,
+            Scale.of(values, WEIGHT, zero=True),
+            key="vision-heatmap",
+            marked=marked,
+        )
     with right:
         flow = data.vision_rollout(config, trace.trace_id)
         values = flow[query, offset:].reshape(rows, cols)
@@ -189,8 +211,9 @@ def vision_tower(config: StoreConfig, trace: StoredTrace) -> None:
             trace,
             values,
             style,
-            Scale.of(values, "rollout weight (share of flow)"),
+            Scale.of(values, "rollout weight (share of flow)", zero=True),
             key="rollout-heatmap",
+            marked=marked,
         )
 
 

@@ -8,6 +8,7 @@ the URL.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import date
 
 import pandas as pd
@@ -15,7 +16,9 @@ import streamlit as st
 
 from dashboard import context, data, state
 from dashboard.components.filters import PAGE_SIZE, PARAMS, SORT_COLUMNS, BrowseFilters
-from store import TraceInfo
+from dashboard.components.text import short_id, short_time
+from dashboard.config import StoreConfig
+from store import StoreError, TraceInfo
 
 _ANY = "any"
 
@@ -29,7 +32,17 @@ def _write(field_param: str, value: object) -> None:
     state.update({field_param: None if value in (None, "", _ANY) else str(value), "page": None})
 
 
-def _filter_widgets(config, filters: BrowseFilters) -> None:
+def _options(known: list[str], current: str | None, what: str) -> tuple[list[str], Callable]:
+    """Choices for a model or tag filter. A value from the URL that no trace has stays
+    visible (marked as such), so the widget shows what filters the table and choosing
+    "any" clears it."""
+    options = [_ANY, *known]
+    if current and current not in known:
+        options.append(current)
+    return options, lambda v: f"{v} (no trace has this {what})" if v not in (_ANY, *known) else v
+
+
+def _filter_widgets(config: StoreConfig, filters: BrowseFilters) -> None:
     """The filter form; each widget writes its own URL parameter."""
     store = data.store(config)
 
@@ -37,13 +50,26 @@ def _filter_widgets(config, filters: BrowseFilters) -> None:
         return state.widget(f"browse:{param}", seed, lambda v: _write(param, v))
 
     top = st.columns([2, 2, 3, 1.2])
-    top[0].selectbox("Model", [_ANY, *store.models()], **bound("model", filters.model or _ANY))
-    top[1].text_input("Checkpoint / revision", **bound("rev", filters.revision or ""))
+    models, model_label = _options(store.models(), filters.model, "model")
+    top[0].selectbox(
+        "Model", models, format_func=model_label, **bound("model", filters.model or _ANY)
+    )
+    top[1].text_input(
+        "Checkpoint / revision", help="Exact revision", **bound("rev", filters.revision or "")
+    )
     top[2].text_input("Prompt or answer contains", **bound("q", filters.text or ""))
     correct = {True: "yes", False: "no", None: _ANY}[filters.correct]
     top[3].selectbox("Correct", [_ANY, "yes", "no"], **bound("correct", correct))
+    answers = st.columns([3, 2, 3])
+    answers[0].text_input("Answer contains", **bound("ans", filters.answer or ""))
+    answers[1].text_input(
+        "Answer token",
+        help="One whole generated token, e.g. red (case ignored)",
+        **bound("tok", filters.answer_token or ""),
+    )
     row = st.columns([2, 1.5, 1.5, 2, 1.2, 1.2])
-    row[0].selectbox("Tag", [_ANY, *store.tags()], **bound("tag", filters.tag or _ANY))
+    tags, tag_label = _options(store.tags(), filters.tag, "tag")
+    row[0].selectbox("Tag", tags, format_func=tag_label, **bound("tag", filters.tag or _ANY))
     row[1].date_input("Recorded after", value=None, **bound("after", filters.after))
     row[2].date_input("Recorded before", value=None, **bound("before", filters.before))
     row[3].text_input("Metric name", **bound("metric", filters.metric or ""))
@@ -62,21 +88,24 @@ def _filter_widgets(config, filters: BrowseFilters) -> None:
     )
 
 
-def _table(config, items: list[TraceInfo]) -> pd.DataFrame:
+def _table(config: StoreConfig, items: list[TraceInfo], selected: set[str]) -> pd.DataFrame:
+    """One row per trace, the columns people read first on the left (answer and
+    correctness fit on screen); ids short, times to the second."""
     return pd.DataFrame(
         {
+            "selected": [i.trace_id in selected for i in items],
             "image": [data.thumbnail_url(config, i.trace_id) for i in items],
-            "recorded": [i.created_at for i in items],
-            "model": [i.model_id for i in items],
-            "checkpoint": [i.model_revision for i in items],
             "prompt": [i.prompt for i in items],
             "answer": [i.answer for i in items],
             "correct": [i.correct for i in items],
+            "recorded": [short_time(i.created_at) for i in items],
+            "model": [i.model_id for i in items],
+            "checkpoint": [i.model_revision for i in items],
             "tags": [", ".join(i.tags) for i in items],
             "metrics": [
                 ", ".join(f"{k}={v:.3g}" for k, v in sorted(i.metrics.items())) for i in items
             ],
-            "id": [i.trace_id for i in items],
+            "id": [short_id(i.trace_id) for i in items],
         }
     )
 
@@ -86,18 +115,33 @@ def _page_param(page: int) -> str | None:
 
 
 def _select_rows(key: str, ids: list[str]) -> None:
+    """Ticked rows become the selection; unticking every row clears it."""
     rows = st.session_state[key].selection.rows
     picked = [ids[r] for r in rows[:2]]
-    if picked:
-        state.select_trace(picked[0], picked[1] if len(picked) > 1 else None)
+    state.select_trace(picked[0] if picked else None, picked[1] if len(picked) > 1 else None)
 
 
-def _selection_links() -> None:
+def _describe(config: StoreConfig, trace_id: str) -> str:
+    try:
+        prompt = data.info(config, trace_id).prompt
+    except StoreError:
+        return f"{short_id(trace_id)} (no longer in the store)"
+    return f"{short_id(trace_id)} · {prompt[:80]}{'…' if len(prompt) > 80 else ''}"
+
+
+def _selection_links(config: StoreConfig) -> None:
     trace_id, compare_id = state.get(state.TRACE), state.get(state.COMPARE)
     if not trace_id:
         st.caption("Select a row to open a trace; select two to compare them.")
         return
-    st.text(f"Selected: {trace_id}" + (f"  and  {compare_id}" if compare_id else ""))
+    chosen = [_describe(config, t) for t in (trace_id, compare_id) if t]
+    st.text("Selected: " + "  and  ".join(chosen))
+    st.button(
+        "Clear selection",
+        key="browse:clear",
+        on_click=lambda: state.select_trace(None),
+        icon=":material/close:",
+    )
     params = {state.TRACE: trace_id, **({state.COMPARE: compare_id} if compare_id else {})}
     links = st.columns(6)
     for column, (page, label) in zip(
@@ -122,9 +166,9 @@ def render() -> None:
         _filter_widgets(config, filters)
     try:
         page = data.query(config, filters.to_query(PAGE_SIZE))
-    except ValueError as error:
+    except (ValueError, StoreError) as error:
         st.warning("These filters can't be applied.")
-        st.text(str(error))
+        st.text(str(error).splitlines()[0] if str(error) else type(error).__name__)
         return
     if page.total == 0:
         if any(v is not None for v in filters.to_params().values()):
@@ -134,21 +178,26 @@ def render() -> None:
         return
     pages = max(1, math.ceil(page.total / PAGE_SIZE))
     if filters.page > pages:
-        st.info(f"Page {filters.page} is past the end; there are {pages} pages.")
+        there = "there is 1 page" if pages == 1 else f"there are {pages} pages"
+        st.info(f"Page {filters.page} is past the end; {there}.")
         filters = filters.with_page(pages)
         page = data.query(config, filters.to_query(PAGE_SIZE))
     first = (filters.page - 1) * PAGE_SIZE
     st.caption(f"Traces {first + 1}-{first + len(page.items)} of {page.total}")
     ids = [i.trace_id for i in page.items]
     key = f"browse:table:{filters.page}"
+    selected = {state.get(state.TRACE), state.get(state.COMPARE)} - {None}
     st.dataframe(
-        _table(config, page.items),
+        _table(config, page.items, selected),
         key=key,
         on_select=lambda: _select_rows(key, ids),
         selection_mode="multi-row",
         hide_index=True,
         row_height=56,
         column_config={
+            "selected": st.column_config.CheckboxColumn(
+                "selected", width="small", help="Open on the other pages"
+            ),
             "image": st.column_config.ImageColumn("image", width="small"),
             "correct": st.column_config.CheckboxColumn("correct"),
             "prompt": st.column_config.TextColumn("prompt", width="medium"),
@@ -165,7 +214,7 @@ def render() -> None:
             "page", _page_param(st.session_state[f"browse:page:{filter_key}"])
         ),
     )
-    _selection_links()
+    _selection_links(config)
 
 
 render()

@@ -224,7 +224,7 @@ def cleann_section(config: StoreConfig, trace: StoredTrace) -> None:
     view = explanation.TraceView(trace.tokens, trace.image)
     answer_label = view.label(trace.tokens.prompt_length + token)
     note = " (CLEANN explains one token at a time: the first selected)" if len(selected) > 1 else ""
-    st.caption(text.markdown_literal(f"Explaining answer token {token}: {answer_label}{note}"))
+    st.text(f"Explaining answer token {token}: {answer_label}{note}")
     heads = head_choice(trace)
     params = params_controls()
     results = explanations(
@@ -245,32 +245,32 @@ def cleann_section(config: StoreConfig, trace: StoredTrace) -> None:
     st.subheader("Causal graph")
     graph_image(view, shown)
     if heads is None:
-        st.altair_chart(charts.head_importance_bars(ranking, layer, shown.head), width="stretch")
+        # The title is a heading of its own: Vega's title sat under the graph picture above.
+        st.subheader(f"Layer {layer}: heads ranked by causal importance")
+        st.altair_chart(charts.head_importance_bars(ranking, shown.head), width="stretch")
     facts(results, shown)
 
 
 def show_payload(trace: StoredTrace, payload: dict) -> None:
     """Draw each field of another tool's causal result by what it looks like: a value per
     image patch becomes a map, a value per answer token a bar chart, numbers become
-    metrics, anything else is shown as JSON."""
+    metrics, anything else is shown as JSON. Field names come from a file: shown as text."""
     geometry = trace.image
     count = geometry.grid_rows * geometry.grid_cols
     answer = [text.token_label(t) for t in trace.tokens.text[trace.tokens.prompt_length :]]
+    style = None  # the sidebar's heatmap controls, drawn once for all maps
     rest: dict = {}
-    for name, value in payload.items():
+    for index, (name, value) in enumerate(payload.items()):
         array = np.asarray(value) if isinstance(value, list) else None
         numeric = array is not None and array.dtype.kind in "fiu"
         if isinstance(value, int | float) and not isinstance(value, bool):
             st.metric(text.markdown_literal(name), f"{value:.4g}")
         elif numeric and array.size == count:
-            st.caption(f"{name} (per image patch)")
+            st.text(f"{name} (per image patch)")
+            style = style or context.overlay_style()
             grid = render.patch_grid(trace, array.ravel())
             render.heatmap(
-                trace,
-                grid,
-                context.overlay_style(),
-                Scale.of(grid, f"{name} (score)"),
-                key=f"causal-{name}",
+                trace, grid, style, Scale.of(grid, f"{name} (score)"), key=f"causal-map-{index}"
             )
         elif numeric and array.ndim == 1 and array.size == len(answer):
             st.altair_chart(

@@ -26,7 +26,7 @@ def _pick_second(config: StoreConfig, first: str) -> None:
         st.info("Only one trace in the store: record another to compare.")
         st.stop()
     labels = {
-        i.trace_id: f"{i.model_id} @ {i.model_revision} · {i.prompt[:60]} · {i.trace_id[:8]}"
+        i.trace_id: f"{i.prompt} · {i.model_id} @ {i.model_revision} · {text.short_id(i.trace_id)}"
         for i in recent
     }
     choice = st.selectbox(
@@ -44,7 +44,10 @@ def _pick_second(config: StoreConfig, first: str) -> None:
 def _side(trace: StoredTrace, where: st.delta_generator.DeltaGenerator) -> None:
     info = trace.info
     where.image(trace.image.processed, width=240)
-    where.text(f"{info.model_id} @ {info.model_revision}\n{info.created_at}")
+    where.text(
+        f"{info.model_id} @ {info.model_revision}\n{text.short_time(info.created_at)}"
+        f" · id {text.short_id(info.trace_id)}"
+    )
     where.text(f"Prompt: {info.prompt}")
     where.text(f"Answer: {info.answer}")
 
@@ -86,33 +89,47 @@ def render_page() -> None:
         second.image.grid_rows,
         second.image.grid_cols,
     )
+    same_image = first.info.image_sha256 == second.info.image_sha256
+    if not same_image:
+        st.warning(
+            "These traces are of two different images: the maps are side by side, but their "
+            "difference compares different pictures patch by patch and says little."
+        )
     sources = [s for s in SOURCES if s == SOURCES[0] or (first.relevancy and second.relevancy)]
     source = (
-        st.segmented_control("Map", sources, default=sources[0], key="cmp:source") or sources[0]
+        st.segmented_control(
+            "Map",
+            sources,
+            **state.widget(
+                "cmp:source",
+                context.choice_param("map", sources, sources[0]),
+                lambda v: state.put("map", None if v in (None, sources[0]) else v),
+            ),
+        )
+        or sources[0]
     )
     layers = min(first.num_layers, second.num_layers)
     layer = (
-        st.slider("Layer", 0, layers - 1, layers - 1, key="cmp:layer")
-        if source == SOURCES[0] and layers > 1
-        else 0
+        context.layer_slider("Layer", "layer", layers, layers - 1) if source == SOURCES[0] else 0
     )
     style = context.overlay_style()
     maps = [_maps(config, t, source, selected, layer) for t in (first, second)]
     scale = Scale.of(
         np.stack(maps) if same_grid else maps[0],
         "attention weight (share of row)" if source == SOURCES[0] else "relevancy (score)",
+        zero=True,
     )
     columns = st.columns(3)
     for column, trace, grid, name in zip(
         columns, (first, second), maps, ("left", "right"), strict=False
     ):
         with column:
-            st.caption(f"{name}: tokens {', '.join(map(str, selected))}")
+            st.caption(f"{name}: answer tokens {', '.join(map(str, selected))}")
             render.heatmap(trace, grid, style, scale, key=f"cmp-{name}")
     with columns[2]:
         if same_grid:
             difference = maps[1] - maps[0]
-            st.caption("right − left")
+            st.caption("right − left" + ("" if same_image else " (different images)"))
             diverging = OverlayStyle(colormap=DIVERGING, opacity=style.opacity, smooth=style.smooth)
             render.heatmap(
                 first,

@@ -1,6 +1,7 @@
 """Generation: the image, the prompt, and the answer token by token with its probabilities.
 
-Clicking a bar (or a token pill) selects answer tokens for every other view.
+Clicking a bar adds that token to the selection (or removes it), like the token pills;
+the selection holds for every other view.
 """
 
 from __future__ import annotations
@@ -9,18 +10,34 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import context, state
-from dashboard.components import charts, text
+from dashboard.components import charts, groundtruth, text
+from store import StoredTrace
 
 
 def _pick_from_chart(key: str) -> None:
+    """A click toggles the clicked token in the shared selection; it never replaces it."""
     points = st.session_state[key].selection.get("token", [])
-    state.put_ints(state.TOKENS, [int(p["k"]) for p in points if "k" in p])
+    clicked = {int(p["k"]) for p in points if "k" in p}
+    state.put_ints(state.TOKENS, set(state.ints(state.TOKENS)) ^ clicked)
+
+
+def _image(trace: StoredTrace, where: st.delta_generator.DeltaGenerator) -> None:
+    """The processed image, with the ground-truth boxes when the trace carries them."""
+    truths = groundtruth.objects(trace.info.extra)
+    if not truths:
+        where.image(trace.image.processed, caption="Processed image (as the vision tower saw it)")
+        return
+    where.image(
+        groundtruth.draw(trace.image.processed, truths, trace.image.original_size),
+        caption="Processed image with the scene's ground-truth boxes",
+    )
+    where.text("Ground truth: " + "; ".join(t.label for t in truths))
 
 
 def render() -> None:
     _, trace = context.trace_page("Generation")
     image_col, answer_col = st.columns([1, 2])
-    image_col.image(trace.image.processed, caption="Processed image (as the vision tower saw it)")
+    _image(trace, image_col)
     with answer_col:
         selected = context.answer_selection(trace)
         top_k = trace.top_k
@@ -33,6 +50,7 @@ def render() -> None:
             selection_mode="token",
             width="stretch",
         )
+        st.caption("Click a bar to add its token to the selection (click again to remove it).")
     st.subheader("Top-k alternatives")
     rows = [
         {

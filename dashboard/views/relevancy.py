@@ -1,8 +1,8 @@
-"""Relevancy (Chefer et al.): what each answer token relied on, in the three modes.
+"""Relevancy (Chefer et al.): what each answer token relied on, in every recorded mode.
 
-For the selected tokens: the image map in the chosen mode and the text relevancy of the
-prompt's words against the image's share. Across the answer: a gallery of maps and the
-answer shaded by how much each token relied on the image.
+For the selected tokens: the image map in the chosen mode (with that mode's definition) and
+the text relevancy of the prompt's words against the image's share. Across the answer: a
+gallery of maps and the answer shaded by how much each token relied on the image.
 """
 
 from __future__ import annotations
@@ -13,44 +13,99 @@ import streamlit as st
 from dashboard import context, render, state
 from dashboard.components import analysis, charts, html, text
 from dashboard.components.overlay import Scale
-from store import RelevancyMode, StoredTrace, TokenRole
+from store import Relevancy, RelevancyMode, StoredTrace, TokenRole
 
 SCORE = "relevancy (normalised score)"
 
 
 def mode_maps(trace: StoredTrace, mode: RelevancyMode) -> np.ndarray:
-    """[N, rows, cols] relevancy maps of every answer token in ``mode``."""
-    relevancy = trace.relevancy
+    """[N, rows, cols] relevancy maps of every answer token in ``mode`` (a held mode)."""
+    values = trace.relevancy.map(mode)
     if mode is RelevancyMode.LLM:
-        return np.stack([render.image_grid(trace, row) for row in relevancy.llm])
-    per_patch = relevancy.vision if mode is RelevancyMode.VISION else relevancy.all
-    return np.stack([render.patch_grid(trace, row) for row in per_patch])
+        return np.stack([render.image_grid(trace, row) for row in values])
+    return np.stack([render.patch_grid(trace, row) for row in values])
 
 
-def text_relevancy(trace: StoredTrace, selected: list[int]) -> None:
+def text_relevancy(trace: StoredTrace, selected: list[int], hide_template: bool) -> None:
     """Top prompt words by relevancy, next to the share the image got as a whole."""
     tokens = trace.tokens
     row = trace.relevancy.llm[selected].mean(axis=0)
+    template = context.template_positions(trace) if hide_template else set()
     prompt_words = [
         w
         for w in text.words(tokens.text, tokens.roles, tokens.word_ids, TokenRole.TEXT)
-        if w.positions[0] < tokens.prompt_length
+        if w.positions[0] < tokens.prompt_length and not template.issuperset(w.positions)
     ]
     values = analysis.grouped_sum(np.clip(row, 0, None), [w.positions for w in prompt_words])
     image_total = float(np.clip(row[tokens.image_positions], 0, None).sum())
     total = values.sum() + image_total
     labels = ["⟨image⟩", *(w.text for w in prompt_words)]
     shares = np.concatenate([[image_total], values]) / (total if total > 0 else 1.0)
+    title = "Relevancy of the prompt's words and the image"
     st.altair_chart(
         charts.token_bars(
             labels,
             shares,
-            "Relevancy of the prompt's words and the image",
+            title + (" (template tokens hidden)" if hide_template else ""),
             "share of relevancy (%)",
             top=15,
             percent=True,
         ),
         width="stretch",
+    )
+
+
+def choose_mode(relevancy: Relevancy) -> RelevancyMode:
+    """The mode picker (URL parameter ``mode``) over the modes this trace holds.
+
+    An old trace (format 1) has no seed-defined ``all``; a link asking for it gets the map
+    that trace called "all" (``llm_through_vision``) with a note saying so.
+    """
+    held = relevancy.modes
+    asked = state.get("mode")
+    note = relevancy.legacy_note
+    if asked == RelevancyMode.ALL.value and RelevancyMode.ALL not in held and note:
+        st.info(
+            text.markdown_literal(
+                "This link asks for 'all', which this trace does not hold. " + note
+            )
+            + "  \nShowing LLM through vision, the map this trace called 'all'."
+        )
+        seed = RelevancyMode.LLM_THROUGH_VISION
+    else:
+        seed = next((m for m in held if m.value == asked), held[0])
+    if seed not in held:
+        seed = held[0]
+    mode = st.segmented_control(
+        "Mode",
+        held,
+        format_func=lambda m: m.label,
+        **state.widget("rel:mode", seed, lambda v: state.put("mode", v.value if v else None)),
+    )
+    mode = mode or seed
+    st.caption(text.markdown_literal(mode.definition))
+    absent = [m for m in RelevancyMode if m not in held]
+    if absent:
+        names = ", ".join(m.label for m in absent)
+        why = note or "These maps were not recorded for this trace."
+        st.caption(text.markdown_literal(f"Not available for this trace: {names}. {why}"))
+    return mode
+
+
+def all_vs_vision(relevancy: Relevancy, selected: list[int]) -> str | None:
+    """How far the seed's "all" is from the vision map for the selected tokens (L1, %)."""
+    seed_all, vision = relevancy.map(RelevancyMode.ALL), relevancy.map(RelevancyMode.VISION)
+    if seed_all is None or vision is None:
+        return None
+    a = np.asarray(seed_all, np.float64)[selected].mean(axis=0)
+    v = np.asarray(vision, np.float64)[selected].mean(axis=0)
+    gap = analysis.relative_l1(a, v)
+    if gap is None:
+        return None
+    return (
+        f"For these tokens, 'all' differs from 'vision' by {gap:.1%} (L1, relative to vision): "
+        "the seed's 'all' mostly repeats the vision map when the LM's image-by-image "
+        "relevancy is close to the identity."
     )
 
 
@@ -62,30 +117,21 @@ def render_page() -> None:
         )
         return
     style = context.overlay_style()
+    hide_template = context.hide_template_toggle()
     selected = context.answer_selection(trace)
-    modes = [m.value for m in RelevancyMode]
-    current = state.get("mode")
-    mode = RelevancyMode(
-        st.segmented_control(
-            "Mode",
-            modes,
-            **state.widget(
-                "rel:mode",
-                current if current in modes else modes[0],
-                lambda v: state.put("mode", v),
-            ),
-        )
-        or modes[0]
-    )
+    mode = choose_mode(trace.relevancy)
     maps = mode_maps(trace, mode)
-    scale = Scale.of(maps, SCORE)
+    scale = Scale.of(maps, SCORE, zero=True)
     answer = [text.token_label(t) for t in trace.tokens.text[trace.tokens.prompt_length :]]
     left, right = st.columns(2)
     with left:
-        st.caption(f"Mode {mode.value}: " + ", ".join(f"{k}: {answer[k]}" for k in selected))
+        st.text(f"Mode {mode.label} · " + ", ".join(f"{k}: {answer[k]}" for k in selected))
         render.heatmap(trace, maps[selected].mean(axis=0), style, scale)
+        closeness = all_vs_vision(trace.relevancy, selected)
+        if closeness:
+            st.caption(closeness)
     with right:
-        text_relevancy(trace, selected)
+        text_relevancy(trace, selected, hide_template)
     st.subheader("How much each answer token relied on the image")
     reliance = analysis.relevancy_image_share(trace.relevancy.llm, trace.tokens.image_positions)
     st.html(
@@ -95,10 +141,11 @@ def render_page() -> None:
     )
     st.caption("Background: share of each token's relevancy on image tokens (0 = text, 1 = image).")
     st.subheader("Across the answer")
+    st.caption(f"One map per answer token, mode {mode.label}; each is captioned with its token.")
     render.gallery(
         trace,
         list(maps),
-        [f"{k}: {t}" for k, t in enumerate(answer)],
+        [f"token {k}: {t}" for k, t in enumerate(answer)],
         style,
         scale,
         columns=6,

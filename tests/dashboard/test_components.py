@@ -10,8 +10,18 @@ import numpy as np
 import pytest
 
 from dashboard import serve
-from dashboard.components import analysis, colormap, html, overlay, text
-from dashboard.components.filters import BrowseFilters
+from dashboard.components import (
+    analysis,
+    charts,
+    colormap,
+    fonts,
+    groundtruth,
+    html,
+    overlay,
+    text,
+)
+from dashboard.components.explanation import p_value_text
+from dashboard.components.filters import MAX_PAGE, BrowseFilters, clean_text
 from dashboard.components.overlay import OverlayStyle, Scale
 from dashboard.config import DB_ENV, STORE_ENV, StoreConfig, resolve
 
@@ -29,7 +39,7 @@ def test_overlay_honours_non_square_grid():
     image = np.zeros((40, 60, 3), np.uint8)  # 2 rows x 3 cols of 20 px patches
     grid = overlay.grid_values(np.array([1.0, 0.0]), np.array([5, 0]), rows=2, cols=3)
     assert grid.shape == (2, 3) and grid[1, 2] == 1.0 and np.isnan(grid[0, 1])
-    style = OverlayStyle(colormap="viridis", opacity=1.0)
+    style = OverlayStyle(colormap="viridis", opacity=1.0, fade=False)
     picture = np.asarray(overlay.overlay(image, grid, style, Scale(0.0, 1.0, "w"), min_side=60))
     assert picture.shape == (40, 60, 3)
     assert tuple(picture[30, 50]) == (253, 231, 37)  # bottom-right patch is the maximum
@@ -59,7 +69,7 @@ def test_legend_and_scales():
         OverlayStyle(),
         Scale(0, 1, "w"),
     )
-    assert picture.size == (336, 336 + 44)
+    assert picture.size == (336, 336 + 52)
 
 
 def test_words_group_by_segment_and_word_id():
@@ -160,3 +170,94 @@ def test_serve_command_is_local_by_default(tmp_path: Path):
     assert command[command.index("--browser.gatherUsageStats") + 1] == "false"
     assert command[-2:] == ["--store", str(tmp_path.resolve())]
     assert serve.command(tmp_path, db_url="sqlite:///i.db")[-2:] == ["--db", "sqlite:///i.db"]
+
+
+def test_fade_keeps_the_photo_where_the_map_is_low():
+    image = np.full((20, 20, 3), 200, np.uint8)
+    grid = np.array([[0.0, 1.0]])
+    style = OverlayStyle(colormap="inferno", opacity=1.0)
+    picture = np.asarray(overlay.overlay(image, grid, style, Scale(0, 1, "w"), min_side=20))
+    assert tuple(picture[5, 2]) == (200, 200, 200)  # value 0: the photo, not inferno's black
+    assert tuple(picture[5, 17]) == tuple(colormap.lut("inferno")[255])
+    assert OverlayStyle().fade  # on by default
+
+
+def test_scales_of_weights_start_at_zero():
+    assert Scale.of(np.array([9.21e-06, 0.4]), "w", zero=True) == Scale(0.0, 0.4, "w")
+    assert Scale.of(np.array([0.2, 0.4]), "score").vmin == 0.2
+
+
+def _ink_rows(picture) -> int:
+    rows = np.flatnonzero((np.asarray(picture.convert("L"))[:18] < 128).any(axis=1))
+    return int(rows[-1] - rows[0] + 1)
+
+
+def test_legend_text_is_at_least_13_px_and_has_no_missing_glyphs():
+    style = OverlayStyle()
+    title = overlay.legend(style, Scale(0, 1, "Ag|"))
+    assert _ink_rows(title) >= 13  # ascender to descender of "Ag|": the font's full size
+    minus = np.asarray(overlay.legend(style, Scale(-1, 1, "right − left")))
+    hyphen = np.asarray(overlay.legend(style, Scale(-1, 1, "right - left")))
+    assert np.array_equal(minus, hyphen)  # U+2212 drawn as a minus, not as an empty box
+    face = fonts.font(13)
+    assert fonts.drawable("café − 中", face) == "cafe - ?"
+
+
+def test_p_values_in_scientific_notation():
+    assert p_value_text(2.8e-106) == "2.80e-106"
+    assert p_value_text(5e-5) == "5.00e-05"
+    assert p_value_text(None) == "–"
+
+
+def test_template_tokens_are_found_around_the_users_prompt():
+    texts = ["<s>", "USER", ":", "What", "▁is", "<image>", "it", "?", "ASSISTANT", ":", "red"]
+    roles = np.array([0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2])
+    found = text.template_positions(texts, roles, 10, "What is it?")
+    assert found == {0, 1, 2, 8, 9}
+    assert text.template_positions(texts, roles, 10, "not there") == {0}  # only <s>
+
+
+def test_short_ids_and_times():
+    assert text.short_id("0123456789abcdef" * 2) == "01234567"
+    assert text.short_time("2026-11-29T10:31:05.123456+00:00") == "2026-11-29 10:31:05 UTC"
+    assert text.short_time("garbage") == "garbage"
+
+
+def test_filter_text_and_page_are_sanitised():
+    assert clean_text("\x00abc\n") == "abc" and clean_text("\x00") is None
+    assert BrowseFilters.from_params({"page": "1e30"}).page == 1
+    assert BrowseFilters.from_params({"page": "1" + "0" * 30}).page == 1
+    assert BrowseFilters.from_params({"page": str(MAX_PAGE + 5)}).page == MAX_PAGE
+    assert BrowseFilters.from_params({"page": "7"}).page == 7
+    query = BrowseFilters.from_params({"ans": "left", "tok": "Red"}).to_query()
+    assert (query.answer_contains, query.answer_token) == ("left", "Red")
+
+
+def test_layer_axes_have_whole_ticks_and_tokens_keep_positions():
+    spec = charts.layer_divergence(np.array([0.1, 0.2, 0.3, 0.4])).to_dict()
+    assert spec["encoding"]["x"]["axis"]["format"] == "d"
+    assert spec["encoding"]["x"]["axis"]["tickMinStep"] == 1
+    heat = charts.layer_token_heatmap(np.ones((2, 2)), ["a", "b"], "w", [73, 74])
+    assert set(heat.data["token"]) == {"73: a", "74: b"}
+
+
+def test_ground_truth_boxes_are_read_tolerantly_and_drawn_scaled():
+    extra = {
+        "ground_truth": {
+            "objects": [
+                {"shape": "cross", "colour": "red", "box": [0, 0, 32, 32]},
+                {"shape": "circle", "box": "junk"},
+            ]
+        }
+    }
+    truths = groundtruth.objects(extra)
+    assert [t.label for t in truths] == ["red cross"]
+    assert groundtruth.objects({"ground_truth": [1]}) == []
+    picture = groundtruth.draw(np.zeros((16, 16, 3), np.uint8), truths, (64, 64), min_side=64)
+    assert picture.size == (64, 64)
+    assert np.asarray(picture)[20, 31].tolist() == [0, 229, 255]  # box edge at x 32 * 64/64 - 1
+
+
+def test_relative_l1():
+    assert analysis.relative_l1(np.array([1.0, 1.0]), np.array([1.0, 0.0])) == 1.0
+    assert analysis.relative_l1(np.ones(2), np.zeros(2)) is None

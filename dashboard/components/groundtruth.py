@@ -1,0 +1,68 @@
+"""Ground truth that demo traces carry (``TraceInfo.extra["ground_truth"]``), drawn on the image.
+
+Boxes are given in the user's original image pixels; the processed image may be resized, so
+they are scaled to it. Anything malformed in ``extra`` (it is free-form JSON) is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from dashboard.components.fonts import drawable, font
+
+BOX_COLOUR = "#00e5ff"
+
+
+@dataclass(frozen=True)
+class Truth:
+    """One object the scene holds: what it is and where (original-image pixels)."""
+
+    label: str
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+
+
+def objects(extra: Mapping) -> list[Truth]:
+    """The ground-truth objects of a trace; empty when it carries none."""
+    truth = extra.get("ground_truth") if isinstance(extra, Mapping) else None
+    found = truth.get("objects") if isinstance(truth, Mapping) else None
+    out = []
+    for item in found if isinstance(found, list) else []:
+        box = item.get("box") if isinstance(item, Mapping) else None
+        if not (isinstance(box, list) and len(box) == 4):
+            continue
+        try:
+            coords = tuple(float(v) for v in box)
+        except (TypeError, ValueError):
+            continue
+        words = [str(item.get(k)) for k in ("colour", "shape") if item.get(k) is not None]
+        out.append(Truth(" ".join(words) or "object", coords))
+    return out
+
+
+def draw(
+    image: np.ndarray,
+    truths: list[Truth],
+    original_size: tuple[int, int],
+    min_side: int = 336,
+) -> Image.Image:
+    """The processed image (enlarged to ``min_side``) with every object's box and name."""
+    base = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+    factor = max(1.0, min_side / max(base.size))
+    base = base.resize((round(base.width * factor), round(base.height * factor)))
+    sx = base.width / max(original_size[0], 1)
+    sy = base.height / max(original_size[1], 1)
+    pen = ImageDraw.Draw(base)
+    face = font(13)
+    for truth in truths:
+        x0, y0, x1, y1 = truth.box
+        rect = (x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1)
+        pen.rectangle(rect, outline=BOX_COLOUR, width=2)
+        label = drawable(truth.label, face)
+        left, top, right, bottom = pen.textbbox((rect[0] + 3, rect[1] + 2), label, font=face)
+        pen.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill="black")
+        pen.text((rect[0] + 3, rect[1] + 2), label, fill=BOX_COLOUR, font=face)
+    return base
