@@ -14,16 +14,18 @@ from ._codec import (
     Precision,
 )
 from ._index import Page, TraceQuery
-from ._store import GcReport, Problem, TraceStore, open_store, reindex_store
+from ._store import GcReport, Problem, ReindexReport, TraceStore, open_store, reindex_store
 from ._stored import StoredTrace
 from .errors import (
     CorruptTrace,
     FormatTooNew,
     IndexSchemaTooOld,
     InvalidName,
+    InvalidQuery,
     InvalidTraceId,
     StoreError,
     StoreFull,
+    StoreOpenError,
     StoreReadOnly,
     TraceNotFound,
 )
@@ -55,14 +57,17 @@ __all__ = [
     "ImageGeometry",
     "IndexSchemaTooOld",
     "InvalidName",
+    "InvalidQuery",
     "InvalidTraceId",
     "Page",
     "Precision",
     "Problem",
+    "ReindexReport",
     "Relevancy",
     "RelevancyMode",
     "StoreError",
     "StoreFull",
+    "StoreOpenError",
     "StoreReadOnly",
     "StoredTrace",
     "Summaries",

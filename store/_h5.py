@@ -28,6 +28,7 @@ import json
 import os
 import queue
 import threading
+import zlib
 from typing import Any
 
 import h5py
@@ -45,6 +46,7 @@ from .schema import (
     TokenTable,
     TopK,
     Trace,
+    TraceInfo,
 )
 
 CHUNK_ROWS = 16
@@ -60,15 +62,24 @@ def _compression() -> dict[str, Any]:
 
 
 def _put(group: h5py.Group, name: str, array: np.ndarray) -> None:
+    """Arrays carry HDF5's Fletcher-32 checksum (per chunk), checked by HDF5 on every read."""
     array = np.asarray(array)
-    if array.nbytes >= _SMALL:
-        group.create_dataset(name, data=array, chunks=True, **_compression())
-    else:
+    if array.ndim == 0:
         group.create_dataset(name, data=array)
+    elif array.nbytes >= _SMALL:
+        group.create_dataset(name, data=array, chunks=True, fletcher32=True, **_compression())
+    else:
+        group.create_dataset(name, data=array, chunks=True, fletcher32=True)
+
+
+def _text_crc(text: object) -> int:
+    return zlib.crc32(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 def _put_text(group: h5py.Group, name: str, text: list[str] | list[list[str]]) -> None:
-    group.create_dataset(name, data=np.array(text, dtype=object), dtype=_STR)
+    """Text takes no HDF5 filters: a CRC-32 of its JSON form is kept as an attribute."""
+    ds = group.create_dataset(name, data=np.array(text, dtype=object), dtype=_STR)
+    ds.attrs["crc32"] = _text_crc(np.array(text, dtype=object).tolist())
 
 
 def _put_attention(f: h5py.File, name: str, att: np.ndarray, precision: Precision) -> None:
@@ -206,7 +217,8 @@ def _fill(f: h5py.File, trace: Trace, precision: Precision) -> None:
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["trace_id"] = trace.info.trace_id
     f.attrs["precision"] = precision.value
-    f.attrs["info"] = json.dumps(trace.info.to_dict())
+    f.attrs["info"] = info = json.dumps(trace.info.to_dict())
+    f.attrs["info_crc32"] = zlib.crc32(info.encode("utf-8", "surrogatepass"))
 
     g = f.create_group("tokens")
     g.attrs["prompt_length"] = tok.prompt_length
@@ -272,8 +284,20 @@ def open_file(path: str) -> h5py.File:
     return f
 
 
+def read_info(f: h5py.File) -> TraceInfo:
+    text = f.attrs["info"]
+    crc = f.attrs.get("info_crc32")
+    if crc is not None and int(crc) != zlib.crc32(text.encode("utf-8", "surrogatepass")):
+        raise CorruptTrace(f"{f.filename}: its metadata fails its checksum; the file is damaged")
+    return TraceInfo.from_dict(json.loads(text))
+
+
 def read_text(ds: h5py.Dataset) -> list:
-    return ds.asstr()[()].tolist()
+    text = ds.asstr()[()].tolist()
+    crc = ds.attrs.get("crc32")
+    if crc is not None and int(crc) != _text_crc(text):
+        raise CorruptTrace(f"{ds.file.filename}: {ds.name} fails its checksum; the file is damaged")
+    return text
 
 
 def read_tokens(f: h5py.File) -> TokenTable:
@@ -337,11 +361,18 @@ def read_attention(
     through h5py otherwise; callers keep the dataset open between calls, as HDF5's chunk cache
     (used by the h5py path) and the looked-up table live with the open handle.
     """
-    data = _blocks.read(blocked, index, None if row_max is not None else np.float32)
-    if data is None:
-        data = blocked.values[index]
-    if row_max is not None:
-        return _codec.log8_decode(data, row_max[index[:-1]])
+    try:
+        data = _blocks.read(blocked, index, None if row_max is not None else np.float32)
+        if data is None:
+            _blocks.check(blocked, index)
+            data = blocked.values[index]
+        if row_max is not None:
+            return _codec.log8_decode(data, row_max[index[:-1]])
+    except (OSError, MemoryError) as exc:  # HDF5: a chunk that fails its filter or size
+        raise CorruptTrace(
+            f"{blocked.values.file.filename}: cannot read {blocked.values.name} ({exc}); "
+            "the trace file is damaged (run `lvlm-interpret store verify`)"
+        ) from None
     return data.astype(np.float32, copy=False)
 
 

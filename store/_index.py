@@ -7,8 +7,10 @@ fallback for text search. The schema version lives in ``lvi_meta``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,12 +19,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import FormatTooNew, IndexSchemaTooOld, StoreError, TraceNotFound
+from .errors import (
+    FormatTooNew,
+    IndexSchemaTooOld,
+    InvalidQuery,
+    StoreError,
+    StoreOpenError,
+    TraceNotFound,
+)
 from .schema import TraceInfo
 
 INDEX_SCHEMA_VERSION = 1
 SCAN_ROWS_LIMIT = 20_000  # below this many candidate rows, text search scans instead of FTS
 ONE_PASS_ROWS = 2_000  # below this many candidate rows, one query gives page and total
+MAX_ROWS = 2**63 - 1  # SQL integers: a larger limit or offset cannot even be sent
 REINDEX_HINT = (
     "run `lvlm-interpret store reindex --store DIR` (rebuilds the index from the trace files)"
 )
@@ -230,10 +240,47 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _in_memory(url: sa.engine.URL) -> bool:
+    """An SQLite database that lives only as long as the connection (``sqlite://`` etc.)."""
+    database = url.database or ""
+    return url.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:")
+        or database.startswith("file::memory:")
+        or url.query.get("mode") == "memory"
+        or "mode=memory" in database
+    )
+
+
 def make_engine(url: str, writable: bool) -> Engine:
-    """An engine for ``url``; SQLite gets its pragmas on every connection."""
-    is_sqlite = url.startswith("sqlite")
-    engine = sa.create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
+    """An engine for ``url``; SQLite gets its pragmas on every connection.
+
+    Raises :class:`StoreOpenError` for a string that is no database URL, a database whose
+    driver is not installed, and an in-memory database (an index that vanishes on exit
+    would let files be recorded that no index row ever points at).
+    """
+    try:
+        parsed = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        raise StoreOpenError(
+            f"--db {url!r} is not a database URL; use e.g. sqlite:////path/index.sqlite or "
+            "postgresql+psycopg://user@host/db"
+        ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    if _in_memory(parsed):
+        raise StoreOpenError(
+            f"--db {shown} is an in-memory database: the index would vanish with this process. "
+            "Give a database file or server, or leave --db out to use the store's own index"
+        )
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    try:
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30} if is_sqlite else {})
+    except ImportError as exc:
+        raise StoreOpenError(
+            f"--db {shown}: its database driver is not installed ({exc}); install it "
+            "(e.g. pip install psycopg[binary] for PostgreSQL) or use an sqlite:/// URL"
+        ) from None
+    except sa.exc.ArgumentError as exc:
+        raise StoreOpenError(f"--db {shown}: unknown database or driver ({exc})") from None
     if is_sqlite:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         if not writable:
@@ -241,6 +288,21 @@ def make_engine(url: str, writable: bool) -> Engine:
                 engine, "connect", lambda c, _r: c.cursor().execute("PRAGMA query_only=ON")
             )
     return engine
+
+
+def _checked(q: TraceQuery) -> TraceQuery:
+    """``q`` with its dates normalised and tag in NFC, or :class:`InvalidQuery`."""
+    for name in ("limit", "offset"):
+        value = getattr(q, name)
+        if not isinstance(value, int) or not 0 <= value <= MAX_ROWS:
+            raise InvalidQuery(f"{name} must be a whole number from 0 to {MAX_ROWS}, not {value!r}")
+    try:
+        after = None if q.created_after is None else normalize_time(q.created_after)
+        before = None if q.created_before is None else normalize_time(q.created_before)
+    except ValueError as exc:
+        raise InvalidQuery(f"{exc}; use a date like 2026-01-31 or 2026-01-31T12:00:00Z") from None
+    tag = None if q.tag is None else unicodedata.normalize("NFC", q.tag)
+    return dataclasses.replace(q, created_after=after, created_before=before, tag=tag)
 
 
 class Index:
@@ -310,6 +372,20 @@ class Index:
                 ],
             )
         self.has_fts = fts == "trigram"
+
+    def store_id(self) -> str | None:
+        """The id of the store directory this index belongs to (None: not bound yet)."""
+        with self.engine.connect() as conn:
+            stmt = sa.select(meta.c.value).where(meta.c.key == "store_id")
+            return conn.execute(stmt).scalar_one_or_none()
+
+    def bind(self, store_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(meta.insert(), {"key": "store_id", "value": store_id})
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(traces)).scalar_one()
 
     def drop_all(self) -> None:
         """Remove every table of the index (for reindex)."""
@@ -585,8 +661,7 @@ class Index:
         return col.desc() if q.descending else col.asc()
 
     def query(self, q: TraceQuery) -> Page:
-        if q.limit < 0 or q.offset < 0:
-            raise ValueError("limit and offset must be >= 0")
+        q = _checked(q)
         with self.engine.connect() as conn:
             return self._query(conn, q)
 

@@ -15,9 +15,11 @@ import mmap
 import os
 import shutil
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import h5py
 import numpy as np
@@ -27,9 +29,17 @@ from . import _codec, _h5
 from ._codec import Precision
 from ._index import Index, Page, TraceQuery, make_engine
 from ._index import metadata as _index_metadata
-from ._paths import Layout, check_name, check_trace_id, fsync_dir, store_lock
+from ._paths import (
+    Layout,
+    check_name,
+    check_trace_id,
+    fsync_dir,
+    is_link,
+    setup_lock,
+    store_lock,
+)
 from ._stored import StoredTrace
-from .errors import CorruptTrace, StoreError, StoreFull, StoreReadOnly
+from .errors import CorruptTrace, StoreError, StoreFull, StoreOpenError, StoreReadOnly
 from .schema import Trace, TraceInfo, new_trace_id
 
 Mode = Literal["r", "a"]
@@ -41,9 +51,12 @@ _READONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 class Problem:
     """One thing :meth:`TraceStore.verify` found wrong.
 
-    kind: ``missing_file`` (row without file), ``checksum_mismatch`` (file changed),
-    ``wrong_file`` (file of another trace at this row's path), ``unreadable_file`` (not a
-    trace), ``orphan_file`` (file without row), ``temp_leftover`` (interrupted write).
+    kind: ``missing_file`` (row without file), ``checksum_mismatch`` (file changed, or
+    found damaged by a reindex), ``wrong_file`` (file of another trace at this row's path),
+    ``unreadable_file`` (not a trace), ``orphan_file`` (trace file without row),
+    ``temp_leftover`` (interrupted write), ``foreign_file`` (not the store's: left alone),
+    ``link`` (a symbolic link inside the store: never followed), ``quarantined`` (a file
+    moved aside because it could not be read: kept for inspection).
     """
 
     kind: str
@@ -54,11 +67,23 @@ class Problem:
 
 @dataclass
 class GcReport:
-    """What :meth:`TraceStore.gc` removed."""
+    """What :meth:`TraceStore.gc` removed, and what it moved to ``quarantine/`` instead."""
 
     removed_temp: list[Path] = field(default_factory=list)
     removed_orphans: list[Path] = field(default_factory=list)
+    quarantined: list[Path] = field(default_factory=list)
     freed_bytes: int = 0
+
+
+@dataclass
+class ReindexReport:
+    """What :func:`reindex_store` did: traces indexed, unreadable files moved to
+    ``quarantine/``, and traces indexed with the evidence that they are damaged (their old
+    checksum kept, or a failed internal check recorded) so that ``verify`` still reports them."""
+
+    indexed: int = 0
+    quarantined: list[Path] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
 
 
 CHECKSUM = "sha256"
@@ -128,14 +153,80 @@ def _is_full(exc: BaseException) -> bool:
     return any(s in text for s in ("no space left", "file too large", "disk is full", "quota"))
 
 
+def _reason(exc: BaseException) -> str:
+    """The first line of what went wrong, without SQLAlchemy's SQL echo and links."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def _translate(exc: BaseException, what: str) -> BaseException:
-    if _is_full(exc):
+    """A store error for an OS or database failure (other exceptions pass unchanged)."""
+    if isinstance(exc, StoreError) or not isinstance(exc, (OSError, sa.exc.SQLAlchemyError)):
+        return exc
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    if _is_full(cause):
         return StoreFull(
-            f"{what}: out of disk space ({exc}); nothing was added. Free space and retry"
+            f"{what}: out of disk space ({_reason(exc)}); nothing was changed. Free space and retry"
         )
-    if isinstance(exc, OSError) and exc.errno in _READONLY_ERRNOS:
-        return StoreReadOnly(f"{what}: {exc}. Open the store with mode='r' or fix permissions")
-    return exc
+    readonly = "readonly database" in str(cause).lower()
+    if readonly or (isinstance(cause, OSError) and cause.errno in _READONLY_ERRNOS):
+        return StoreReadOnly(
+            f"{what}: {_reason(exc)}. The store can only be read here (mode 'r'); "
+            "fix its permissions to change it"
+        )
+    return StoreError(f"{what}: {_reason(exc)}")
+
+
+@contextmanager
+def _guard(what: str) -> Iterator[None]:
+    """Turn database and OS failures inside the block into one store error."""
+    try:
+        yield
+    except (OSError, sa.exc.SQLAlchemyError) as exc:
+        raise _translate(exc, what) from exc
+
+
+def _shown(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        return repr(url)
+
+
+def _check_root(root: Path) -> None:
+    """The store directory, or the nearest part of its path that exists, is a directory."""
+    for path in (root, *root.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise StoreOpenError(
+                    f"cannot use {root} as a store: {path} is a file, not a directory"
+                )
+            return
+
+
+def _read_store_id(layout: Layout) -> str | None:
+    path = layout.no_links(layout.store_id_path)
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreOpenError(f"cannot read the store id in {path}: {exc}") from None
+    try:
+        return check_trace_id(text)
+    except StoreError:
+        raise StoreOpenError(
+            f"{path} is damaged (expected 32 hex digits); restore it from a backup"
+        ) from None
+
+
+def _write_store_id(layout: Layout, store_id: str) -> None:
+    tmp = layout.tmp_dir / f".store-id-{os.getpid()}"
+    tmp.write_text(store_id + "\n", encoding="ascii")
+    os.replace(tmp, layout.store_id_path)
+    fsync_dir(layout.root)
 
 
 def _check_trace(trace: Trace) -> None:
@@ -161,50 +252,137 @@ def _check_trace(trace: Trace) -> None:
     vis = trace.vision_attention
     if vis is not None and (vis.ndim != 4 or vis.shape[2] != vis.shape[3]):
         raise ValueError(f"vision_attention must be [Lv, Hv, V, V], got {vis.shape}")
-    for tag in trace.info.tags:
-        check_name(tag, "tag")
-    for name in trace.info.metrics:
-        check_name(name, "metric name")
+
+
+def _normalised(info: TraceInfo) -> TraceInfo:
+    """The id in lower case, tags and metric names in NFC (as the index compares them)."""
+    return replace(
+        info,
+        trace_id=check_trace_id(info.trace_id),
+        tags=list(dict.fromkeys(check_name(t, "tag") for t in info.tags)),
+        metrics={check_name(k, "metric name"): v for k, v in info.metrics.items()},
+    )
+
+
+def _is_own_trace(path: Path, trace_id: str) -> bool:
+    """The file is a trace this code can read and it claims the id its name gives."""
+    try:
+        f = _h5.open_file(str(path))
+    except StoreError:
+        return False
+    try:
+        return str(f.attrs.get("trace_id", "")) == trace_id
+    except (OSError, KeyError, TypeError):
+        return False
+    finally:
+        f.close()
+
+
+DAMAGED = "damaged:"  # checksum prefix: reindex found the file failing its internal checks
 
 
 class TraceStore:
     """A directory of traces. Create with :func:`open_store`; close (or use ``with``) when done."""
 
-    def __init__(self, directory: str | Path, db_url: str | None = None, mode: Mode = "a") -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        db_url: str | None = None,
+        mode: Mode = "a",
+        *,
+        _rebuilding: bool = False,
+    ) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read) or 'a' (read and add), not {mode!r}")
         self.mode: Mode = mode
         self.layout = Layout(Path(directory).absolute())
         root = self.layout.root
+        _check_root(root)
         if mode == "a":
             self._prepare_dirs()
         elif not root.is_dir():
-            raise StoreError(
-                f"no store at {root}; create one with open_store({str(root)!r}, mode='a')"
-            )
+            raise StoreOpenError(f"no store at {root}; record a trace into it first")
         self.db_url = db_url or self._sqlite_url()
-        writable = mode == "a"
         try:
+            self._index = self._open_index(db_url is None, _rebuilding)
+        except (OSError, sa.exc.SQLAlchemyError) as exc:
+            error = _translate(exc, f"cannot open the index {_shown(self.db_url)}")
+            if type(error) is StoreError:
+                error = StoreOpenError(
+                    f"{error}. Check --db: the database must exist and be reachable"
+                )
+            raise error from None
+
+    def _open_index(self, own_sqlite: bool, rebuilding: bool) -> Index:
+        writable = self.mode == "a"
+        if not writable:
             try:
-                self._index = Index(make_engine(self.db_url, writable), writable)
+                index = Index(make_engine(self.db_url, writable), writable)
             except sa.exc.OperationalError:
-                if writable or db_url is not None:
+                if not own_sqlite:
                     raise
                 # WAL readers need a writable -shm beside the database; in a read-only
                 # directory nothing can change the index, so SQLite may treat it as immutable.
                 self.db_url = f"sqlite:///file:{self.layout.db_path}?mode=ro&immutable=1&uri=true"
-                self._index = Index(make_engine(self.db_url, writable), writable)
-        except sa.exc.OperationalError as exc:
-            raise _translate(exc.orig or exc, f"cannot open index {self.db_url}") from exc
+                index = Index(make_engine(self.db_url, writable), writable)
+            self._bind(index, rebuilding)
+            return index
+        engine = make_engine(self.db_url, writable)
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        if database and os.path.exists(database) and not os.access(database, os.W_OK):
+            engine.dispose()
+            raise StoreReadOnly(
+                f"the index {database} is read-only: the store can only be read here; "
+                "fix its permissions to change it"
+            )
+        try:
+            with setup_lock(self.layout):  # two processes creating one index: one at a time
+                index = Index(engine, writable)
+                self._bind(index, rebuilding)
+        except BaseException:
+            engine.dispose()
+            raise
+        return index
+
+    def _bind(self, index: Index, rebuilding: bool) -> None:
+        """Tie the directory and its index together through a store id kept in both, so a
+        trace is never written into one store while indexed in another (whose gc would
+        then delete it)."""
+        lay, shown = self.layout, _shown(self.db_url)
+        dir_id, index_id = _read_store_id(lay), index.store_id()
+        if dir_id is not None and index_id is not None:
+            if dir_id != index_id:
+                raise StoreOpenError(
+                    f"the index {shown} belongs to another store (id {index_id}), not to "
+                    f"{lay.root} (id {dir_id}); give this store's own --db, or none"
+                )
+            return
+        if self.mode == "r":
+            return
+        if index_id is not None:
+            raise StoreOpenError(
+                f"the index {shown} belongs to another store (id {index_id}); {lay.root} "
+                "is not that store. Give this store's own --db, or none"
+            )
+        if dir_id is None:  # a new store, or one made before stores had ids
+            dir_id = new_trace_id()
+            _write_store_id(lay, dir_id)
+        elif not rebuilding and index.count() == 0 and any(t for t, _ in lay.trace_files()):
+            raise StoreOpenError(
+                f"the index {shown} is empty but {lay.root} holds traces; rebuild it with "
+                f"`lvlm-interpret store reindex --store {lay.root}` (plus the same --db)"
+            )
+        index.bind(dir_id)
 
     def _prepare_dirs(self) -> None:
         """Create the layout; a probe write tells a read-only directory apart (root too)."""
         lay = self.layout
         try:
             lay.root.mkdir(parents=True, exist_ok=True)
-            lay.data_dir.mkdir(exist_ok=True)
-            lay.tmp_dir.mkdir(exist_ok=True)
-            os.close(os.open(lay.lock_path, os.O_RDWR | os.O_CREAT, 0o644))
+            for sub in (lay.data_dir, lay.tmp_dir):
+                lay.no_links(sub)
+                sub.mkdir(exist_ok=True)
+            os.close(os.open(lay.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644))
             probe = lay.tmp_dir / f".probe-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -212,14 +390,19 @@ class TraceStore:
             if exc.errno in _READONLY_ERRNOS:
                 raise StoreReadOnly(
                     f"store directory {lay.root} is not writable by this process ({exc.strerror});"
-                    " open it with mode='r' to read, or fix its permissions"
+                    " it can only be read (mode 'r'), or fix its permissions"
+                ) from None
+            if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ELOOP):
+                raise StoreOpenError(
+                    f"cannot use {lay.root} as a store: {exc.filename or lay.root} is not a "
+                    f"directory ({exc.strerror})"
                 ) from None
             raise _translate(exc, f"cannot prepare {lay.root}") from exc
 
     def _sqlite_url(self) -> str:
-        path = self.layout.db_path
+        path = self.layout.no_links(self.layout.db_path)
         if self.mode == "r" and not path.exists():
-            raise StoreError(f"no index at {path}; is {self.layout.root} a store?")
+            raise StoreOpenError(f"no index at {path}; is {self.layout.root} a store?")
         return f"sqlite:///{path}"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -254,12 +437,14 @@ class TraceStore:
         precision = _codec.resolve(lossy)
         if not trace.info.trace_id:
             trace = replace(trace, info=replace(trace.info, trace_id=new_trace_id()))
-        trace_id = check_trace_id(trace.info.trace_id)
+        trace = replace(trace, info=_normalised(trace.info))
+        trace_id = trace.info.trace_id
         _check_trace(trace)
-        if self._index.exists(trace_id):
-            raise StoreError(f"trace {trace_id} is already in the store; delete it first")
+        with _guard(f"adding trace {trace_id}"):
+            if self._index.exists(trace_id):
+                raise StoreError(f"trace {trace_id} is already in the store; delete it first")
         lay = self.layout
-        final, tmp = lay.trace_path(trace_id), lay.temp_path(trace_id)
+        final, tmp = lay.no_links(lay.trace_path(trace_id)), lay.no_links(lay.temp_path(trace_id))
         with store_lock(lay, exclusive=False):
             try:
                 digest, size = _write_durably(tmp, trace, precision)
@@ -284,17 +469,19 @@ class TraceStore:
                 )
             except BaseException as exc:
                 final.unlink(missing_ok=True)
-                cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig else exc
-                raise _translate(cause, f"indexing trace {trace_id}") from exc
+                raise _translate(exc, f"indexing trace {trace_id}") from exc
         return trace_id
 
     # -- reading -----------------------------------------------------------------------------
     def query(self, q: TraceQuery | None = None) -> Page:
         """Traces matching ``q`` (all when None), newest first by default, one page at a time."""
-        return self._index.query(q or TraceQuery())
+        with _guard("searching the index"):
+            return self._index.query(q or TraceQuery())
 
     def get(self, trace_id: str) -> TraceInfo:
-        return self._index.get(check_trace_id(trace_id))
+        trace_id = check_trace_id(trace_id)
+        with _guard(f"reading trace {trace_id} from the index"):
+            return self._index.get(trace_id)
 
     def __contains__(self, trace_id: object) -> bool:
         return isinstance(trace_id, str) and self._index.exists(check_trace_id(trace_id))
@@ -302,102 +489,152 @@ class TraceStore:
     def open(self, trace_id: str) -> StoredTrace:
         """Open a trace lazily (read-only); close it or use ``with``."""
         info = self.get(trace_id)
-        return StoredTrace(self.layout.trace_path(trace_id), info=info)
+        return StoredTrace(self.layout.no_links(self.layout.trace_path(info.trace_id)), info=info)
 
     def models(self) -> list[str]:
-        return self._index.models()
+        with _guard("reading the index"):
+            return self._index.models()
 
     def tags(self) -> list[str]:
-        return self._index.tags()
+        with _guard("reading the index"):
+            return self._index.tags()
 
     # -- editing the index -------------------------------------------------------------------
     def delete(self, trace_id: str) -> None:
         """Remove a trace: its row first (it disappears at once), then its file."""
         self._writable()
-        check_trace_id(trace_id)
-        self._index.delete(trace_id)
-        path = self.layout.trace_path(trace_id)
-        path.unlink(missing_ok=True)
-        if path.parent.exists():
-            fsync_dir(path.parent)
+        trace_id = check_trace_id(trace_id)
+        path = self.layout.no_links(self.layout.trace_path(trace_id))
+        with _guard(f"deleting trace {trace_id}"):
+            self._index.delete(trace_id)
+            path.unlink(missing_ok=True)
+            if path.parent.exists():
+                fsync_dir(path.parent)
+
+    def _edit(self, what: str, trace_id: str, change: Callable[[str], None]) -> None:
+        self._writable()
+        trace_id = check_trace_id(trace_id)
+        with _guard(f"{what} trace {trace_id}"):
+            change(trace_id)
 
     def tag(self, trace_id: str, *tags: str) -> None:
-        self._writable()
-        self._index.add_tags(check_trace_id(trace_id), [check_name(t, "tag") for t in tags])
+        names = [check_name(t, "tag") for t in tags]
+        self._edit("tagging", trace_id, lambda tid: self._index.add_tags(tid, names))
 
     def untag(self, trace_id: str, *tags: str) -> None:
-        self._writable()
-        self._index.remove_tags(check_trace_id(trace_id), [check_name(t, "tag") for t in tags])
+        names = [check_name(t, "tag") for t in tags]
+        self._edit("untagging", trace_id, lambda tid: self._index.remove_tags(tid, names))
 
     def set_metrics(self, trace_id: str, metrics: dict[str, float]) -> None:
-        self._writable()
         values = {check_name(k, "metric name"): float(v) for k, v in metrics.items()}
-        self._index.set_metrics(check_trace_id(trace_id), values)
+        self._edit("setting metrics of", trace_id, lambda t: self._index.set_metrics(t, values))
 
     # -- derived results (e.g. causal explanations computed on demand) -----------------------
     def put_result(self, trace_id: str, kind: str, key: str, payload: dict) -> None:
         """Store (or replace) a JSON payload under (trace, kind, key)."""
-        self._writable()
         if not isinstance(payload, dict):
             raise TypeError("payload must be a JSON-serialisable dict")
-        self._index.put_result(
-            check_trace_id(trace_id),
-            check_name(kind, "result kind"),
-            check_name(key, "result key"),
-            payload,
+        kind, key = check_name(kind, "result kind"), check_name(key, "result key")
+        self._edit(
+            "storing a result of", trace_id, lambda t: self._index.put_result(t, kind, key, payload)
         )
 
     def get_result(self, trace_id: str, kind: str, key: str) -> dict | None:
-        return self._index.get_result(check_trace_id(trace_id), kind, key)
+        kind, key = check_name(kind, "result kind"), check_name(key, "result key")
+        with _guard("reading a result"):
+            return self._index.get_result(check_trace_id(trace_id), kind, key)
 
     def list_results(self, trace_id: str, kind: str) -> dict[str, dict]:
         """Every stored result of one kind for a trace, as {key: payload}."""
-        return self._index.list_results(check_trace_id(trace_id), kind)
+        with _guard("reading results"):
+            return self._index.list_results(check_trace_id(trace_id), check_name(kind, "kind"))
 
     # -- maintenance -------------------------------------------------------------------------
     def export(self, trace_id: str, dest_dir: str | Path) -> Path:
-        """Copy the trace's HDF5 file to ``dest_dir`` plus ``<id>.json`` with its info."""
+        """Copy the trace's HDF5 file to ``dest_dir`` plus ``<id>.json`` with its info.
+
+        Never overwrites (an existing file, or a link planted at either name, is an error)
+        and never writes inside the store itself.
+        """
         info = self.get(trace_id)
-        dest = Path(dest_dir)
-        dest.mkdir(parents=True, exist_ok=True)
-        src = self.layout.trace_path(trace_id)
-        if not src.exists():
-            raise CorruptTrace(f"trace file {src} is missing; run `lvlm-interpret store verify`")
-        out = dest / src.name
-        shutil.copyfile(src, out)
-        (dest / f"{trace_id}.json").write_text(json.dumps(info.to_dict(), indent=2))
+        trace_id = info.trace_id
+        src = self.layout.no_links(self.layout.trace_path(trace_id))
+        dest = Path(dest_dir).absolute()
+        real_root, real_dest = self.root.resolve(), dest.resolve()
+        if real_dest == real_root or real_root in real_dest.parents:
+            raise StoreError(f"cannot export into the store itself ({dest}); choose another folder")
+        with _guard(f"exporting trace {trace_id} to {dest}"):
+            _check_root(dest)
+            dest.mkdir(parents=True, exist_ok=True)
+            out, meta = dest / src.name, dest / f"{trace_id}.json"
+            for path in (out, meta):
+                if path.exists() or is_link(path):
+                    raise StoreError(f"{path} already exists; export never overwrites a file")
+            try:
+                source = open(src, "rb", opener=_no_follow)  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                raise CorruptTrace(
+                    f"trace file {src} is missing; run `lvlm-interpret store verify`"
+                ) from None
+            with source:
+                _write_new(out, lambda f: shutil.copyfileobj(source, f))
+            text = json.dumps(info.to_dict(), indent=2).encode()
+            _write_new(meta, lambda f: f.write(text))
         return out
 
     def _snapshot(
         self,
     ) -> tuple[dict[str, tuple[int, str]], list[tuple[str | None, Path]], list[Path]]:
         """Rows, data files and temp files, read together while no writer is mid-add."""
-        if self.mode == "a":
-            with store_lock(self.layout, exclusive=True):
-                rows = {
-                    r.trace_id: (r.file_size, r.file_checksum) for r in self._index.file_records()
-                }
-                return rows, list(self.layout.trace_files()), self.layout.temp_files()
-        rows = {r.trace_id: (r.file_size, r.file_checksum) for r in self._index.file_records()}
-        return rows, list(self.layout.trace_files()), self.layout.temp_files()
+        with _guard("reading the index"):
+            if self.mode == "a":
+                with store_lock(self.layout, exclusive=True):
+                    rows = {
+                        r.trace_id: (r.file_size, r.file_checksum)
+                        for r in self._index.file_records()
+                    }
+                    return rows, list(self.layout.trace_files()), self.layout.temp_files()
+            rows = {r.trace_id: (r.file_size, r.file_checksum) for r in self._index.file_records()}
+            return rows, list(self.layout.trace_files()), self.layout.temp_files()
 
     def verify(self) -> list[Problem]:
         """Check every indexed file against its checksum, and every file against the index."""
         rows, files, temps = self._snapshot()
-        problems: list[Problem] = []
+        lay = self.layout
+        problems = [
+            Problem("link", d, None, "a symbolic link inside the store: never followed")
+            for d in (lay.data_dir, lay.tmp_dir, lay.quarantine_dir)
+            if is_link(d)
+        ]
         on_disk = {tid for tid, _ in files if tid is not None}
         for trace_id, (size, digest) in sorted(rows.items()):
-            path = self.layout.trace_path(trace_id)
+            path = lay.trace_path(trace_id)
+            try:
+                lay.no_links(path)
+            except StoreError as exc:
+                problems.append(Problem("link", path, trace_id, str(exc)))
+                continue
             if trace_id not in on_disk:
                 problems.append(Problem("missing_file", path, trace_id, "indexed but no file"))
-                continue
-            if path.stat().st_size == size and checksum_file(path, digest) == digest:
-                continue
-            problems.append(self._diagnose(path, trace_id))
+            elif digest.startswith(DAMAGED):
+                problems.append(
+                    Problem("checksum_mismatch", path, trace_id, "found damaged by a reindex")
+                )
+            elif path.stat().st_size != size or checksum_file(path, digest) != digest:
+                problems.append(self._diagnose(path, trace_id))
         for tid, path in files:
-            if tid is None or tid not in rows:
+            if is_link(path):
+                problems.append(Problem("link", path, None, "a symbolic link: never followed"))
+            elif tid is None:
+                problems.append(Problem("foreign_file", path, None, "not a trace: left alone"))
+            elif tid not in rows:
                 problems.append(Problem("orphan_file", path, tid, "file without index row"))
         problems += [Problem("temp_leftover", p, None, "interrupted write") for p in temps]
+        if lay.quarantine_dir.is_dir() and not is_link(lay.quarantine_dir):
+            problems += [
+                Problem("quarantined", p, None, "unreadable; kept for you to inspect or delete")
+                for p in sorted(lay.quarantine_dir.iterdir())
+            ]
         return problems
 
     @staticmethod
@@ -412,47 +649,93 @@ class TraceStore:
         return Problem("checksum_mismatch", path, trace_id, "contents changed since recording")
 
     def gc(self) -> GcReport:
-        """Remove temp leftovers of interrupted writes and files no index row points at."""
+        """Remove temp leftovers of interrupted writes and trace files no index row points at.
+
+        Only files this code made: temp files by their name in a real ``tmp/``, trace files
+        at their own path that open as the trace their name says. A file there that cannot
+        be read is moved to ``quarantine/``; anything else (a user's notes, links) is left
+        alone, and no link is followed.
+        """
         self._writable()
         report = GcReport()
-        with store_lock(self.layout, exclusive=True):
+        lay = self.layout
+        with _guard(f"collecting garbage in {lay.root}"), store_lock(lay, exclusive=True):
             indexed = {r.trace_id for r in self._index.file_records()}
-            report.removed_temp = self.layout.temp_files()
-            report.removed_orphans = [
-                p for tid, p in self.layout.trace_files() if tid is None or tid not in indexed
-            ]
-            for path in report.removed_temp + report.removed_orphans:
-                report.freed_bytes += path.stat().st_size
+            for path in lay.temp_files():
+                report.freed_bytes += path.lstat().st_size
                 path.unlink()
-            for sub in self.layout.data_dir.iterdir():
-                if sub.is_dir() and not any(sub.iterdir()):
-                    sub.rmdir()
+                report.removed_temp.append(path)
+            for tid, path in list(lay.trace_files()):
+                if tid is None or tid in indexed:
+                    continue
+                if _is_own_trace(path, tid):
+                    report.freed_bytes += path.lstat().st_size
+                    path.unlink()
+                    report.removed_orphans.append(path)
+                else:
+                    report.quarantined.append(lay.quarantine(path))
+            if lay.data_dir.is_dir() and not is_link(lay.data_dir):
+                for entry in os.scandir(lay.data_dir):
+                    if entry.is_dir(follow_symlinks=False) and not any(os.scandir(entry.path)):
+                        os.rmdir(entry.path)
         return report
 
-    def _index_files(self) -> int:
-        """Index every readable trace file under ``data/`` (used by :func:`reindex_store`)."""
-        count = 0
+    def _reindex(self, old: dict[str, str]) -> ReindexReport:
+        """Index every trace file under ``data/`` (for :func:`reindex_store`).
+
+        ``old`` holds the checksums the previous index recorded: a file that no longer
+        matches keeps its old checksum, so ``verify`` keeps reporting it. A file without one
+        is checked block by block. Files that cannot be read go to ``quarantine/``.
+        """
+        report = ReindexReport()
         for tid, path in self.layout.trace_files():
             if tid is None:
                 continue
             try:
                 with StoredTrace(path) as st:
                     if st.trace_id != tid:
-                        continue
+                        raise CorruptTrace(f"{path} holds trace {st.trace_id!r}")
+                    checksum = checksum_file(path, old.get(tid, CHECKSUM))
+                    recorded = old.get(tid, checksum)
+                    if recorded != checksum:
+                        checksum = recorded
+                    elif tid not in old and st.damage() is not None:
+                        checksum = DAMAGED + checksum
                     tokens = st.tokens
                     self._index.insert(
-                        st.info,
+                        _normalised(st.info),
                         precision=st.precision.value,
                         shape=(st.num_layers, st.num_heads),
                         prompt_length=tokens.prompt_length,
                         answer_tokens_text=tokens.text[tokens.prompt_length :],
                         file_size=path.stat().st_size,
-                        file_checksum=checksum_file(path),
+                        file_checksum=checksum,
                     )
-                    count += 1
-            except (CorruptTrace, OSError):
+            except (StoreError, OSError, KeyError, ValueError, TypeError):
+                report.quarantined.append(self.layout.quarantine(path))
                 continue
-        return count
+            report.indexed += 1
+            if checksum.startswith(DAMAGED) or checksum != checksum_file(path, checksum):
+                report.damaged.append(tid)
+        return report
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _write_new(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Create ``path`` (never over an existing file or link), fill it and fsync it; a
+    failure removes what was written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _set_aside_sqlite(db: Path) -> Path | None:
@@ -469,34 +752,69 @@ def _set_aside_sqlite(db: Path) -> Path | None:
     return bak
 
 
-def reindex_store(directory: str | Path, db_url: str | None = None) -> int:
-    """Rebuild the index from the trace files; returns how many traces were indexed.
+def _previous(url: str) -> tuple[str | None, dict[str, str]]:
+    """The store id and file checksums an existing index holds (nothing if unreadable)."""
+    try:
+        engine = make_engine(url, writable=False)
+    except StoreError:
+        return None, {}
+    try:
+        index = Index(engine, writable=False)
+        return index.store_id(), {r.trace_id: r.file_checksum for r in index.file_records()}
+    except (StoreError, sa.exc.SQLAlchemyError, OSError):
+        return None, {}
+    finally:
+        engine.dispose()
+
+
+def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexReport:
+    """Rebuild the index from the trace files.
 
     For the default SQLite index the old file is kept as ``index.sqlite.bak-<n>`` (tags,
     metrics and results edited after recording are still there); for another URL the
     store's tables are dropped and recreated. Tags and metrics come back as recorded.
+    Checksums of the old index are carried over for files that no longer match them, files
+    that cannot be read are moved to ``quarantine/``; nothing is deleted.
     """
     layout = Layout(Path(directory).absolute())
-    if not layout.data_dir.is_dir():
-        raise StoreError(f"no store at {layout.root} (no data/ directory)")
+    _check_root(layout.root)
+    if is_link(layout.data_dir) or not layout.data_dir.is_dir():
+        raise StoreOpenError(f"no store at {layout.root} (no data/ directory)")
     with store_lock(layout, exclusive=True):
+        url = db_url or f"sqlite:///{layout.no_links(layout.db_path)}"
+        index_id, old = _previous(url)
+        dir_id = _read_store_id(layout)
+        if index_id is not None and dir_id is not None and index_id != dir_id:
+            raise StoreOpenError(
+                f"the index {_shown(url)} belongs to another store (id {index_id}); "
+                "reindex will not overwrite it"
+            )
         if db_url is None:
             _set_aside_sqlite(layout.db_path)
         else:
             engine = make_engine(db_url, writable=True)
-            with engine.begin() as conn:
-                if engine.dialect.name == "sqlite":
-                    conn.exec_driver_sql("DROP TABLE IF EXISTS traces_fts")
-                _index_metadata.drop_all(conn)
-            engine.dispose()
-        with TraceStore(directory, db_url=db_url, mode="a") as store:
-            return store._index_files()
+            try:
+                with _guard(f"clearing the index {_shown(db_url)}"), engine.begin() as conn:
+                    if engine.dialect.name == "sqlite":
+                        conn.exec_driver_sql("DROP TABLE IF EXISTS traces_fts")
+                    _index_metadata.drop_all(conn)
+            except StoreError as exc:
+                raise StoreOpenError(str(exc)) from None
+            finally:
+                engine.dispose()
+        with (
+            TraceStore(directory, db_url=db_url, mode="a", _rebuilding=True) as store,
+            _guard(f"reindexing {layout.root}"),
+        ):
+            return store._reindex(old)
 
 
 def open_store(directory: str | Path, db_url: str | None = None, mode: Mode = "a") -> TraceStore:
     """Open (mode "a": create if needed) the store in ``directory``.
 
     ``db_url``: any SQLAlchemy URL for the index; default is ``index.sqlite`` inside the
-    directory. Mode "r" never writes; "a" reads, adds and edits.
+    directory. Mode "r" never writes; "a" reads, adds and edits. Every problem with the
+    directory or the URL raises :class:`StoreOpenError` (or :class:`StoreReadOnly`,
+    :class:`FormatTooNew`, :class:`IndexSchemaTooOld`); all are :class:`StoreError`.
     """
     return TraceStore(directory, db_url=db_url, mode=mode)

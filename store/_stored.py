@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import h5py
 import numpy as np
 
 from . import _blocks, _h5
 from ._codec import Precision
+from .errors import CorruptTrace, StoreError
 from .schema import ImageGeometry, Relevancy, Summaries, TokenTable, TopK, Trace, TraceInfo
 
 Indices = Sequence[int] | np.ndarray | range | slice
+T = TypeVar("T")
 
 
 def _selector(idx: Indices, size: int, what: str) -> tuple[slice | np.ndarray, np.ndarray | None]:
@@ -65,9 +67,20 @@ class StoredTrace:
             self.info = info
 
     # Everything else is read on first use: opening must stay well under 3 ms.
+    def _part(self, read: Callable[[h5py.File], T]) -> T:
+        """A small part of the file; HDF5 errors (e.g. a failed Fletcher-32 checksum, a
+        missing group) become :class:`CorruptTrace`."""
+        try:
+            return read(self._f)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise CorruptTrace(
+                f"{self.path}: cannot read it ({exc}); the trace file is damaged "
+                "(run `lvlm-interpret store verify`)"
+            ) from None
+
     @cached_property
     def info(self) -> TraceInfo:
-        return TraceInfo.from_dict(json.loads(self._f.attrs["info"]))
+        return self._part(_h5.read_info)
 
     @cached_property
     def trace_id(self) -> str:
@@ -100,23 +113,23 @@ class StoredTrace:
     # -- small parts, read on first use -------------------------------------------------------
     @cached_property
     def tokens(self) -> TokenTable:
-        return _h5.read_tokens(self._f)
+        return self._part(_h5.read_tokens)
 
     @cached_property
     def image(self) -> ImageGeometry:
-        return _h5.read_image(self._f)
+        return self._part(_h5.read_image)
 
     @cached_property
     def top_k(self) -> TopK:
-        return _h5.read_top_k(self._f)
+        return self._part(_h5.read_top_k)
 
     @cached_property
     def summaries(self) -> Summaries:
-        return _h5.read_summaries(self._f)
+        return self._part(_h5.read_summaries)
 
     @cached_property
     def relevancy(self) -> Relevancy | None:
-        return _h5.read_relevancy(self._f)
+        return self._part(_h5.read_relevancy)
 
     @property
     def has_vision_attention(self) -> bool:
@@ -124,7 +137,7 @@ class StoredTrace:
 
     @cached_property
     def prompt_length(self) -> int:
-        return int(self._f["tokens"].attrs["prompt_length"])
+        return self._part(lambda f: int(f["tokens"].attrs["prompt_length"]))
 
     @property
     def answer_length(self) -> int:
@@ -205,13 +218,21 @@ class StoredTrace:
     # -- everything -------------------------------------------------------------------------
     @staticmethod
     def _full(blocked: _blocks.BlockedDataset, row_max: h5py.Dataset | None) -> np.ndarray:
-        if row_max is None:
-            return blocked.values[()]
+        """The whole tensor, a layer at a time through the checked reads."""
         out = np.empty(blocked.values.shape, np.float16)
-        all_ = slice(None)
+        every = slice(None)
         for layer in range(out.shape[0]):
-            out[layer] = _h5.read_attention(blocked, row_max, (layer, all_, all_, all_))
+            out[layer] = _h5.read_attention(blocked, row_max, (layer, every, every, every))
         return out
+
+    def damage(self) -> str | None:
+        """Read every part of the file, checking every checksum it carries; what failed,
+        or None. (Files written before checksums existed can only fail to decode.)"""
+        try:
+            self.read()
+        except StoreError as exc:
+            return str(exc)
+        return None
 
     def read(self) -> Trace:
         """The whole trace in memory (attention as float16, as the schema says)."""

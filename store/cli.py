@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,20 +30,31 @@ DbUrl = Annotated[
 ]
 
 
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _one_line_errors(command: F) -> F:
+    """A store error ends the command with one plain line on stderr and exit code 2 (the
+    message is printed as text: it may hold paths or names from a file)."""
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> None:
+        try:
+            command(*args, **kwargs)
+        except StoreError as exc:
+            message = " ".join(str(exc).split())
+            sys.stderr.write(f"error: {message}\n")
+            raise typer.Exit(2) from None
+
+    return run  # type: ignore[return-value]
+
+
 def _open(store: Path, db: str | None, mode: str = "r") -> TraceStore:
-    try:
-        return open_store(store, db_url=db, mode=mode)  # type: ignore[arg-type]
-    except StoreError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(1)
+    return open_store(store, db_url=db, mode=mode)  # type: ignore[arg-type]
 
 
 @app.command("ls")
+@_one_line_errors
 def ls(
     store: StoreDir = Path("traces"),
     db: DbUrl = None,
@@ -86,22 +100,19 @@ def ls(
 
 
 @app.command()
+@_one_line_errors
 def show(trace_id: str, store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
     """Show one trace's metadata and tensor shapes."""
-    with _open(store, db) as st:
-        try:
-            with st.open(trace_id) as tr:
-                info = tr.info.to_dict()
-                shapes = {
-                    "lm_attention": [tr.num_layers, tr.num_heads, tr.seq_len, tr.seq_len],
-                    "vision_attention": list(tr.vision_shape) if tr.vision_shape else None,
-                    "precision": tr.precision.value,
-                    "prompt_length": tr.prompt_length,
-                    "relevancy_modes": _held_modes(tr.relevancy),
-                    "file": str(tr.path),
-                }
-        except StoreError as exc:
-            raise _fail(exc) from None
+    with _open(store, db) as st, st.open(trace_id) as tr:
+        info = tr.info.to_dict()
+        shapes = {
+            "lm_attention": [tr.num_layers, tr.num_heads, tr.seq_len, tr.seq_len],
+            "vision_attention": list(tr.vision_shape) if tr.vision_shape else None,
+            "precision": tr.precision.value,
+            "prompt_length": tr.prompt_length,
+            "relevancy_modes": _held_modes(tr.relevancy),
+            "file": str(tr.path),
+        }
     table = Table(show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
@@ -111,6 +122,7 @@ def show(trace_id: str, store: StoreDir = Path("traces"), db: DbUrl = None) -> N
 
 
 @app.command()
+@_one_line_errors
 def rm(
     trace_ids: list[str],
     store: StoreDir = Path("traces"),
@@ -122,14 +134,12 @@ def rm(
         typer.confirm(f"Delete {len(trace_ids)} trace(s)?", abort=True)
     with _open(store, db, "a") as st:
         for tid in trace_ids:
-            try:
-                st.delete(tid)
-            except StoreError as exc:
-                raise _fail(exc) from None
-            console.print(f"deleted {tid}")
+            st.delete(tid)
+            console.print(f"deleted {tid}", markup=False)
 
 
 @app.command()
+@_one_line_errors
 def tag(
     trace_id: str,
     tags: list[str],
@@ -139,14 +149,13 @@ def tag(
 ) -> None:
     """Add (or with --remove, remove) tags."""
     with _open(store, db, "a") as st:
-        try:
-            (st.untag if remove else st.tag)(trace_id, *tags)
-            console.print(f"{trace_id}: {', '.join(st.get(trace_id).tags) or '(no tags)'}")
-        except StoreError as exc:
-            raise _fail(exc) from None
+        (st.untag if remove else st.tag)(trace_id, *tags)
+        info = st.get(trace_id)
+        console.print(f"{info.trace_id}: {', '.join(info.tags) or '(no tags)'}", markup=False)
 
 
 @app.command()
+@_one_line_errors
 def verify(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
     """Check every file against its checksum and the index; exit 1 if anything is wrong."""
     with _open(store, db) as st:
@@ -167,6 +176,7 @@ def verify(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
 
 
 @app.command()
+@_one_line_errors
 def gc(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
     """Remove leftovers of interrupted writes and files no index row points at."""
     with _open(store, db, "a") as st:
@@ -175,27 +185,32 @@ def gc(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
         f"removed {len(report.removed_temp)} temp file(s), {len(report.removed_orphans)} "
         f"orphan file(s), freed {report.freed_bytes / 2**20:.1f} MiB"
     )
+    for path in report.quarantined:
+        console.print(f"unreadable, moved to quarantine (not deleted): {path}", markup=False)
 
 
 @app.command()
+@_one_line_errors
 def export(trace_id: str, dest: Path, store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
     """Copy a trace's HDF5 file and a JSON of its metadata to DEST."""
     with _open(store, db) as st:
-        try:
-            out = st.export(trace_id, dest)
-        except StoreError as exc:
-            raise _fail(exc) from None
-    console.print(f"wrote {out} and {out.with_suffix('.json')}")
+        out = st.export(trace_id, dest)
+    console.print(f"wrote {out} and {out.with_suffix('.json')}", markup=False)
 
 
 @app.command()
+@_one_line_errors
 def reindex(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
-    """Rebuild the index from the trace files (the old SQLite index is kept as a .bak file)."""
-    try:
-        count = reindex_store(store, db)
-    except StoreError as exc:
-        raise _fail(exc) from None
-    console.print(f"indexed {count} trace(s)")
+    """Rebuild the index from the trace files (the old SQLite index is kept as a .bak file).
+
+    Files that cannot be read are moved to quarantine/ (never deleted); damaged traces keep
+    the evidence, so `store verify` still reports them."""
+    report = reindex_store(store, db)
+    console.print(f"indexed {report.indexed} trace(s)")
+    for path in report.quarantined:
+        console.print(f"unreadable, moved to quarantine (not deleted): {path}", markup=False)
+    for tid in report.damaged:
+        console.print(f"damaged (`store verify` reports it): {tid}", markup=False)
 
 
 def _held_modes(relevancy) -> str:
@@ -206,6 +221,7 @@ def _held_modes(relevancy) -> str:
 
 
 @app.command()
+@_one_line_errors
 def relevancy(
     trace_id: str,
     mode: Annotated[
@@ -217,12 +233,8 @@ def relevancy(
 ) -> None:
     """Print one answer token's relevancy map in MODE on the patch grid, in % of the token's
     total relevancy."""
-    with _open(store, db) as st:
-        try:
-            with st.open(trace_id) as tr:
-                maps, tokens, image = tr.relevancy, tr.tokens, tr.image
-        except StoreError as exc:
-            raise _fail(exc) from None
+    with _open(store, db) as st, st.open(trace_id) as tr:
+        maps, tokens, image = tr.relevancy, tr.tokens, tr.image
     if maps is None:
         console.print("error: this trace has no relevancy (recorded with --no-relevancy)")
         raise typer.Exit(2)

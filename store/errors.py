@@ -7,8 +7,19 @@ class StoreError(Exception):
     """Base class: catch this to handle any store failure."""
 
 
+class StoreOpenError(StoreError):
+    """The store directory or index URL cannot be used: ``--store`` is not a directory, the
+    ``--db`` URL is malformed, names a missing driver, an unreachable server, a missing
+    directory or a file that is not a database, is in-memory (nothing would be kept), or the
+    index belongs to another store. Raised by :func:`store.open_store`."""
+
+
+class InvalidQuery(StoreError, ValueError):
+    """A query whose date, limit or offset cannot be used."""
+
+
 class InvalidTraceId(StoreError, ValueError):
-    """A trace id that is not 32 lowercase hex digits (ids become file names, so this is strict)."""
+    """A trace id that is not 32 hex digits (ids become file names, so this is strict)."""
 
 
 class InvalidName(StoreError, ValueError):

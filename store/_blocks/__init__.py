@@ -16,7 +16,7 @@ written, another driver, a missing library, an error code) falls back to h5py, s
 always equal ``ds[index]``.
 """
 
-from .reading import BlockedDataset, read
+from .reading import BlockedDataset, check, read
 from .writing import BlockedWriter
 
-__all__ = ["BlockedDataset", "BlockedWriter", "read"]
+__all__ = ["BlockedDataset", "BlockedWriter", "check", "read"]

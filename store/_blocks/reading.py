@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import struct
 import threading
 from functools import cached_property
-from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .layout import CBYTES, HEADER, NBYTES, pool, same_settings
+from ..errors import CorruptTrace
+from .layout import (
+    CBYTES,
+    HASHES_SUFFIX,
+    HEADER,
+    LIB,
+    NBYTES,
+    XXH64,
+    block_hashes,
+    pool,
+    same_settings,
+)
 
 # Reader threads: cold reads wait on the disk, and more requests in flight read faster
 # (measured on the dev VM, 17 MB in 32 ranges: 2 threads 27 ms, 4-16 threads 19-22 ms).
@@ -34,11 +43,8 @@ class _DParams(ctypes.Structure):
 
 
 def _load() -> ctypes.CDLL | None:
-    spec = importlib.util.find_spec("blosc2")  # its C library, without importing it
-    package = Path(spec.submodule_search_locations[0]) if spec else Path()
-    found = sorted((package / "lib").glob("libblosc2.[sd]*"))  # .so, .dylib
+    lib = LIB
     try:
-        lib = ctypes.CDLL(str(found[0]))
         lib.blosc2_init.argtypes = []
         lib.blosc2_create_dctx.argtypes = [_DParams]
         lib.blosc2_create_dctx.restype = ctypes.c_void_p
@@ -47,7 +53,7 @@ def _load() -> ctypes.CDLL | None:
         lib.blosc2_decompress_ctx.restype = ctypes.c_int
         lib.blosc2_init()
         return lib
-    except (IndexError, OSError, AttributeError):
+    except AttributeError:  # no library, or one without these functions
         return None
 
 
@@ -64,15 +70,40 @@ def _context() -> int:
 
 
 class BlockedDataset:
-    """An attention dataset and, looked up on first read, its block table."""
+    """An attention dataset and, looked up on first read, its block table and checksums."""
 
     def __init__(self, values: h5py.Dataset) -> None:
         self.values = values
 
+    def corrupt(self, what: str) -> CorruptTrace:
+        return CorruptTrace(
+            f"{self.values.file.filename}: {what} in {self.values.name}; the trace file is "
+            "damaged (run `lvlm-interpret store verify`)"
+        )
+
     @cached_property
     def table(self) -> h5py.Dataset | None:
         """``<name>_blocks`` (opening it costs a cold read: not done when a trace opens)."""
-        return self.values.file.get(f"{self.values.name}_blocks")
+        table = self.values.file.get(f"{self.values.name}_blocks")
+        if table is not None:
+            n_layers, n_heads, rows, _ = self.values.shape
+            expected = (n_layers, -(-rows // self.values.chunks[2]), n_heads, 2)
+            if table.shape != expected or self.values.chunks[:2] != (1, n_heads):
+                raise self.corrupt(f"a block table of shape {table.shape}, not {expected},")
+        return table
+
+    @cached_property
+    def hashes(self) -> h5py.Dataset | None:
+        """``<name>_block_xxh64``: one checksum per block (absent in files written before)."""
+        hashes = self.values.file.get(f"{self.values.name}{HASHES_SUFFIX}")
+        if hashes is not None and (self.table is None or hashes.shape != self.table.shape[:3]):
+            raise self.corrupt("block checksums that do not match the block table")
+        return hashes
+
+    @cached_property
+    def verified(self) -> bool:
+        """Reads check each block's checksum (files written with them, XXH64 available)."""
+        return self.hashes is not None and XXH64 is not None
 
     @cached_property
     def header(self) -> bytes | None:
@@ -80,7 +111,28 @@ class BlockedDataset:
         if _LIB is None or self.table is None or self.values.file.driver != "sec2":
             return None
         header = self.table.attrs.get("chunk_header")
-        return header.tobytes() if header is not None and self._in_place() else None
+        if header is None:
+            return None
+        header = header.tobytes()
+        if self.verified:
+            if len(header) != HEADER or block_hashes(header, [(0, HEADER)])[0] != np.uint64(
+                self.hashes.attrs.get("chunk_header_xxh64", 0)
+            ):
+                raise self.corrupt("a chunk header that fails its checksum")
+            return header
+        return header if self._in_place() else None
+
+    @cached_property
+    def max_read(self) -> int:
+        """Most bytes one chunk's blocks may span: its raw size plus generous Blosc2
+        overhead. A table claiming more is damaged (and must not size an allocation)."""
+        _, n_heads, _, cols = self.values.shape
+        raw = n_heads * self.values.chunks[2] * cols * self.values.dtype.itemsize
+        return 2 * raw + HEADER + 64 * n_heads + 4096
+
+    def check_range(self, lo: int, hi: int, file_size: int) -> None:
+        if not 0 <= lo < hi <= file_size or hi - lo > self.max_read:
+            raise self.corrupt(f"a block table entry ({lo}..{hi}) outside the file's chunks")
 
     def _in_place(self) -> bool:
         """A cheap guard against a file rewritten by other tools: its chunks have moved."""
@@ -132,12 +184,17 @@ def read(blocked: BlockedDataset, index: tuple, dtype: np.dtype | None = None) -
         return None
     (l0, h0, r0, c0), (l1, h1, r1, c1), squeeze = bounds
     rows = ds.chunks[2]
-    table = blocked.table[l0:l1, r0 // rows : -(-r1 // rows), h0:h1]
+    chunks = slice(r0 // rows, -(-r1 // rows))
+    table = blocked.table[l0:l1, chunks, h0:h1]
     if table.min() < 0:
         return None
+    verified = blocked.verified
+    hashes = blocked.hashes[l0:l1, chunks, h0:h1] if verified else None
+    if (table[..., 1] <= table[..., 0]).any():
+        raise blocked.corrupt("an empty or reversed block range")
     header, stored, shape = blocked.header, ds.dtype, (rows, ds.shape[3])
-    out = np.empty((l1 - l0, h1 - h0, r1 - r0, c1 - c0), dtype or stored)
     fd = ds.file.id.get_vfd_handle()
+    file_size = os.fstat(fd).st_size
     # With every head wanted, a chunk is decoded as stored: its header and block starts
     # come first (checked against the dataset's header before use), then its blocks.
     whole = h1 - h0 == ds.shape[1]
@@ -147,7 +204,9 @@ def read(blocked: BlockedDataset, index: tuple, dtype: np.dtype | None = None) -
     for li in range(table.shape[0]):
         for ci in range(table.shape[1]):
             lo, hi = int(table[li, ci, :, 0].min()) - lead, int(table[li, ci, :, 1].max())
+            blocked.check_range(lo, hi, file_size)
             jobs.append((li, ci, lo, hi))
+    out = np.empty((l1 - l0, h1 - h0, r1 - r0, c1 - c0), dtype or stored)
     # Small reads (a heatmap: 44 blocks of 22 KB) run in the calling thread, as thread
     # hand-offs cost more than they save, after asking the kernel for every range at once
     # so it reads them with a deep queue. Big reads run on the reader threads, whose
@@ -161,15 +220,28 @@ def read(blocked: BlockedDataset, index: tuple, dtype: np.dtype | None = None) -
 
     def work(job: tuple[int, int, int, int]) -> bool:
         li, ci, lo, hi = job
+        where = f"layer {l0 + li}, rows from {(chunks.start + ci) * rows}"
         data = os.pread(fd, hi - lo, lo)
-        if len(data) != hi - lo:
+        ranges = table[li, ci] - lo
+        if verified:
+            if len(data) != hi - lo:
+                raise blocked.corrupt(f"a truncated chunk ({where})")
+            if (block_hashes(data, ranges.tolist()) != hashes[li, ci]).any():
+                raise blocked.corrupt(f"an attention block that fails its checksum ({where})")
+        elif len(data) != hi - lo:
             return False
-        heads = _decode_chunk(header, data, h1 - h0, shape, stored) if whole else None
+        # Unchecked chunk headers and block starts are only trusted when checksums are
+        # absent; with checksums, only the checked blocks and the dataset's header are used.
+        heads = None
+        if whole and (not verified or _starts(data, len(ranges)) == ranges[:, 0].tolist()):
+            heads = _decode_chunk(header, data, h1 - h0, shape, stored)
         if heads is None:
-            heads = _decode_blocks(header, data, table[li, ci] - lo, shape, stored)
+            heads = _decode_blocks(header, data, ranges, shape, stored)
         if heads is None:
+            if verified:
+                raise blocked.corrupt(f"a chunk that does not decode ({where})")
             return False
-        chunk_r0 = (r0 // rows + ci) * rows
+        chunk_r0 = (chunks.start + ci) * rows
         a, b = max(r0, chunk_r0), min(r1, chunk_r0 + rows)
         out[li, :, a - r0 : b - r0] = heads[:, a - chunk_r0 : b - chunk_r0, c0:c1]
         return True
@@ -178,6 +250,11 @@ def read(blocked: BlockedDataset, index: tuple, dtype: np.dtype | None = None) -
     if not ok:
         return None
     return out[tuple(0 if sq else slice(None) for sq in squeeze)]
+
+
+def _starts(data: bytes, heads: int) -> list[int]:
+    """The block starts a stored chunk lists after its header."""
+    return list(struct.unpack_from(f"<{heads}i", data, HEADER))
 
 
 def _decode_chunk(
@@ -215,3 +292,39 @@ def _decompress(chunk: bytes, out: np.ndarray) -> np.ndarray | None:
     """Decompress one Blosc2 chunk into ``out``; None unless it filled ``out`` exactly."""
     done = _LIB.blosc2_decompress_ctx(_context(), chunk, len(chunk), out.ctypes.data, out.nbytes)
     return out if done == out.nbytes else None
+
+
+def _positions(item: object, size: int) -> np.ndarray:
+    if isinstance(item, slice):
+        return np.arange(*item.indices(size))
+    return np.asarray(item, np.int64).reshape(-1)
+
+
+def check(blocked: BlockedDataset, index: tuple) -> None:
+    """Check the checksum of every block ``ds[index]`` touches, for reads that h5py does
+    (index arrays); raises :class:`CorruptTrace` on a mismatch. A no-op for old files."""
+    ds = blocked.values
+    if not blocked.verified or ds.file.driver != "sec2":
+        return
+    index = (*index, *[slice(None)] * (4 - len(index)))
+    layers, heads, rows = (_positions(i, n) for i, n in zip(index[:3], ds.shape, strict=False))
+    chunks = np.unique(rows // ds.chunks[2])
+    box = (slice(layers.min(), layers.max() + 1), slice(chunks.min(), chunks.max() + 1))
+    table, hashes = blocked.table[box], blocked.hashes[box]
+    fd = ds.file.id.get_vfd_handle()
+    file_size = os.fstat(fd).st_size
+    for layer in np.unique(layers) - box[0].start:
+        for chunk in chunks - box[1].start:
+            ranges = table[layer, chunk][heads]
+            if ranges.min() < 0:
+                continue
+            lo, hi = int(ranges.min()), int(ranges.max())
+            blocked.check_range(lo, hi, file_size)
+            data = os.pread(fd, hi - lo, lo)
+            if (
+                len(data) != hi - lo
+                or (block_hashes(data, (ranges - lo).tolist()) != hashes[layer, chunk][heads]).any()
+            ):
+                raise blocked.corrupt(
+                    f"an attention block that fails its checksum (layer {layer + box[0].start})"
+                )

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING
 import h5py
 import numpy as np
 
-from .layout import CBYTES, HEADER, block_ranges, pool, same_settings
+from .layout import (
+    CBYTES,
+    HASHES_SUFFIX,
+    HEADER,
+    XXH64,
+    block_hashes,
+    block_ranges,
+    pool,
+    same_settings,
+)
 
 if TYPE_CHECKING:
     import blosc2
@@ -95,6 +104,13 @@ class BlockedWriter:
         # Block ranges relative to their chunk's frame until ``finish`` knows where it lies.
         self.table = np.full((n_layers, -(-rows // self.chunk_rows), n_heads, 2), -1, np.int64)
         self.stored = ds.parent.create_dataset(f"{ds.name}_blocks", self.table.shape, np.int64)
+        # One checksum per block, verified by every read (0 where a chunk has no blocks).
+        self.hashes = np.zeros(self.table.shape[:3], np.uint64)
+        self.stored_hashes = (
+            ds.parent.create_dataset(f"{ds.name}{HASHES_SUFFIX}", self.hashes.shape, np.uint64)
+            if XXH64 is not None
+            else None
+        )
         codec = _blosc2()
         self.cparams = codec.CParams(
             codec=codec.Codec.ZSTD,
@@ -115,10 +131,12 @@ class BlockedWriter:
         Blosc2 spreads each chunk over every core itself (python-blosc2 releases the GIL);
         more Python threads compressing side by side were slower (GIL hand-offs).
         """
-        n_heads, rows, _ = values.shape
+        rows = values.shape[1]
         starts = range(0, rows, self.chunk_rows)
         compressed = pool(1).map(lambda r0: self._compress(values, r0), starts)
-        for i, (r0, (chunk, data)) in enumerate(zip(starts, compressed, strict=True)):
+        for i, (r0, (chunk, data, blocks, hashes)) in enumerate(
+            zip(starts, compressed, strict=True)
+        ):
             if not self.learned:
                 self.frame, self.learned = _Frame.learn(chunk, self.cparams), True
             if self.frame is None:  # an unexpected frame layout: let python-blosc2 build it
@@ -126,16 +144,23 @@ class BlockedWriter:
                 self.ds.id.write_direct_chunk((layer, 0, r0, 0), frame)
                 continue
             self.ds.id.write_direct_chunk((layer, 0, r0, 0), self.frame.wrap(data))
-            blocks = block_ranges(data, n_heads)
             if blocks is not None and self._same_header(data[:HEADER]):
                 self.table[layer, i] = blocks
+                self.hashes[layer, i] = hashes
                 self.table[layer, i] += len(self.frame.head)
 
-    def _compress(self, values: np.ndarray, r0: int) -> tuple[np.ndarray, bytes]:
+    def _compress(
+        self, values: np.ndarray, r0: int
+    ) -> tuple[np.ndarray, bytes, list[tuple[int, int]] | None, np.ndarray | int]:
+        """One chunk compressed, with its blocks' ranges and checksums (hashed here, on the
+        compressing thread, while the caller's thread writes the previous chunk)."""
         chunk = np.ascontiguousarray(values[:, r0 : r0 + self.chunk_rows])
         if chunk.shape[1] < self.chunk_rows:  # HDF5 stores the last chunk padded
             chunk = np.pad(chunk, ((0, 0), (0, self.chunk_rows - chunk.shape[1]), (0, 0)))
-        return chunk, _blosc2().compress2(chunk, cparams=self.cparams_dict)
+        data = _blosc2().compress2(chunk, cparams=self.cparams_dict)
+        blocks = block_ranges(data, chunk.shape[0])
+        hashes = block_hashes(data, blocks) if blocks and self.stored_hashes is not None else 0
+        return chunk, data, blocks, hashes
 
     def _same_header(self, header: bytes) -> bool:
         """Blocks are decoded with one header per dataset: chunks may differ only in size."""
@@ -159,3 +184,7 @@ class BlockedWriter:
             self.ds.id.chunk_iter(place)
             self.stored.attrs["chunk_header"] = np.frombuffer(self.header, np.uint8)
         self.stored[...] = self.table
+        if self.stored_hashes is not None:
+            header = self.header or bytes(HEADER)
+            self.stored_hashes.attrs["chunk_header_xxh64"] = block_hashes(header, [(0, HEADER)])[0]
+            self.stored_hashes[...] = self.hashes

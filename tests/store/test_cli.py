@@ -22,13 +22,13 @@ def test_cli_commands(store_dir, make_trace, tmp_path):
 
     out = runner.invoke(app, ["show", a, *opts])
     assert out.exit_code == 0 and "lm_attention" in out.output and "good" in out.output
-    assert runner.invoke(app, ["show", "../etc", *opts]).exit_code == 1
+    assert runner.invoke(app, ["show", "../etc", *opts]).exit_code == 2
 
     out = runner.invoke(app, ["export", a, str(tmp_path / "out"), *opts])
     assert out.exit_code == 0 and (tmp_path / "out" / f"{a}.h5").exists()
 
     assert runner.invoke(app, ["verify", *opts]).exit_code == 0
-    (store_dir / "tmp" / f"{'0' * 32}.1.x.tmp.h5").write_bytes(b"x")
+    (store_dir / "tmp" / f"{'0' * 32}.1.0badc0de.tmp.h5").write_bytes(b"x")
     out = runner.invoke(app, ["verify", *opts])
     assert out.exit_code == 1 and "temp_leftover" in out.output
     out = runner.invoke(app, ["gc", *opts])

@@ -136,7 +136,7 @@ def test_read_only_directory(tmp_path, make_trace):
     with open_store(tmp_path / "src") as st:
         tid = st.add(make_trace())
     with _read_only_view(tmp_path) as view:
-        with pytest.raises(StoreReadOnly, match="mode='r'"):
+        with pytest.raises(StoreReadOnly, match="mode 'r'"):
             open_store(view)
         with open_store(view, mode="r") as st:
             assert st.query().total == 1 and st.verify() == []

@@ -216,7 +216,7 @@ def test_empty_trace_id_gets_one(store, make_trace):
 
 
 @pytest.mark.parametrize(
-    "bad", ["../../etc/passwd", "/tmp/x", "A" * 32, "0" * 31, "0" * 32 + "/..", "", None, 3]
+    "bad", ["../../etc/passwd", "/tmp/x", "G" * 32, "0" * 31, "0" * 32 + "/..", "", None, 3]
 )
 def test_ids_cannot_escape_the_store(store, make_trace, bad):
     for call in (store.get, store.open, store.delete, lambda t: store.tag(t, "x")):
@@ -249,13 +249,15 @@ def test_verify_finds_each_kind_of_damage_and_gc_cleans(store, filled):
     shutil.move(lay.trace_path(b), lay.root / "b.bak")
     # c's path holds d's file
     shutil.copyfile(lay.trace_path(d), lay.trace_path(c))
-    # orphan: a file without a row, and a stray file
-    orphan = lay.trace_path(new_trace_id())
-    orphan.parent.mkdir(exist_ok=True)
-    shutil.copyfile(lay.trace_path(d), orphan)
+    # orphans: a trace whose row is gone, another trace's file under a new id; a stray file
+    orphan = lay.trace_path(filled["e"])
+    store._index.delete(filled["e"])
+    alien = lay.trace_path(new_trace_id())
+    alien.parent.mkdir(exist_ok=True)
+    shutil.copyfile(lay.trace_path(d), alien)
     stray = lay.data_dir / "notes.txt"
     stray.write_text("x")
-    temp = lay.tmp_dir / f"{new_trace_id()}.1.abcd.tmp.h5"
+    temp = lay.tmp_dir / f"{new_trace_id()}.1.abcdabcd.tmp.h5"
     temp.write_bytes(b"half")
     found = {(p.kind, p.trace_id) for p in store.verify()}
     assert found == {
@@ -263,13 +265,22 @@ def test_verify_finds_each_kind_of_damage_and_gc_cleans(store, filled):
         ("missing_file", b),
         ("wrong_file", c),
         ("orphan_file", orphan.stem),
-        ("orphan_file", None),
+        ("orphan_file", alien.stem),
+        ("foreign_file", None),
         ("temp_leftover", None),
     }
     report = store.gc()
-    assert set(report.removed_orphans) == {orphan, stray} and report.removed_temp == [temp]
-    assert report.freed_bytes > 0
-    assert {p.kind for p in store.verify()} == {"checksum_mismatch", "missing_file", "wrong_file"}
+    assert report.removed_orphans == [orphan] and report.removed_temp == [temp]
+    assert report.quarantined == [lay.quarantine_dir / alien.name]  # not what it claims: kept
+    assert report.freed_bytes > 0 and stray.read_text() == "x"  # not the store's: kept
+    kinds = {p.kind for p in store.verify()}
+    assert kinds == {
+        "checksum_mismatch",
+        "missing_file",
+        "wrong_file",
+        "foreign_file",
+        "quarantined",
+    }
     with pytest.raises(CorruptTrace):
         store.open(b)
 
@@ -320,7 +331,7 @@ def test_old_or_new_index_schema(store_dir, make_trace):
     engine.dispose()
     with pytest.raises(IndexSchemaTooOld, match="store reindex"):
         open_store(store_dir)
-    assert reindex_store(store_dir) == 1
+    assert reindex_store(store_dir).indexed == 1
     assert (store_dir / "index.sqlite.bak-1").exists()  # nothing lost
     with open_store(store_dir) as st:
         assert st.query().items[0].trace_id == tid and st.verify() == []
