@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -17,6 +18,12 @@ from store.synthetic import make_synthetic_trace
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=window.__xss=1>"
+# Markdown that must show as text: an image fetch (the port is closed), a colour directive, bold.
+MD_IMAGE = "![](http://127.0.0.1:9/x.png)"
+MD_HOSTILE = (MD_IMAGE, ":red[painted]", "**bold**")
+GROUND_TRUTH = {
+    "objects": [{"shape": "cross", "colour": "red", "position": "top left", "box": [0, 0, 42, 63]}]
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,9 +31,10 @@ class DemoStore:
     directory: Path
     main: str  # complete trace, non-square 4x6 patch grid, with a causal result
     second: str  # same shapes, another image: for Compare
-    xss: str  # prompt, answer and tokens carry HTML/JS payloads
+    xss: str  # prompt, answer, tokens and a causal result carry HTML/JS/Markdown payloads
     bare: str  # no vision attention, no relevancy, no causal results
     broken: str  # indexed, but its file was deleted
+    legacy: str  # trace format 1: its "all" relevancy is today's llm_through_vision
 
 
 def _xss_trace(seed: int):
@@ -35,20 +43,42 @@ def _xss_trace(seed: int):
     texts = list(tokens.text)
     texts[tokens.prompt_length] = XSS_SCRIPT
     texts[tokens.prompt_length + 1] = XSS_IMG
+    for offset, hostile in enumerate(MD_HOSTILE, start=2):
+        texts[tokens.prompt_length + offset] = hostile
+    texts[tokens.prompt_length - 3] = MD_IMAGE  # a prompt token
     info = dataclasses.replace(
         trace.info,
-        prompt=f"What is this? {XSS_IMG}",
-        answer=f"{XSS_SCRIPT} {XSS_IMG} ![x](http://127.0.0.1:9/x.png)",
-        image_name=f"{XSS_IMG}.png",
+        prompt=f"What is this? {XSS_IMG} {MD_IMAGE}",
+        answer=f"{XSS_SCRIPT} {XSS_IMG} {MD_IMAGE} :red[painted] **bold**",
+        image_name=f"{XSS_IMG}{MD_IMAGE}.png",
+        model_revision=f"rev {MD_IMAGE}",
+        reference_answer=f"**bold** {MD_IMAGE}",
     )
     return dataclasses.replace(trace, info=info, tokens=dataclasses.replace(tokens, text=texts))
 
 
-@pytest.fixture(scope="session")
-def demo_store(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
-    directory = tmp_path_factory.mktemp("store")
+def _with_truth(trace):
+    info = dataclasses.replace(
+        trace.info,
+        reference_answer="orange star",
+        extra={**trace.info.extra, "ground_truth": GROUND_TRUTH},
+    )
+    return dataclasses.replace(trace, info=info)
+
+
+def _as_format_1(path: Path) -> None:
+    """Rewrite a trace file as format 1 wrote it: relevancy "all" held today's
+    llm_through_vision, and the seed's "all" did not exist."""
+    with h5py.File(path, "r+") as f:
+        group = f["relevancy"]
+        del group["all"]
+        group.move("llm_through_vision", "all")
+        f.attrs["format_version"] = 1
+
+
+def demo_store_at(directory: Path) -> DemoStore:
     with open_store(directory, mode="a") as store:
-        main = store.add(make_synthetic_trace(seed=1, grid=(4, 6)))
+        main = store.add(_with_truth(make_synthetic_trace(seed=1, grid=(4, 6))))
         second = store.add(make_synthetic_trace(seed=2, grid=(4, 6)))
         xss = store.add(_xss_trace(3))
         bare = store.add(make_synthetic_trace(seed=4, vision_layers=0, with_relevancy=False))
@@ -59,12 +89,26 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
             main,
             "causal",
             "occlusion",
-            {"patch_effect": patches, "token_effect": [0.5] * answer, "faithfulness": 0.8},
+            {
+                "patch_effect": patches,
+                "patch_effect_2": patches[::-1],  # two maps on one page: one set of controls
+                "token_effect": [0.5] * answer,
+                "faithfulness": 0.8,
+            },
         )
+        store.put_result(xss, "causal", MD_IMAGE, {MD_IMAGE: patches, f"**{XSS_IMG}**": 0.5})
         store.tag(main, "demo")
+        legacy = store.add(make_synthetic_trace(seed=6, grid=(4, 6)))
     for path in directory.rglob(f"{broken}*.h5"):
         path.unlink()
-    return DemoStore(directory, main, second, xss, bare, broken)
+    for path in directory.rglob(f"{legacy}*.h5"):
+        _as_format_1(path)
+    return DemoStore(directory, main, second, xss, bare, broken, legacy)
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
+    return demo_store_at(tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ def test_browse_lists_traces_with_thumbnails(app, demo_store):
     at = app()
     _ok(at)
     table = at.dataframe[0].value
-    assert len(table) == 5
+    assert len(table) == 6
     assert demo_store.main[:8] in set(table["id"])  # short ids on screen
-    assert table["image"].str.startswith("data:image/jpeg;base64,").sum() == 4  # broken: None
+    assert table["image"].str.startswith("data:image/jpeg;base64,").sum() == 5  # broken: None
 
 
 def test_browse_filters_come_from_and_go_to_the_url(app, demo_store):
@@ -95,7 +95,7 @@ def test_causal_results_are_drawn(app, demo_store):
     at = app("causal", trace=demo_store.main, layer="0", tokens="5")  # CLEANN: not computed
     _ok(at)
     assert at.get("metric")[0].value == "0.8"
-    assert len(at.get("imgs") or at.get("image")) == 1
+    assert len(at.get("imgs") or at.get("image")) == 2
     assert at.get("vega_lite_chart")
 
 
