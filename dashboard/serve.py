@@ -1,21 +1,85 @@
 """Run the dashboard as a Streamlit server (``lvlm-interpret serve`` calls :func:`serve`).
 
 Streamlit is started as a subprocess of ``python -m streamlit`` rather than in-process, so the
-CLI never imports Streamlit and the server gets its own clean interpreter.
+CLI never imports Streamlit and the server gets its own clean interpreter. The launcher checks
+the address first (one clear error instead of a server traceback), passes the allowed ``Host``
+names (:mod:`dashboard.asgi` refuses every other), forwards SIGTERM/SIGINT/SIGHUP to the
+server, and on Linux has the kernel stop the server if the launcher itself dies.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ipaddress
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-APP = Path(__file__).with_name("app.py")
+APP = Path(__file__).with_name("asgi.py")  # app.py behind the Host check
 REPO_ROOT = APP.parent.parent
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+ANY_ADDRESS = ("0.0.0.0", "::")
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_GRACE_S = 10.0
+_HOST_NAME = re.compile(
+    r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?"
+)
+
+
+class ServeError(Exception):
+    """An address or host name the server cannot use; the message says what to do."""
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail now, with one line, where the server would fail to listen on ``host:port``."""
+    if not 1 <= port <= 65535:
+        raise ServeError(f"--port {port} is not a TCP port; use 1-65535.")
+    if all(part.isdigit() for part in host.split(".")):  # looks numeric: must be an IPv4
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ServeError(f"--host {host!r} is not an IPv4 address.") from None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as error:
+        raise ServeError(f"--host {host!r} is not an address of this machine ({error}).") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise ServeError(f"cannot listen on {host}:{port}: {error.strerror}.") from None
+
+
+def allowed_hosts(host: str, extra: Sequence[str] = ()) -> list[str]:
+    """The ``Host`` header names the server answers: loopback names, ``host`` itself, ``extra``.
+
+    Listening on every interface (0.0.0.0, ::) without ``extra`` accepts any name: the user
+    opened the server up and did not say under which names it is reached.
+    """
+    names = [_host_name(name) for name in extra]
+    if host in ANY_ADDRESS:
+        return [*LOOPBACK_NAMES, *names] if names else ["*"]
+    own = [] if host in LOOPBACK_NAMES else [_host_name(host)]
+    return [*LOOPBACK_NAMES, *own, *names]
+
+
+def _host_name(name: str) -> str:
+    bare = name.strip().lower().removeprefix("[").removesuffix("]")
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if bare == "*" or _HOST_NAME.fullmatch(bare):
+        return bare
+    raise ServeError(f"--allow-host {name!r} is not a host name (e.g. my-laptop.lan, *.lan).")
 
 
 def command(
@@ -24,8 +88,13 @@ def command(
     host: str = "127.0.0.1",
     port: int = 8501,
     headless: bool = True,
+    hosts: Sequence[str] | None = None,
 ) -> list[str]:
-    """The ``streamlit run`` command line; local-only (127.0.0.1) unless told otherwise."""
+    """The ``streamlit run`` command line; local-only (127.0.0.1) unless told otherwise.
+
+    ``hosts``: allowed ``Host`` header names (default :func:`allowed_hosts` of ``host``).
+    """
+    hosts = allowed_hosts(host) if hosts is None else hosts
     args = [
         sys.executable,
         "-m",
@@ -44,6 +113,7 @@ def command(
         "false",
         "--client.toolbarMode",
         "minimal",
+        *(arg for name in hosts for arg in ("--server.allowedHosts", name)),
         "--",
         "--store",
         str(Path(store_dir).resolve()),
@@ -58,6 +128,7 @@ def start(
     port: int = 8501,
     headless: bool = True,
     env: Mapping[str, str] | None = None,
+    hosts: Sequence[str] | None = None,
     **popen_kwargs: object,
 ) -> subprocess.Popen:
     """Start the server without waiting (tests and benchmarks stop it themselves).
@@ -69,11 +140,21 @@ def start(
     paths = [str(REPO_ROOT), environment.get("PYTHONPATH", "")]
     environment["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return subprocess.Popen(  # fixed argv, no shell
-        command(store_dir, db_url, host, port, headless),
+        command(store_dir, db_url, host, port, headless, hosts),
         cwd=REPO_ROOT,
         env=environment,
+        preexec_fn=_die_with_parent(),
         **popen_kwargs,
     )
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """In the child: ask Linux to send SIGTERM when the launcher dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    return lambda: libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def wait_ready(host: str, port: int, timeout: float = 60.0) -> None:
@@ -98,11 +179,30 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8501,
     headless: bool = True,
+    allow_hosts: Sequence[str] = (),
 ) -> int:
-    """Serve until interrupted; returns Streamlit's exit code."""
-    process = start(store_dir, db_url, host, port, headless)
+    """Serve until stopped; returns Streamlit's exit code.
+
+    SIGTERM, SIGINT and SIGHUP are passed on to the server, which shuts down; a server that
+    has not exited after :data:`STOP_GRACE_S` is killed, so the port never outlives us.
+    """
+    check_address(host, port)
+    hosts = allowed_hosts(host, allow_hosts)
+    process = start(store_dir, db_url, host, port, headless, hosts=hosts)
+
+    def forward(signum: int, _frame: object) -> None:
+        process.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
     try:
         return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -19,3 +19,11 @@ class ImageError(EngineError):
 
 class PromptError(EngineError):
     """The prompt is empty or cannot carry an image."""
+
+
+class InputError(EngineError):
+    """A recording option that is out of range or not UTF-8 text: caught before any model loads."""
+
+
+class UnsafeCheckpointError(ModelLoadError):
+    """The checkpoint's weights exist only as pickle files, which can run code when loaded."""

@@ -6,15 +6,15 @@ so models are always loaded with ``attn_implementation="eager"``; the trace says
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.utils.hub import resolve_revision
 
 from engine.adapters import VlmAdapter, adapter_for
-from engine.errors import ModelLoadError, UnsupportedModelError
+from engine.checkpoint import ModelSource, check_model_source, weights_revision
+from engine.errors import InputError, ModelLoadError, UnsupportedModelError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -24,7 +24,7 @@ class LoadedModel:
     model: torch.nn.Module
     processor: object
     adapter: VlmAdapter
-    model_id: str
+    model_id: str  # hub id, or a local checkpoint's readable name
     revision: str  # hub commit, or a content hash of a local checkpoint's weights
 
     @property
@@ -32,12 +32,25 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
-def _local_revision(path: Path) -> str:
-    """A short content hash of the weight files, so two checkpoints in one folder differ."""
-    digest = hashlib.sha256()
-    for weights in sorted(path.glob("*.safetensors")):
-        digest.update(weights.read_bytes())
-    return "sha256:" + digest.hexdigest()[:16]
+def check_device(device: str) -> torch.device:
+    """``device`` parsed, if this machine has it: a missing GPU fails before any loading."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps.") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count <= (parsed.index or 0):
+            raise InputError(
+                f"--device {device}: this machine has {count} CUDA device(s) usable by torch "
+                f"{torch.__version__}; use --device cpu, or a CUDA build of torch."
+            )
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"--device {device}: MPS is not available here; use --device cpu.")
+    elif parsed.type != "cpu":
+        raise InputError(f"Device type {parsed.type!r} is not supported; use cpu, cuda or mps.")
+    return parsed
 
 
 def load_model(
@@ -48,13 +61,22 @@ def load_model(
     device: str = "cpu",
     device_map: str | None = None,
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    source: ModelSource | None = None,
 ) -> LoadedModel:
     """Load model + processor, switched to eager attention, parameters frozen.
 
     ``device_map`` (e.g. ``"auto"``) spreads a large model over GPUs and wins over ``device``.
+    Only safetensors weights are read unless ``allow_pickle``. ``source`` is the result of
+    :func:`~engine.checkpoint.check_model_source` when the caller has checked it already.
     """
     if dtype not in DTYPES:
         raise ModelLoadError(f"Unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}.")
+    source = source or check_model_source(model_id, revision=revision, allow_pickle=allow_pickle)
+    if device_map is None:
+        check_device(device)
+    if source.folder is None:  # one commit for every file of the load, and for the trace
+        revision = resolve_revision(model_id, revision)
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         processor = AutoProcessor.from_pretrained(model_id, **common)
@@ -63,6 +85,7 @@ def load_model(
             dtype=DTYPES[dtype],
             attn_implementation="eager",
             device_map=device_map,
+            use_safetensors=None if allow_pickle else True,
             **common,
         )
     except (OSError, ValueError, KeyError) as error:
@@ -79,6 +102,7 @@ def load_model(
         model.to(device)
     model.eval().requires_grad_(False)
     adapter = adapter_for(model, processor)
-    local = Path(model_id)
-    resolved = revision or (_local_revision(local) if local.is_dir() else "main")
-    return LoadedModel(model, processor, adapter, model_id, resolved)
+    if source.folder is not None:
+        return LoadedModel(model, processor, adapter, source.name, weights_revision(source.weights))
+    commit = getattr(revision, "resolved", None) or revision or "main"
+    return LoadedModel(model, processor, adapter, model_id, commit)

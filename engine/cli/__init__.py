@@ -6,12 +6,15 @@ start fast and the dashboard process never loads a model.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer._click import exceptions as click_errors  # typer vendors Click
 
 from engine.cli import demo, record
+from engine.cli.messages import fail, note
 from store.cli import app as store_app
 from store.cli import ls as store_ls
 
@@ -31,16 +34,44 @@ app.command("ls", help="List stored traces (same as `store ls`).")(store_ls)
 def serve(
     store: Annotated[Path, typer.Option("--store", help="Store directory.")] = Path("traces"),
     db: Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the index.")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8501,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default; 0.0.0.0: all).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (1-65535).")] = 8501,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also answer requests addressed to this host name (repeatable; '*.lan' "
+            "matches subdomains). Others are refused, against DNS rebinding."
+        ),
+    ] = None,
 ) -> None:
     """Start the dashboard on a store (no model is loaded)."""
+    from dashboard.serve import ServeError
     from dashboard.serve import serve as run_dashboard
 
-    raise typer.Exit(run_dashboard(store, db, host=host, port=port))
+    try:
+        code = run_dashboard(store, db, host=host, port=port, allow_hosts=allow_host or ())
+    except ServeError as error:
+        fail(error)
+    raise typer.Exit(code)
 
 
 def main() -> None:
-    app()
+    """The console script. Usage mistakes end like every other error: one line, exit code 2
+    (Click's own report is a framed block of several lines)."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(prog_name="lvlm-interpret", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as error:
+        typer.echo(error.format_message())
+        code = error.exit_code
+    except click_errors.ClickException as error:
+        context = getattr(error, "ctx", None)
+        hint = f" See '{context.command_path} --help'." if context else ""
+        note(f"error: {error.format_message()}{hint}")
+        code = error.exit_code
+    except click_errors.Abort:
+        note("aborted")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

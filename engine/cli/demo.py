@@ -8,13 +8,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from engine.cli.messages import fail
 from engine.cli.options import DbUrl, StoreDir
 from engine.cli.record import CausalLayers, store_causal
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "demo" / "checkpoint"
-DEMO_MODEL_ID = "lvlm-interpret/shapes-demo"  # how demo traces name the bundled checkpoint
+DEMO_MODEL_ID = "lvlm-interpret/shapes-demo"  # the name the bundled checkpoint's config carries
 app = typer.Typer(help="The bundled demo LVLM and its shapes world.", no_args_is_help=True)
 console = Console()
 
@@ -25,10 +27,12 @@ def train(
     seed: int = 0,
 ) -> None:
     """Reproduce the demo checkpoint from a seed (about an hour on 2 CPU cores)."""
+    from engine.checkpoint import name_checkpoint
     from engine.demo.train import Recipe
     from engine.demo.train import train as train_model
 
     train_model(Recipe(seed=seed), out, log=console.print)
+    name_checkpoint(out, DEMO_MODEL_ID)
     console.print(f"saved to {out}")
 
 
@@ -52,7 +56,7 @@ def evaluate(
 def record_demo(
     store: StoreDir = Path("traces"),
     db: DbUrl = None,
-    count: Annotated[int, typer.Option(help="Number of traces (one per question).")] = 10,
+    count: Annotated[int, typer.Option(min=1, help="Number of traces (one per question).")] = 10,
     seed: int = 7,
     checkpoint: Path = CHECKPOINT,
     causal: Annotated[
@@ -63,31 +67,37 @@ def record_demo(
     """Record demo traces of held-out scenes, with ground truth and reference answers."""
     from engine.cli.progress import recording_progress
     from engine.demo.world import QUESTION_KINDS, ask, make_scene
+    from engine.errors import EngineError
     from engine.inputs import load_image
     from engine.loading import load_model
     from engine.recorder import record
-    from store import open_store
+    from store import StoreError, open_store
 
-    loaded = load_model(str(checkpoint))
-    if checkpoint == CHECKPOINT:
-        loaded.model_id = DEMO_MODEL_ID
     rng = random.Random(seed)
-    with open_store(store, db_url=db, mode="a") as opened:
-        for index in range(count):
-            scene = make_scene(rng.getrandbits(32))
-            question = ask(scene, QUESTION_KINDS[index % len(QUESTION_KINDS)], rng)
-            with recording_progress(f"{index + 1}/{count}") as progress:
-                trace = record(
-                    loaded,
-                    load_image(scene.image, f"scene-{scene.seed}.png"),
-                    question.text,
-                    reference_answer=question.answer,
-                    tags=("demo", question.kind),
-                    extra={"ground_truth": scene.ground_truth(), "question_kind": question.kind},
-                    progress=progress,
-                )
-            trace_id = opened.add(trace)
-            if causal:
-                store_causal(opened, trace_id, causal_layers, f"{index + 1}/{count}")
-            mark = "[green]✓[/green]" if trace.info.correct else "[red]✗[/red]"
-            console.print(f"{mark} {question.text} -> {trace.info.answer!r}")
+    try:
+        with open_store(store, db_url=db, mode="a") as opened:
+            loaded = load_model(str(checkpoint))
+            for index in range(count):
+                scene = make_scene(rng.getrandbits(32))
+                question = ask(scene, QUESTION_KINDS[index % len(QUESTION_KINDS)], rng)
+                with recording_progress(f"{index + 1}/{count}") as progress:
+                    trace = record(
+                        loaded,
+                        load_image(scene.image, f"scene-{scene.seed}.png"),
+                        question.text,
+                        reference_answer=question.answer,
+                        tags=("demo", question.kind),
+                        extra={
+                            "ground_truth": scene.ground_truth(),
+                            "question_kind": question.kind,
+                        },
+                        progress=progress,
+                    )
+                trace_id = opened.add(trace)
+                if causal:
+                    store_causal(opened, trace_id, causal_layers, f"{index + 1}/{count}")
+                mark = "[green]✓[/green]" if trace.info.correct else "[red]✗[/red]"
+                answer = escape(repr(trace.info.answer))
+                console.print(f"{mark} {escape(question.text)} -> {answer}")
+    except (EngineError, StoreError) as error:
+        fail(error)

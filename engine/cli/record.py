@@ -1,25 +1,40 @@
-"""``lvlm-interpret record``: one image + one prompt -> one stored trace."""
+"""``lvlm-interpret record``: one image + one prompt -> one stored trace.
+
+Every input is checked before the model loads (text, settings, image, checkpoint folder,
+device) and the store is opened next, so a mistake costs seconds, not a whole recording.
+"""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
+from engine.cli.messages import fail, note
 from engine.cli.options import DbUrl, StoreDir
 
 if TYPE_CHECKING:
     from store import TraceStore
 
-console = Console(stderr=True)
 CausalLayers = Annotated[
     list[int] | None,
     typer.Option(
         help="Layer for --causal (repeatable; negative counts from the end). Default: last."
     ),
 ]
+
+
+class Lossy(str, Enum):
+    log8 = "log8"
+    sparse = "sparse"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
 
 
 def store_causal(store: TraceStore, trace_id: str, layers: list[int] | None, label: str) -> None:
@@ -36,10 +51,7 @@ def store_causal(store: TraceStore, trace_id: str, layers: list[int] | None, lab
                 store, trace_id, layers, on_progress=lambda d, t: progress("causal", d, t)
             )
         except IndexError as error:
-            console.print(
-                f"[red]error:[/red] --causal-layers: {error} (trace {trace_id} is stored)"
-            )
-            raise typer.Exit(2) from None
+            fail(f"--causal-layers: {error} (trace {trace_id} is stored)")
 
 
 def record(
@@ -52,24 +64,28 @@ def record(
         str | None, typer.Option(help="Expected answer; the trace records correctness.")
     ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag the trace (repeatable).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Answer length limit; values above 512 are capped at 512.")
+    ] = 32,
     sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
-    temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
-    seed: int = 0,
+    temperature: Annotated[float, typer.Option(help="Above 0 when sampling.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="0-1.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="0 to 2**63-1.")] = 0,
     relevancy: Annotated[bool, typer.Option(help="Compute relevancy maps.")] = True,
     vision_attention: Annotated[bool, typer.Option(help="Store vision-tower attention.")] = True,
-    lossy: Annotated[
-        str | None, typer.Option(help="Store attention lossily: 'log8' or 'sparse'.")
-    ] = None,
+    lossy: Annotated[Lossy | None, typer.Option(help="Store attention lossily.")] = None,
     revision: Annotated[
-        str | None, typer.Option(help="Hub revision (branch, tag, commit).")
+        str | None, typer.Option(help="Hub revision (branch, tag, commit); hub ids only.")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    dtype: Annotated[Dtype, typer.Option(help="Weights' precision.")] = Dtype.float32,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
     device_map: Annotated[str | None, typer.Option(help="e.g. 'auto' for multi-GPU.")] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="Run the model repo's own Python code (off: safer).")
+    ] = False,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(help="Load pickle weights (*.bin) when no safetensors exist: runs code."),
     ] = False,
     causal: Annotated[
         bool, typer.Option(help="Store CLEANN explanations: every answer token, all heads.")
@@ -77,49 +93,77 @@ def record(
     causal_layers: CausalLayers = None,
 ) -> None:
     """Generate an answer and record its full interpretability trace into the store."""
+    from engine.checkpoint import check_model_source
     from engine.cli.progress import recording_progress
     from engine.errors import EngineError
-    from engine.inputs import load_image
-    from engine.loading import load_model
-    from engine.recorder import RecordOptions
-    from engine.recorder import record as record_trace
+    from engine.inputs import (
+        MAX_NEW_TOKENS,
+        check_generation,
+        check_prompt,
+        check_reference,
+        check_tags,
+        check_text,
+        load_image,
+    )
     from store import StoreError, open_store
     from store.schema import GenerationSettings
 
-    settings = GenerationSettings(
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-    )
+    if max_new_tokens > MAX_NEW_TOKENS:
+        note(f"note: --max-new-tokens {max_new_tokens} capped at {MAX_NEW_TOKENS}")
+        max_new_tokens = MAX_NEW_TOKENS
     try:
+        settings = check_generation(
+            GenerationSettings(
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+            )
+        )
+        question = check_prompt(prompt)
+        reference = check_reference(reference)
+        tags = check_tags(tag or ())
+        check_text(str(store), "The --store path")
+        if db is not None:
+            check_text(db, "The --db URL")
         picture = load_image(image)
-        with console.status(f"Loading {model} ..."):
+        source = check_model_source(model, revision=revision, allow_pickle=allow_pickle)
+        with open_store(store, db_url=db, mode="a") as opened:
+            from engine.loading import check_device, load_model  # torch: after the cheap checks
+            from engine.recorder import RecordOptions
+            from engine.recorder import record as record_trace
+
+            if device_map is None:
+                check_device(device)
+            note(f"loading {model} ...")
             loaded = load_model(
                 model,
                 revision=revision,
-                dtype=dtype,
+                dtype=dtype.value,
                 device=device,
                 device_map=device_map,
                 trust_remote_code=trust_remote_code,
+                allow_pickle=allow_pickle,
+                source=source,
             )
-        with recording_progress(image.name) as progress:
-            trace = record_trace(
-                loaded,
-                picture,
-                prompt,
-                RecordOptions(settings, relevancy=relevancy, vision_attention=vision_attention),
-                reference_answer=reference,
-                tags=tag or (),
-                progress=progress,
+            options = RecordOptions(
+                settings, relevancy=relevancy, vision_attention=vision_attention
             )
-        with open_store(store, db_url=db, mode="a") as opened:
-            trace_id = opened.add(trace, lossy=lossy or False)
+            with recording_progress(picture.name) as progress:
+                trace = record_trace(
+                    loaded,
+                    picture,
+                    question,
+                    options,
+                    reference_answer=reference,
+                    tags=tags,
+                    progress=progress,
+                )
+            trace_id = opened.add(trace, lossy=lossy.value if lossy else False)
             if causal:
-                store_causal(opened, trace_id, causal_layers, image.name)
+                store_causal(opened, trace_id, causal_layers, picture.name)
     except (EngineError, StoreError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
-    console.print(f"answer: {trace.info.answer!r}")
+        fail(error)
+    note(f"answer: {trace.info.answer!r}")
     typer.echo(trace_id)

@@ -49,7 +49,7 @@ def test_bad_prompts(prompt, message):
 
 
 def test_unknown_model_path():
-    with pytest.raises(ModelLoadError, match="Could not load"):
+    with pytest.raises(ModelLoadError, match="No folder /no/such/checkpoint"):
         load_model("/no/such/checkpoint")
 
 
