@@ -95,6 +95,20 @@ def test_every_byte_flip_in_attention_blocks_is_caught(store, make_trace):
         assert np.array_equal(tr.read().lm_attention, make_trace(seed=3).lm_attention)
 
 
+def test_files_written_before_checksums_stay_readable(store, make_trace):
+    """Older files have no block checksums or CRCs: they read exactly as before."""
+    trace = make_trace(seed=8)
+    tid = store.add(trace)
+    path = store.layout.trace_path(tid)
+    with h5py.File(path, "r+") as f:
+        del f["lm_attention_block_xxh64"], f.attrs["info_crc32"]
+        del f["tokens/text"].attrs["crc32"]
+    with store.open(tid) as tr:
+        assert np.array_equal(tr.read().lm_attention, trace.lm_attention)
+        assert np.array_equal(tr.attention_rows([3, 9]), trace.lm_attention[:, :, [3, 9]])
+        assert tr.tokens.text == trace.tokens.text
+
+
 def test_flips_in_small_datasets_and_metadata_are_caught(store, make_trace):
     tid = store.add(make_trace(seed=4))
     path = store.layout.trace_path(tid)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from store import (
+    FORMAT_VERSION,
     LOG8_RELATIVE_ERROR,
     LOG8_ZERO_BELOW,
     SPARSE_THRESHOLD,
@@ -129,7 +130,7 @@ def test_plain_h5py_can_read_the_file(store, make_trace):
     trace = make_trace(seed=6)
     tid = store.add(trace)
     with h5py.File(store.layout.trace_path(tid), "r") as f:
-        assert f.attrs["format_version"] == 1 and f.attrs["trace_id"] == tid
+        assert f.attrs["format_version"] == FORMAT_VERSION and f.attrs["trace_id"] == tid
         assert f["lm_attention"].chunks == (1, 4, 16, 46)
         assert np.array_equal(f["lm_attention"][2, 1], trace.lm_attention[2, 1])
         assert f["tokens/text"].asstr()[()].tolist() == trace.tokens.text
