@@ -298,6 +298,8 @@ class TraceStore:
         self.layout = Layout(Path(directory).absolute())
         root = self.layout.root
         _check_root(root)
+        if db_url is not None:  # a malformed --db is refused before anything is created
+            make_engine(db_url, mode == "a").dispose()
         if mode == "a":
             self._prepare_dirs()
         elif not root.is_dir():

@@ -213,11 +213,12 @@ def test_a_store_and_its_index_are_bound(tmp_path, make_trace):
         st.add(make_trace(seed=1))
     with open_store(a) as st:
         st.add(make_trace(seed=2))
-    for url in (f"sqlite:///{b / 'index.sqlite'}", "sqlite://", "sqlite:///:memory:"):
+    for url in ("sqlite://", "sqlite:///:memory:", f"sqlite:///{b / 'index.sqlite'}"):
         with pytest.raises(StoreOpenError):
             open_store(a, db_url=url)
         with pytest.raises(StoreOpenError):
             open_store(tmp_path / "new", db_url=url)
+        assert not (tmp_path / "new" / "store-id").exists()
     # the index of a store whose id file is lost is refused by a new directory too,
     # and a store whose index was lost is not silently given an empty one
     (a / "index.sqlite").rename(tmp_path / "a-index.sqlite")
