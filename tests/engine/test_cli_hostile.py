@@ -222,12 +222,15 @@ DB_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", [*DB_CASES, "garbage file"])
+@pytest.mark.parametrize("case", [*DB_CASES, "garbage file", "another store's index"])
 def test_malformed_db(workdir, demo_checkpoint, tmp_path, case):
     if case == "garbage file":
         garbage = tmp_path / "garbage.sqlite"
         garbage.write_bytes(os.urandom(4096))
         url, fragment = f"sqlite:///{garbage}", "index"
+    elif case == "another store's index":
+        open_store(tmp_path / "other").close()
+        url, fragment = f"sqlite:///{tmp_path / 'other' / 'index.sqlite'}", "another store"
     else:
         url, fragment = DB_CASES[case]
     result = run_cli(record_args(workdir, demo_checkpoint, "--db", url), workdir)
