@@ -19,7 +19,14 @@ import torch
 
 from engine.capture import capture_attention, require_all
 from engine.errors import PromptError
-from engine.inputs import ImageInput, chat_text, check_prompt
+from engine.inputs import (
+    ImageInput,
+    chat_text,
+    check_generation,
+    check_prompt,
+    check_reference,
+    check_tags,
+)
 from engine.loading import LoadedModel
 from engine.relevancy import RelevancyInputs, compute_relevancy
 from engine.summaries import attention_shares
@@ -159,8 +166,10 @@ def record(
 ) -> Trace:
     """Generate an answer to ``prompt`` about ``image`` and record its full trace."""
     options = options or RecordOptions()
-    settings = options.generation
+    settings = check_generation(options.generation)
     prompt = check_prompt(prompt)
+    reference_answer = check_reference(reference_answer)
+    tags = check_tags(tags)
     adapter, processor, tokenizer = loaded.adapter, loaded.processor, loaded.processor.tokenizer
     report = progress or (lambda stage, done, total: None)
 

@@ -3,8 +3,14 @@
 import pytest
 from PIL import Image
 
-from engine.errors import ImageError, ModelLoadError, PromptError, UnsupportedModelError
-from engine.inputs import check_prompt, load_image
+from engine.errors import (
+    ImageError,
+    InputError,
+    ModelLoadError,
+    PromptError,
+    UnsupportedModelError,
+)
+from engine.inputs import check_prompt, check_tags, check_text, load_image
 from engine.loading import load_model
 
 
@@ -77,3 +83,35 @@ def test_text_only_model_is_not_a_vlm(tmp_path):
 def test_unknown_dtype():
     with pytest.raises(ModelLoadError, match="dtype"):
         load_model("anything", dtype="float8")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": float("inf")},
+        {"do_sample": True, "temperature": 0.0},
+        {"temperature": -1.0},
+        {"top_p": float("nan")},
+        {"seed": 2**70},
+        {"seed": -1},
+        {"max_new_tokens": 0},
+        {"max_new_tokens": 100_000},
+    ],
+)
+def test_record_refuses_settings_before_generating(demo_model, settings):
+    from engine.recorder import RecordOptions, record
+    from store.schema import GenerationSettings
+
+    image = load_image(Image.new("RGB", (64, 64), "red"))
+    with pytest.raises(InputError):
+        record(demo_model, image, "Colour?", RecordOptions(GenerationSettings(**settings)))
+
+
+def test_text_must_be_utf8_and_tags_follow_the_store_rules():
+    with pytest.raises(InputError, match="not UTF-8"):
+        check_text("caf\udce9", "The tag")
+    with pytest.raises(PromptError, match="empty"):
+        check_prompt("  ")
+    with pytest.raises(InputError, match="control characters"):
+        check_tags(["a\nb"])
+    assert check_tags(["cafe\u0301"]) == ["caf\u00e9"]  # one tag however it was typed
