@@ -77,20 +77,22 @@ def load_model(
         check_device(device)
     if source.folder is None:  # one commit for every file of the load, and for the trace
         revision = resolve_revision(model_id, revision)
+    target = model_id if source.folder is None else str(source.folder)  # "~" expanded
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
-        processor = AutoProcessor.from_pretrained(model_id, **common)
+        processor = AutoProcessor.from_pretrained(target, **common)
         model = AutoModelForImageTextToText.from_pretrained(
-            model_id,
+            target,
             dtype=DTYPES[dtype],
             attn_implementation="eager",
             device_map=device_map,
             use_safetensors=None if allow_pickle else True,
             **common,
         )
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:  # a damaged folder makes transformers raise almost any type
         raise ModelLoadError(
-            f"Could not load {model_id!r} as a vision-language model: {error}\n"
+            f"Could not load {model_id!r} as a vision-language model: "
+            f"{type(error).__name__}: {error}\n"
             "Give a local checkpoint folder or a Hugging Face hub id of an image-text-to-text "
             "model (e.g. llava-hf/llava-1.5-7b-hf); hub ids need network access or a local cache."
         ) from error

@@ -115,3 +115,17 @@ def test_text_must_be_utf8_and_tags_follow_the_store_rules():
     with pytest.raises(InputError, match="control characters"):
         check_tags(["a\nb"])
     assert check_tags(["cafe\u0301"]) == ["caf\u00e9"]  # one tag however it was typed
+
+
+def test_damaged_config_values_are_a_load_error(tmp_path, demo_checkpoint):
+    """A config.json that parses but holds nonsense fails inside transformers, with its own
+    exception types; the loader turns each into one ModelLoadError."""
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(demo_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "text_config": 5}))
+    with pytest.raises(ModelLoadError, match="text_config"):
+        load_model(str(folder))
