@@ -123,7 +123,8 @@ def template_positions(trace: StoredTrace) -> set[int]:
 def hide_template_toggle() -> bool:
     """Whether charts leave out the chat template's tokens (URL ``hide=0`` shows them)."""
     return st.toggle(
-        text.markdown_literal("Hide template tokens (<s>, USER, ASSISTANT, :)"),
+        "Hide template tokens",
+        help=text.markdown_literal("The chat template's tokens: <s>, USER, ASSISTANT, ':' ..."),
         **state.widget(
             "text:hide", state.get("hide") != "0", lambda v: state.put("hide", None if v else "0")
         ),

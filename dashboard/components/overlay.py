@@ -76,9 +76,9 @@ def overlay(
 
     Small images are first enlarged (keeping their aspect ratio) to ``min_side`` pixels on the
     longer side, so maps of small crops are still readable. With ``style.fade`` each cell's
-    opacity is scaled by its value, so low values leave the photo as it is instead of
-    darkening it with the colour map's darkest colour. ``marked`` outlines one patch
-    (row-major index), e.g. the query patch of a vision-tower map.
+    opacity grows with (the square root of) its value, so low values leave the photo as it
+    is instead of darkening it with the colour map's darkest colour. ``marked`` outlines one
+    patch (row-major index), e.g. the query patch of a vision-tower map.
     """
     base = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
     factor = min_side / max(base.size)
@@ -91,9 +91,14 @@ def overlay(
     opacity = float(np.clip(style.opacity, 0.0, 1.0))
     alpha = np.full(np.shape(grid), opacity)
     if style.fade:
-        span = scale.vmax - scale.vmin
-        level = (np.asarray(grid, dtype=np.float64) - scale.vmin) / (span if span > 0 else 1.0)
-        alpha = opacity * np.clip(np.nan_to_num(level, nan=0.0), 0.0, 1.0)
+        values = np.asarray(grid, dtype=np.float64)
+        if scale.vmin < 0 < scale.vmax:  # diverging (a difference): fade towards 0, not vmin
+            level = np.abs(values) / max(-scale.vmin, scale.vmax)
+        else:
+            span = scale.vmax - scale.vmin
+            level = (values - scale.vmin) / (span if span > 0 else 1.0)
+        # square root: maps are peaked, so weak but real values must stay visible
+        alpha = opacity * np.sqrt(np.clip(np.nan_to_num(level, nan=0.0), 0.0, 1.0))
     mask = Image.fromarray(np.round(alpha * 255).astype(np.uint8), mode="L")
     picture = Image.composite(heat, base, mask.resize(base.size, resample=resample))
     if marked is not None:

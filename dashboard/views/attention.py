@@ -80,7 +80,7 @@ def _patch_picker(trace: StoredTrace) -> list[int]:
     chosen = [p for p in state.ints(state.PATCHES) if 0 <= p < len(labels)]
     key = f"attn:grid:{trace.trace_id}"
     height, width = geometry.processed.shape[:2]
-    scale = 336 / max(width, height)
+    scale = 280 / max(width, height)
     st.altair_chart(
         charts.patch_grid(
             render.photo_url(trace.trace_id, geometry.processed),
@@ -93,6 +93,7 @@ def _patch_picker(trace: StoredTrace) -> list[int]:
         key=key,
         on_select=lambda: _patches_from_chart(key),
         selection_mode="patch",
+        width="content",  # the photo has a fixed size in pixels: the grid must keep it too
     )
     st.multiselect(
         "Image patches",

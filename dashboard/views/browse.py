@@ -21,6 +21,14 @@ from dashboard.config import StoreConfig
 from store import StoreError, TraceInfo
 
 _ANY = "any"
+SORT_LABELS = {
+    "created_at": "recorded",
+    "model_id": "model",
+    "model_revision": "checkpoint",
+    "prompt": "prompt",
+    "answer": "answer",
+    "correct": "correct",
+}
 
 
 def _write(field_param: str, value: object) -> None:
@@ -75,11 +83,16 @@ def _filter_widgets(config: StoreConfig, filters: BrowseFilters) -> None:
     row[3].text_input("Metric name", **bound("metric", filters.metric or ""))
     row[4].number_input("Metric min", value=None, **bound("mmin", filters.metric_min))
     row[5].number_input("Metric max", value=None, **bound("mmax", filters.metric_max))
-    sort_row = st.columns([2, 1, 5])
+    sort_row = st.columns([2, 1.5, 4.5])
     sorts = list(
         dict.fromkeys([*SORT_COLUMNS, *([f"metric:{filters.metric}"] if filters.metric else [])])
     )
-    sort_row[0].selectbox("Sort by", sorts, **bound("sort", filters.sort))
+    sort_row[0].selectbox(
+        "Sort by",
+        sorts,
+        format_func=lambda c: SORT_LABELS.get(c, c.replace("metric:", "metric ")),
+        **bound("sort", filters.sort),
+    )
     sort_row[1].toggle(
         "Descending",
         **state.widget(
@@ -93,7 +106,7 @@ def _table(config: StoreConfig, items: list[TraceInfo], selected: set[str]) -> p
     correctness fit on screen); ids short, times to the second."""
     return pd.DataFrame(
         {
-            "selected": [i.trace_id in selected for i in items],
+            "open": ["✓" if i.trace_id in selected else "" for i in items],
             "image": [data.thumbnail_url(config, i.trace_id) for i in items],
             "prompt": [i.prompt for i in items],
             "answer": [i.answer for i in items],
@@ -195,8 +208,8 @@ def render() -> None:
         hide_index=True,
         row_height=56,
         column_config={
-            "selected": st.column_config.CheckboxColumn(
-                "selected", width="small", help="Open on the other pages"
+            "open": st.column_config.TextColumn(
+                "open", width="small", help="✓: the trace the other pages show"
             ),
             "image": st.column_config.ImageColumn("image", width="small"),
             "correct": st.column_config.CheckboxColumn("correct"),

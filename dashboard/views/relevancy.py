@@ -41,12 +41,11 @@ def text_relevancy(trace: StoredTrace, selected: list[int], hide_template: bool)
     total = values.sum() + image_total
     labels = ["⟨image⟩", *(w.text for w in prompt_words)]
     shares = np.concatenate([[image_total], values]) / (total if total > 0 else 1.0)
-    title = "Relevancy of the prompt's words and the image"
     st.altair_chart(
         charts.token_bars(
             labels,
             shares,
-            title + (" (template tokens hidden)" if hide_template else ""),
+            "Relevancy of the prompt's words and the image",
             "share of relevancy (%)",
             top=15,
             percent=True,

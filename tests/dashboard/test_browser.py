@@ -87,7 +87,7 @@ def test_each_page_shows_its_maps_and_charts(site, page, demo_store):
         compute.click()
     page.locator(CAUSAL_GRAPH).wait_for()
     page.locator(".st-key-causal-patches img").nth(3).wait_for()  # radii 1-3 and minimal
-    page.locator(".st-key-causal-patch_effect img").wait_for()  # another tool's result
+    page.locator(".st-key-causal-map-0 img").wait_for()  # another tool's result
     _shot(page, "causal")
 
     page.goto(f"{site}/compare?trace={demo_store.main}&compare={demo_store.second}")
@@ -116,3 +116,86 @@ def test_model_text_renders_as_text_and_runs_no_script(site, page, demo_store):
     assert XSS_SCRIPT in page.locator(".lvlm-tokens").inner_text()
     assert page.locator(".lvlm-tokens script, .lvlm-tokens img").count() == 0
     assert page.evaluate("window.__xss") is None and dialogs == []
+
+
+def _boxes_overlap(a: dict, b: dict) -> bool:
+    return not (
+        a["x"] + a["width"] <= b["x"]
+        or b["x"] + b["width"] <= a["x"]
+        or a["y"] + a["height"] <= b["y"]
+        or b["y"] + b["height"] <= a["y"]
+    )
+
+
+# True when the element's centre is not covered by anything else (SVG text or HTML).
+_ON_TOP = """element => {
+    const box = element.getBoundingClientRect();
+    const hit = document.elementFromPoint(box.x + box.width / 2, box.y + box.height / 2);
+    return hit !== null && (element.contains(hit) || hit.contains(element));
+}"""
+
+
+_ICON_SET = """() => [...document.querySelectorAll("link[rel*='icon']")]
+    .some(link => !link.href.endsWith("favicon.png"))"""
+
+
+def _table_row(page, row: int) -> None:
+    """Tick (or untick) a row of the Browse table by its row marker (the grid is a canvas)."""
+    grid = page.get_by_test_id("stDataFrame").bounding_box()
+    page.mouse.click(grid["x"] + 16, grid["y"] + 36 + 56 * row + 28)
+
+
+def test_new_user_defects_in_a_real_browser(site, page, demo_store):
+    """Issue 10 §3 items 4, 9, 11 and 16, and §4's Markdown image: nothing leaves the server."""
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+
+    # 11: a bar click adds its token to the pills' selection
+    page.goto(f"{site}/generation?trace={demo_store.main}&tokens=0")
+    page.locator(f"{CHART} .mark-rect path").nth(2).click()
+    page.wait_for_url(re.compile(r"tokens=0%2C2|tokens=0,2"))
+
+    # 9: unticking the only ticked row clears the selection
+    page.goto(site)
+    page.get_by_test_id("stDataFrame").wait_for()
+    page.wait_for_timeout(1000)
+    _table_row(page, 0)
+    page.get_by_text("Clear selection").wait_for()
+    _table_row(page, 0)
+    page.get_by_text("Select a row to open a trace").wait_for()
+    assert "trace=" not in page.url
+
+    # 4: the head ranking's heading is not hidden under the graph
+    page.goto(f"{site}/causal?trace={demo_store.main}&tokens=0")
+    compute = page.get_by_role("button", name="Compute")
+    page.locator(f"{CAUSAL_GRAPH}, .stButton button").first.wait_for()
+    if compute.is_visible():
+        compute.click()
+    page.set_viewport_size({"width": 1280, "height": 720})
+    heading = page.get_by_text("heads ranked by causal importance")
+    heading.wait_for()
+    heading.scroll_into_view_if_needed()
+    graph = page.locator(CAUSAL_GRAPH).bounding_box()
+    assert not _boxes_overlap(heading.bounding_box(), graph)
+    assert heading.evaluate(_ON_TOP), "something is drawn over the heading"
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+    # 5, 6: the difference legend and the two-images warning
+    page.goto(f"{site}/compare?trace={demo_store.main}&compare={demo_store.second}")
+    page.locator(".st-key-cmp-diff img").wait_for()
+    page.get_by_text("two different images").wait_for()
+    _shot(page, "compare-different-images")
+
+    # §4: hostile Markdown in tokens and result keys fetches nothing
+    for path in ("relevancy", "causal", "generation", "compare"):
+        page.goto(f"{site}/{path}?trace={demo_store.xss}&compare={demo_store.main}&tokens=3")
+        page.locator("[data-testid='stImage'], [data-testid='stVegaLiteChart']").first.wait_for()
+        page.wait_for_timeout(500)
+    _shot(page, "xss-markdown")
+
+    # 16: the favicon and everything else come from this server, never the internet
+    page.wait_for_function(_ICON_SET)  # the page's own icon replaced Streamlit's default
+    icons = page.locator("link[rel*='icon']").evaluate_all("links => links.map(l => l.href)")
+    assert icons and all(icon.startswith(site) for icon in icons), icons
+    hosts = {url.split("/")[2] for url in requests if url.startswith(("http:", "https:", "ws"))}
+    assert hosts == {site.split("/")[2]}, hosts

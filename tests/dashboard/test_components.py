@@ -180,6 +180,10 @@ def test_fade_keeps_the_photo_where_the_map_is_low():
     assert tuple(picture[5, 2]) == (200, 200, 200)  # value 0: the photo, not inferno's black
     assert tuple(picture[5, 17]) == tuple(colormap.lut("inferno")[255])
     assert OverlayStyle().fade  # on by default
+    difference = overlay.overlay(
+        image, np.array([[0.0, -1.0]]), style, Scale(-1, 1, "d"), min_side=20
+    )
+    assert tuple(np.asarray(difference)[5, 2]) == (200, 200, 200)  # 0: no change, no colour
 
 
 def test_scales_of_weights_start_at_zero():

@@ -83,10 +83,10 @@ def test_9_clear_selection_and_selected_rows_are_marked(app, demo_store):
     at = app(trace=demo_store.main)
     _ok(at)
     table = at.dataframe[0].value
-    assert list(table[table["selected"]]["id"]) == [demo_store.main[:8]]
+    assert list(table[table["open"] == "✓"]["id"]) == [demo_store.main[:8]]
     assert any(demo_store.main[:8] in t.value and "what colour" in t.value for t in at.text)
     next(b for b in at.button if b.label == "Clear selection").click().run()
-    assert "trace" not in at.query_params and not at.dataframe[0].value["selected"].any()
+    assert "trace" not in at.query_params and not at.dataframe[0].value["open"].any()
 
 
 def test_10_shared_settings_survive_a_page_the_link_did_not_use(app, demo_store):
