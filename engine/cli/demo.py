@@ -43,9 +43,13 @@ def evaluate(
 ) -> None:
     """Exact-match accuracy of greedy answers on held-out questions, per question kind."""
     from engine.demo.evaluate import generation_accuracy
+    from engine.errors import EngineError
     from engine.loading import load_model
 
-    loaded = load_model(str(checkpoint))
+    try:
+        loaded = load_model(str(checkpoint))
+    except EngineError as error:
+        fail(error)
     table = Table("question kind", "correct", "total", "accuracy")
     for row in generation_accuracy(loaded.model, loaded.processor, per_kind).values():
         table.add_row(row.kind, str(row.correct), str(row.total), f"{row.accuracy:.1%}")
@@ -69,13 +73,14 @@ def record_demo(
     from engine.demo.world import QUESTION_KINDS, ask, make_scene
     from engine.errors import EngineError
     from engine.inputs import load_image
-    from engine.loading import load_model
-    from engine.recorder import record
     from store import StoreError, open_store
 
     rng = random.Random(seed)
     try:
         with open_store(store, db_url=db, mode="a") as opened:
+            from engine.loading import load_model  # torch: after the store is known to open
+            from engine.recorder import record
+
             loaded = load_model(str(checkpoint))
             for index in range(count):
                 scene = make_scene(rng.getrandbits(32))

@@ -249,3 +249,15 @@ def test_read_only_index(workdir, demo_checkpoint):
         subprocess.run(["chattr", "-i", str(index)], check=True)
     assert_one_line_error(result, "read-only")
     assert_store_intact(workdir)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["demo", "record", "--store", "scene.png", "--count", "1"], "not a directory"),
+        (["demo", "record", "--count", "0"], "--count"),
+        (["demo", "evaluate", "--checkpoint", "scene.png"], "is a file"),
+    ],
+)
+def test_demo_commands_fail_in_one_line(workdir, args, fragment):
+    assert_one_line_error(run_cli(args, workdir), fragment)
