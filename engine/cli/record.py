@@ -14,6 +14,7 @@ import typer
 
 from engine.cli.messages import fail, note
 from engine.cli.options import DbUrl, StoreDir
+from engine.inputs import MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
     from store import TraceStore
@@ -65,7 +66,7 @@ def record(
     ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag the trace (repeatable).")] = None,
     max_new_tokens: Annotated[
-        int, typer.Option(help="Answer length limit; values above 512 are capped at 512.")
+        int, typer.Option(help=f"Answer length limit; above {MAX_NEW_TOKENS} it is capped.")
     ] = 32,
     sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float, typer.Option(help="Above 0 when sampling.")] = 1.0,
@@ -97,7 +98,6 @@ def record(
     from engine.cli.progress import recording_progress
     from engine.errors import EngineError
     from engine.inputs import (
-        MAX_NEW_TOKENS,
         check_generation,
         check_prompt,
         check_reference,
