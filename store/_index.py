@@ -188,6 +188,7 @@ class TraceQuery:
 
     model: str | None = None
     model_revision: str | None = None
+    revision_contains: str | None = None  # case-insensitive substring of model_revision
     text: str | None = None
     prompt_contains: str | None = None
     answer_contains: str | None = None
@@ -602,6 +603,8 @@ class Index:
             conds.append(t.model_id == q.model)
         if q.model_revision is not None:
             conds.append(t.model_revision == q.model_revision)
+        if q.revision_contains:
+            conds.append(t.model_revision.icontains(q.revision_contains, autoescape=True))
         if q.correct is not None:
             conds.append(t.correct == q.correct)
         if q.created_after is not None:
