@@ -126,7 +126,7 @@ class BrowseFilters:
         """The store query for this page only: the table never loads more than one page."""
         return TraceQuery(
             model=self.model,
-            model_revision=self.revision,
+            revision_contains=self.revision,
             text=self.text,
             answer_contains=self.answer,
             answer_token=self.answer_token,

@@ -62,9 +62,7 @@ def _filter_widgets(config: StoreConfig, filters: BrowseFilters) -> None:
     top[0].selectbox(
         "Model", models, format_func=model_label, **bound("model", filters.model or _ANY)
     )
-    top[1].text_input(
-        "Checkpoint / revision", help="Exact revision", **bound("rev", filters.revision or "")
-    )
+    top[1].text_input("Checkpoint / revision contains", **bound("rev", filters.revision or ""))
     top[2].text_input("Prompt or answer contains", **bound("q", filters.text or ""))
     correct = {True: "yes", False: "no", None: _ANY}[filters.correct]
     top[3].selectbox("Correct", [_ANY, "yes", "no"], **bound("correct", correct))

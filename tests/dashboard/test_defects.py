@@ -175,6 +175,12 @@ def test_15_browse_filters_by_answer_text_and_answer_token(app, demo_store):
     assert demo_store.main[:8] in set(at.dataframe[0].value["id"])
 
 
+def test_16_revision_filter_matches_part_of_the_revision(app, demo_store):
+    at = app(rev="THETIC-")  # the synthetic traces' revision is "synthetic-0"
+    _ok(at)
+    assert len(at.dataframe[0].value) == 5  # all but the one with a hostile revision
+
+
 def test_16_upper_case_ids_work_and_bad_ids_get_a_user_message(app, demo_store):
     at = app("generation", trace=demo_store.main.upper())
     _ok(at)
