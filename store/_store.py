@@ -15,8 +15,7 @@ import mmap
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -26,7 +25,9 @@ import numpy as np
 import sqlalchemy as sa
 
 from . import _codec, _h5
+from ._binding import bind, check_root, read_store_id, shown_url
 from ._codec import Precision
+from ._failures import READONLY_ERRNOS, guard, translate
 from ._index import Index, Page, TraceQuery, make_engine
 from ._index import metadata as _index_metadata
 from ._paths import (
@@ -39,12 +40,10 @@ from ._paths import (
     store_lock,
 )
 from ._stored import StoredTrace
-from .errors import CorruptTrace, StoreError, StoreFull, StoreOpenError, StoreReadOnly
+from .errors import CorruptTrace, StoreError, StoreOpenError, StoreReadOnly
 from .schema import Trace, TraceInfo, new_trace_id
 
 Mode = Literal["r", "a"]
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_READONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 @dataclass
@@ -145,90 +144,6 @@ def _write_durably(path: Path, trace: Trace, precision: Precision) -> tuple[str,
     return digest, size
 
 
-def _is_full(exc: BaseException) -> bool:
-    """Out-of-space errors arrive as OSError errnos, or as text from HDF5 / SQLite."""
-    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
-        return True
-    text = str(exc).lower()
-    return any(s in text for s in ("no space left", "file too large", "disk is full", "quota"))
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of what went wrong, without SQLAlchemy's SQL echo and links."""
-    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
-        exc = exc.orig
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _translate(exc: BaseException, what: str) -> BaseException:
-    """A store error for an OS or database failure (other exceptions pass unchanged)."""
-    if isinstance(exc, StoreError) or not isinstance(exc, (OSError, sa.exc.SQLAlchemyError)):
-        return exc
-    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
-    if _is_full(cause):
-        return StoreFull(
-            f"{what}: out of disk space ({_reason(exc)}); nothing was changed. Free space and retry"
-        )
-    readonly = "readonly database" in str(cause).lower()
-    if readonly or (isinstance(cause, OSError) and cause.errno in _READONLY_ERRNOS):
-        return StoreReadOnly(
-            f"{what}: {_reason(exc)}. The store can only be read here (mode 'r'); "
-            "fix its permissions to change it"
-        )
-    return StoreError(f"{what}: {_reason(exc)}")
-
-
-@contextmanager
-def _guard(what: str) -> Iterator[None]:
-    """Turn database and OS failures inside the block into one store error."""
-    try:
-        yield
-    except (OSError, sa.exc.SQLAlchemyError) as exc:
-        raise _translate(exc, what) from exc
-
-
-def _shown(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except (sa.exc.ArgumentError, ValueError, TypeError):
-        return repr(url)
-
-
-def _check_root(root: Path) -> None:
-    """The store directory, or the nearest part of its path that exists, is a directory."""
-    for path in (root, *root.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise StoreOpenError(
-                    f"cannot use {root} as a store: {path} is a file, not a directory"
-                )
-            return
-
-
-def _read_store_id(layout: Layout) -> str | None:
-    path = layout.no_links(layout.store_id_path)
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StoreOpenError(f"cannot read the store id in {path}: {exc}") from None
-    try:
-        return check_trace_id(text)
-    except StoreError:
-        raise StoreOpenError(
-            f"{path} is damaged (expected 32 hex digits); restore it from a backup"
-        ) from None
-
-
-def _write_store_id(layout: Layout, store_id: str) -> None:
-    tmp = layout.tmp_dir / f".store-id-{os.getpid()}"
-    tmp.write_text(store_id + "\n", encoding="ascii")
-    os.replace(tmp, layout.store_id_path)
-    fsync_dir(layout.root)
-
-
 def _check_trace(trace: Trace) -> None:
     """Reject traces whose arrays disagree with each other, before anything is written."""
     att = (
@@ -297,7 +212,7 @@ class TraceStore:
         self.mode: Mode = mode
         self.layout = Layout(Path(directory).absolute())
         root = self.layout.root
-        _check_root(root)
+        check_root(root)
         if db_url is not None:  # a malformed --db is refused before anything is created
             make_engine(db_url, mode == "a").dispose()
         if mode == "a":
@@ -308,7 +223,7 @@ class TraceStore:
         try:
             self._index = self._open_index(db_url is None, _rebuilding)
         except (OSError, sa.exc.SQLAlchemyError) as exc:
-            error = _translate(exc, f"cannot open the index {_shown(self.db_url)}")
+            error = translate(exc, f"cannot open the index {shown_url(self.db_url)}")
             if type(error) is StoreError:
                 error = StoreOpenError(
                     f"{error}. Check --db: the database must exist and be reachable"
@@ -327,7 +242,7 @@ class TraceStore:
                 # directory nothing can change the index, so SQLite may treat it as immutable.
                 self.db_url = f"sqlite:///file:{self.layout.db_path}?mode=ro&immutable=1&uri=true"
                 index = Index(make_engine(self.db_url, writable), writable)
-            self._bind(index, rebuilding)
+            bind(index, self.layout, self.db_url, writable, rebuilding)
             return index
         engine = make_engine(self.db_url, writable)
         database = engine.url.database if engine.dialect.name == "sqlite" else None
@@ -340,41 +255,11 @@ class TraceStore:
         try:
             with setup_lock(self.layout):  # two processes creating one index: one at a time
                 index = Index(engine, writable)
-                self._bind(index, rebuilding)
+                bind(index, self.layout, self.db_url, writable, rebuilding)
         except BaseException:
             engine.dispose()
             raise
         return index
-
-    def _bind(self, index: Index, rebuilding: bool) -> None:
-        """Tie the directory and its index together through a store id kept in both, so a
-        trace is never written into one store while indexed in another (whose gc would
-        then delete it)."""
-        lay, shown = self.layout, _shown(self.db_url)
-        dir_id, index_id = _read_store_id(lay), index.store_id()
-        if dir_id is not None and index_id is not None:
-            if dir_id != index_id:
-                raise StoreOpenError(
-                    f"the index {shown} belongs to another store (id {index_id}), not to "
-                    f"{lay.root} (id {dir_id}); give this store's own --db, or none"
-                )
-            return
-        if self.mode == "r":
-            return
-        if index_id is not None:
-            raise StoreOpenError(
-                f"the index {shown} belongs to another store (id {index_id}); {lay.root} "
-                "is not that store. Give this store's own --db, or none"
-            )
-        if dir_id is None:  # a new store, or one made before stores had ids
-            dir_id = new_trace_id()
-            _write_store_id(lay, dir_id)
-        elif not rebuilding and index.count() == 0 and any(t for t, _ in lay.trace_files()):
-            raise StoreOpenError(
-                f"the index {shown} is empty but {lay.root} holds traces; rebuild it with "
-                f"`lvlm-interpret store reindex --store {lay.root}` (plus the same --db)"
-            )
-        index.bind(dir_id)
 
     def _prepare_dirs(self) -> None:
         """Create the layout; a probe write tells a read-only directory apart (root too)."""
@@ -389,7 +274,7 @@ class TraceStore:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            if exc.errno in _READONLY_ERRNOS:
+            if exc.errno in READONLY_ERRNOS:
                 raise StoreReadOnly(
                     f"store directory {lay.root} is not writable by this process ({exc.strerror});"
                     " it can only be read (mode 'r'), or fix its permissions"
@@ -399,7 +284,7 @@ class TraceStore:
                     f"cannot use {lay.root} as a store: {exc.filename or lay.root} is not a "
                     f"directory ({exc.strerror})"
                 ) from None
-            raise _translate(exc, f"cannot prepare {lay.root}") from exc
+            raise translate(exc, f"cannot prepare {lay.root}") from exc
 
     def _sqlite_url(self) -> str:
         path = self.layout.no_links(self.layout.db_path)
@@ -442,7 +327,7 @@ class TraceStore:
         trace = replace(trace, info=_normalised(trace.info))
         trace_id = trace.info.trace_id
         _check_trace(trace)
-        with _guard(f"adding trace {trace_id}"):
+        with guard(f"adding trace {trace_id}"):
             if self._index.exists(trace_id):
                 raise StoreError(f"trace {trace_id} is already in the store; delete it first")
         lay = self.layout
@@ -458,7 +343,7 @@ class TraceStore:
                     fsync_dir(lay.data_dir)
             except BaseException as exc:
                 tmp.unlink(missing_ok=True)
-                raise _translate(exc, f"adding trace {trace_id}") from exc
+                raise translate(exc, f"adding trace {trace_id}") from exc
             try:
                 self._index.insert(
                     trace.info,
@@ -471,18 +356,18 @@ class TraceStore:
                 )
             except BaseException as exc:
                 final.unlink(missing_ok=True)
-                raise _translate(exc, f"indexing trace {trace_id}") from exc
+                raise translate(exc, f"indexing trace {trace_id}") from exc
         return trace_id
 
     # -- reading -----------------------------------------------------------------------------
     def query(self, q: TraceQuery | None = None) -> Page:
         """Traces matching ``q`` (all when None), newest first by default, one page at a time."""
-        with _guard("searching the index"):
+        with guard("searching the index"):
             return self._index.query(q or TraceQuery())
 
     def get(self, trace_id: str) -> TraceInfo:
         trace_id = check_trace_id(trace_id)
-        with _guard(f"reading trace {trace_id} from the index"):
+        with guard(f"reading trace {trace_id} from the index"):
             return self._index.get(trace_id)
 
     def __contains__(self, trace_id: object) -> bool:
@@ -494,11 +379,11 @@ class TraceStore:
         return StoredTrace(self.layout.no_links(self.layout.trace_path(info.trace_id)), info=info)
 
     def models(self) -> list[str]:
-        with _guard("reading the index"):
+        with guard("reading the index"):
             return self._index.models()
 
     def tags(self) -> list[str]:
-        with _guard("reading the index"):
+        with guard("reading the index"):
             return self._index.tags()
 
     # -- editing the index -------------------------------------------------------------------
@@ -507,7 +392,7 @@ class TraceStore:
         self._writable()
         trace_id = check_trace_id(trace_id)
         path = self.layout.no_links(self.layout.trace_path(trace_id))
-        with _guard(f"deleting trace {trace_id}"):
+        with guard(f"deleting trace {trace_id}"):
             self._index.delete(trace_id)
             path.unlink(missing_ok=True)
             if path.parent.exists():
@@ -516,7 +401,7 @@ class TraceStore:
     def _edit(self, what: str, trace_id: str, change: Callable[[str], None]) -> None:
         self._writable()
         trace_id = check_trace_id(trace_id)
-        with _guard(f"{what} trace {trace_id}"):
+        with guard(f"{what} trace {trace_id}"):
             change(trace_id)
 
     def tag(self, trace_id: str, *tags: str) -> None:
@@ -543,12 +428,12 @@ class TraceStore:
 
     def get_result(self, trace_id: str, kind: str, key: str) -> dict | None:
         kind, key = check_name(kind, "result kind"), check_name(key, "result key")
-        with _guard("reading a result"):
+        with guard("reading a result"):
             return self._index.get_result(check_trace_id(trace_id), kind, key)
 
     def list_results(self, trace_id: str, kind: str) -> dict[str, dict]:
         """Every stored result of one kind for a trace, as {key: payload}."""
-        with _guard("reading results"):
+        with guard("reading results"):
             return self._index.list_results(check_trace_id(trace_id), check_name(kind, "kind"))
 
     # -- maintenance -------------------------------------------------------------------------
@@ -565,8 +450,8 @@ class TraceStore:
         real_root, real_dest = self.root.resolve(), dest.resolve()
         if real_dest == real_root or real_root in real_dest.parents:
             raise StoreError(f"cannot export into the store itself ({dest}); choose another folder")
-        with _guard(f"exporting trace {trace_id} to {dest}"):
-            _check_root(dest)
+        with guard(f"exporting trace {trace_id} to {dest}"):
+            check_root(dest)
             dest.mkdir(parents=True, exist_ok=True)
             out, meta = dest / src.name, dest / f"{trace_id}.json"
             for path in (out, meta):
@@ -588,7 +473,7 @@ class TraceStore:
         self,
     ) -> tuple[dict[str, tuple[int, str]], list[tuple[str | None, Path]], list[Path]]:
         """Rows, data files and temp files, read together while no writer is mid-add."""
-        with _guard("reading the index"):
+        with guard("reading the index"):
             if self.mode == "a":
                 with store_lock(self.layout, exclusive=True):
                     rows = {
@@ -661,7 +546,7 @@ class TraceStore:
         self._writable()
         report = GcReport()
         lay = self.layout
-        with _guard(f"collecting garbage in {lay.root}"), store_lock(lay, exclusive=True):
+        with guard(f"collecting garbage in {lay.root}"), store_lock(lay, exclusive=True):
             indexed = {r.trace_id for r in self._index.file_records()}
             for path in lay.temp_files():
                 report.freed_bytes += path.lstat().st_size
@@ -698,11 +583,12 @@ class TraceStore:
                     if st.trace_id != tid:
                         raise CorruptTrace(f"{path} holds trace {st.trace_id!r}")
                     checksum = checksum_file(path, old.get(tid, CHECKSUM))
-                    recorded = old.get(tid, checksum)
-                    if recorded != checksum:
+                    recorded = old.get(tid)
+                    damaged = recorded is not None and recorded != checksum
+                    if damaged:  # keep the evidence: verify goes on reporting it
                         checksum = recorded
-                    elif tid not in old and st.damage() is not None:
-                        checksum = DAMAGED + checksum
+                    elif recorded is None and st.damage() is not None:
+                        checksum, damaged = DAMAGED + checksum, True
                     tokens = st.tokens
                     self._index.insert(
                         _normalised(st.info),
@@ -717,7 +603,7 @@ class TraceStore:
                 report.quarantined.append(self.layout.quarantine(path))
                 continue
             report.indexed += 1
-            if checksum.startswith(DAMAGED) or checksum != checksum_file(path, checksum):
+            if damaged:
                 report.damaged.append(tid)
         return report
 
@@ -779,16 +665,16 @@ def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexRe
     that cannot be read are moved to ``quarantine/``; nothing is deleted.
     """
     layout = Layout(Path(directory).absolute())
-    _check_root(layout.root)
+    check_root(layout.root)
     if is_link(layout.data_dir) or not layout.data_dir.is_dir():
         raise StoreOpenError(f"no store at {layout.root} (no data/ directory)")
     with store_lock(layout, exclusive=True):
         url = db_url or f"sqlite:///{layout.no_links(layout.db_path)}"
         index_id, old = _previous(url)
-        dir_id = _read_store_id(layout)
+        dir_id = read_store_id(layout)
         if index_id is not None and dir_id is not None and index_id != dir_id:
             raise StoreOpenError(
-                f"the index {_shown(url)} belongs to another store (id {index_id}); "
+                f"the index {shown_url(url)} belongs to another store (id {index_id}); "
                 "reindex will not overwrite it"
             )
         if db_url is None:
@@ -796,7 +682,7 @@ def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexRe
         else:
             engine = make_engine(db_url, writable=True)
             try:
-                with _guard(f"clearing the index {_shown(db_url)}"), engine.begin() as conn:
+                with guard(f"clearing the index {shown_url(db_url)}"), engine.begin() as conn:
                     if engine.dialect.name == "sqlite":
                         conn.exec_driver_sql("DROP TABLE IF EXISTS traces_fts")
                     _index_metadata.drop_all(conn)
@@ -806,7 +692,7 @@ def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexRe
                 engine.dispose()
         with (
             TraceStore(directory, db_url=db_url, mode="a", _rebuilding=True) as store,
-            _guard(f"reindexing {layout.root}"),
+            guard(f"reindexing {layout.root}"),
         ):
             return store._reindex(old)
 
