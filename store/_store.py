@@ -451,7 +451,8 @@ class TraceStore:
         if real_dest == real_root or real_root in real_dest.parents:
             raise StoreError(f"cannot export into the store itself ({dest}); choose another folder")
         with guard(f"exporting trace {trace_id} to {dest}"):
-            check_root(dest)
+            if dest.exists() and not dest.is_dir():
+                raise StoreError(f"{dest} is a file; export needs a folder")
             dest.mkdir(parents=True, exist_ok=True)
             out, meta = dest / src.name, dest / f"{trace_id}.json"
             for path in (out, meta):
