@@ -19,10 +19,6 @@ from typing import Protocol
 import numpy as np
 from scipy import special
 
-# Added to the diagonal of a correlation matrix so that duplicate or constant
-# tokens (e.g. heads that put all attention on a sink) give a well-posed,
-# finite partial correlation instead of a singular system.
-RIDGE = 1e-6
 _MAX_ABS_R = 1.0 - 1e-12
 
 
@@ -35,21 +31,19 @@ class CITest(Protocol):
 def attention_correlation(rows: np.ndarray) -> np.ndarray:
     """Correlation matrix of ``rows @ rows.T`` for the selected tokens' attention rows.
 
-    Tokens whose row is all zero have no variance; they are made uncorrelated
-    with everything rather than producing NaNs. A small ridge keeps the matrix
-    positive definite when rows are duplicates.
+    Exactly ``cov / sqrt(diag diagᵀ)`` as the reference computes it (no ridge: a
+    ridge shifts borderline p-values across alpha). Tokens whose row is all zero
+    have no variance; they are made uncorrelated with everything rather than
+    producing NaNs.
     """
     rows = np.asarray(rows, dtype=np.float64)
     cov = rows @ rows.T
     std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     live = std > 0
-    safe = np.where(live, std, 1.0)
-    corr = cov / np.outer(safe, safe)
-    corr[~live, :] = 0.0
-    corr[:, ~live] = 0.0
+    inv = np.where(live, 1.0 / np.where(live, std, 1.0), 0.0)
+    corr = cov * inv * inv[:, None]
     np.fill_diagonal(corr, 1.0)
-    corr = np.clip(corr, -1.0, 1.0)
-    return (corr + RIDGE * np.eye(len(corr))) / (1.0 + RIDGE)
+    return corr
 
 
 def fisher_z_pvalue(r: float, n_cond: int, dof: float) -> float:
@@ -82,11 +76,12 @@ class FisherZTest:
         if len(cond) == 1:  # closed form: by far the most frequent case
             k = cond[0]
             denom = (1.0 - c[i, k] ** 2) * (1.0 - c[j, k] ** 2)
-            r = (c[i, j] - c[i, k] * c[j, k]) / math.sqrt(denom) if denom > 0 else 0.0
+            # a duplicate of i or j in the set: no evidence of independence (as the reference)
+            r = (c[i, j] - c[i, k] * c[j, k]) / math.sqrt(denom) if denom > 0 else 1.0
         else:
             idx = [i, j, *cond]
-            prec = np.linalg.inv(c[idx][:, idx])
-            denom = prec[0, 0] * prec[1, 1]
+            prec = _inverse(c[np.ix_(idx, idx)])
+            denom = abs(prec[0, 0] * prec[1, 1])
             r = -prec[0, 1] / math.sqrt(denom) if denom > 0 else 0.0
         return float(r) if math.isfinite(r) else 0.0
 
@@ -98,9 +93,16 @@ class FisherZTest:
         """
         c = self.corr
         s = list(cond)
-        resid = c - c[:, s] @ np.linalg.solve(c[np.ix_(s, s)], c[s, :]) if s else c
-        diag = np.clip(np.diag(resid), 1e-300, None)
-        r = np.clip(resid[i] / np.sqrt(diag[i] * diag), -_MAX_ABS_R, _MAX_ABS_R)
+        if s:
+            cs = c[s]
+            w = _inverse(cs[:, s]) @ cs
+            row = c[i] - c[i, s] @ w
+            diag = np.clip(1.0 - np.einsum("ij,ij->j", cs, w), 1e-300, None)
+        else:
+            row, diag = c[i], np.ones(len(c))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.nan_to_num(row / (np.sqrt(diag[i]) * np.sqrt(diag)))
+        r = np.clip(r, -_MAX_ABS_R, _MAX_ABS_R)
         eff = self.dof - len(s) - 3
         if eff <= 0:
             return np.ones(len(c))
@@ -119,3 +121,11 @@ class FisherZTest:
             p = fisher_z_pvalue(self.partial_correlation(a, b, key[2]), len(cond), self.dof)
             self._cache[key] = p
         return p
+
+
+def _inverse(m: np.ndarray) -> np.ndarray:
+    """Inverse, or pseudo-inverse when tokens are exact duplicates (singular block)."""
+    try:
+        return np.linalg.inv(m)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(m)

@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.causal.ci_test import FisherZTest, attention_correlation
 from engine.causal.graph import list_edges
-from engine.causal.pds import PDSTree, build_pds_tree, reachable_within
+from engine.causal.pds import PDSTree, build_pds_tree
 from engine.causal.structure import learn_ordered_pag
 
 DEFAULT_ALPHA = 1e-5
@@ -203,7 +203,7 @@ def explain_rows(
     )
     tree = build_pds_tree(learned.marks, t, params.max_radius)
     by_radius = tree.by_radius()
-    minimal, separating = _minimal_explanation(test, learned.marks, tree, params)
+    minimal, separating = _minimal_explanation(test, tree, params)
 
     p_values = {
         labels[v]: learned.max_p[(min(v, t), max(v, t))] for v in range(len(labels)) if v != t
@@ -229,7 +229,7 @@ def explain_rows(
 
 
 def _minimal_explanation(
-    test: FisherZTest, marks: np.ndarray, tree: PDSTree, params: ExplainParams
+    test: FisherZTest, tree: PDSTree, params: ExplainParams
 ) -> tuple[list[int], bool]:
     """Smallest PDS-legal superset of the target's neighbours that separates it from the rest."""
     t = tree.root
@@ -247,7 +247,7 @@ def _minimal_explanation(
             if tried >= params.minimal_budget:
                 return list(tree.depth), False
             members = neighbours + list(extra)
-            if not reachable_within(marks, t, members):
+            if not tree.is_legal(sum(1 << v for v in members)):
                 continue
             tried += 1
             if separates(members):

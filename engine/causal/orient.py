@@ -30,9 +30,12 @@ def orient(marks: np.ndarray, sepsets: SepSets, final: bool) -> None:
     """Re-orient ``marks`` in place from its skeleton, sepsets and the order."""
     reset_to_order(marks)
     _orient_v_structures(marks, sepsets)
-    rules = [_rule1, _rule2, _rule3, _rule4]
-    if final:
-        rules += [_rule8, _rule9, _rule10]
+    _to_fixpoint(marks, sepsets, [_rule1, _rule2, _rule3, _rule4])
+    if final:  # as the reference: tails only once the arrowheads are complete
+        _to_fixpoint(marks, sepsets, [_rule8, _rule9, _rule10])
+
+
+def _to_fixpoint(marks: np.ndarray, sepsets: SepSets, rules: list) -> None:
     changed = True
     while changed:
         changed = False
@@ -43,21 +46,23 @@ def orient(marks: np.ndarray, sepsets: SepSets, final: bool) -> None:
 def _orient_v_structures(marks: np.ndarray, sepsets: SepSets) -> None:
     """R0: a *-* c *-* b with a, b not adjacent and c outside sepset(a, b)  =>  a *-> c <-* b."""
     adj = marks != NONE
-    shielded = adj | np.eye(len(adj), dtype=bool)
-    pairs = np.triu(~shielded & _exists(adj, adj), k=1)
-    for a, b in zip(*np.nonzero(pairs), strict=True):
-        sep = sepsets.get((int(a), int(b)))
-        if sep is None:
-            continue
-        for c in np.flatnonzero(adj[a] & adj[b]):
-            if int(c) not in sep:
-                marks[a, c] = ARROW
-                marks[b, c] = ARROW
+    pairs = [(a, b, sep) for (a, b), sep in sepsets.items() if not adj[a, b]]
+    if not pairs:
+        return
+    first = np.array([p[0] for p in pairs])
+    second = np.array([p[1] for p in pairs])
+    colliders = adj[first] & adj[second]  # [pair, c]: c is a common neighbour
+    for k, (_, _, sep) in enumerate(pairs):
+        if sep:
+            colliders[k, list(sep)] = False
+    which, c = np.nonzero(colliders)
+    marks[first[which], c] = ARROW
+    marks[second[which], c] = ARROW
 
 
 def _exists(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """``out[x, z]``: some ``y`` has ``left[x, y] and right[y, z]`` (boolean matrix product)."""
-    return (left.astype(np.uint8) @ right.astype(np.uint8)) > 0
+    return (left.astype(np.float32) @ right.astype(np.float32)) > 0
 
 
 def _rule1(marks: np.ndarray, _: SepSets) -> bool:

@@ -6,14 +6,18 @@ collider (Spirtes et al.). ICD limits conditioning sets to PDS nodes within a
 search radius, and requires every member to be reachable from the root via
 such a path lying inside the set itself; the same tree, rooted at an
 explained token, is CLEANN's explanation search space.
+
+The tree is grown the way causality-lab grows it (``create_pds_tree``), so that
+conditioning sets and explanations agree with the reference: breadth first,
+nodes in ascending order, and each *undirected* edge is walked at most once
+(in whichever direction the search reaches it first). The tree is therefore
+not every PDS path, and a node may still appear in it more than once.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import combinations
 
 import numpy as np
 
@@ -24,13 +28,16 @@ from engine.causal.graph import ARROW, NONE
 class PDSTree:
     """Breadth-first PDS tree: each node's minimal distance and the tree's edges.
 
-    ``edges`` holds ``(parent, child, depth)``; a node may appear under several
-    parents because the PDS condition depends on the path taken to reach it.
+    ``edges`` holds ``(parent, child, depth)`` in the order they were grown; a
+    node may appear under several parents. ``ancestry[v]`` lists, for every
+    place ``v`` appears in the tree, the bitmask of the nodes on its tree path
+    from the root (root and ``v`` excluded).
     """
 
     root: int
     depth: dict[int, int] = field(default_factory=dict)
     edges: list[tuple[int, int, int]] = field(default_factory=list)
+    ancestry: dict[int, list[int]] = field(default_factory=dict)
 
     def by_radius(self) -> dict[int, list[int]]:
         """Nodes grouped by minimal distance from the root."""
@@ -39,12 +46,59 @@ class PDSTree:
             out.setdefault(d, []).append(node)
         return {d: sorted(v) for d, v in sorted(out.items())}
 
+    def is_legal(self, members: int) -> bool:
+        """ICD-Sep condition: every member (bitmask) sits in the tree below members only."""
+        rest = members
+        while rest:
+            low = rest & -rest
+            v = low.bit_length() - 1
+            if not any(path & ~members == 0 for path in self.ancestry.get(v, ())):
+                return False
+            rest ^= low
+        return True
 
-def _continues(marks: np.ndarray, prev: int, cur: int, nxt: int) -> bool:
-    """``<prev, cur, nxt>`` may lie on a PDS path: a triangle or a definite collider."""
-    return bool(
-        marks[prev, nxt] != NONE or (marks[prev, cur] == ARROW and marks[nxt, cur] == ARROW)
-    )
+    def conditioning_sets(self, size: int) -> list[tuple[int, tuple[int, ...]]]:
+        """Legal sets of ``size`` tree nodes as ``(bitmask, members)``, in reference order.
+
+        causality-lab lists every combination of the tree's nodes that is legal and
+        stable-sorts by the sum of the members' minimal distances; with nodes in
+        ascending order that is the order ``(distance sum, members)``. Only legal sets
+        are generated: each is grown from smaller legal sets by adding a node whose
+        tree path lies inside the set.
+        """
+        paths = {v: _minimal_masks(m) for v, m in self.ancestry.items()}
+        nodes = sorted(paths)
+        level = {0}
+        for _ in range(size):
+            grown = set()
+            for members in level:
+                for v in nodes:
+                    bit = 1 << v
+                    if not members & bit and any(p & ~members == 0 for p in paths[v]):
+                        grown.add(members | bit)
+            level = grown
+        sets = [(mask, _members(mask)) for mask in level]
+        sets.sort(key=lambda s: (sum(self.depth[v] for v in s[1]), s[1]))
+        return sets
+
+
+def _minimal_masks(masks: list[int]) -> list[int]:
+    """Drop paths that contain another path of the same node (they never decide legality)."""
+    uniq = sorted(set(masks), key=int.bit_count)
+    kept: list[int] = []
+    for m in uniq:
+        if not any(k & ~m == 0 for k in kept):
+            kept.append(m)
+    return kept
+
+
+def _members(mask: int) -> tuple[int, ...]:
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return tuple(out)
 
 
 def build_pds_tree(
@@ -52,87 +106,42 @@ def build_pds_tree(
 ) -> PDSTree:
     """PDS tree rooted at ``root`` up to ``max_depth`` edges, over ``allowed`` nodes.
 
-    Search states are directed edges ``(prev, cur)``, each expanded once, so
-    the cost is linear in the number of edges.
+    A triple ``<prev, cur, nxt>`` may continue a path when ``prev`` and ``nxt``
+    are adjacent or ``cur`` is a definite collider on it. Each undirected edge
+    of the skeleton (restricted to ``allowed``) is used once; the root's edges
+    only to leave it.
     """
-    n = marks.shape[0]
-    ok = np.ones(n, dtype=bool) if allowed is None else allowed.copy()
-    ok[root] = False
-    adj = (marks != NONE) & ok[None, :]
+    adjacent = marks != NONE
+    free = adjacent.copy()
+    if allowed is not None:
+        free &= allowed[:, None] & allowed[None, :]
     tree = PDSTree(root)
-    if max_depth < 1:
-        return tree
-    queue: deque[tuple[int, int, int]] = deque()
-    seen: set[tuple[int, int]] = set()
-    for v in np.flatnonzero(adj[root]):
-        v = int(v)
-        seen.add((root, v))
-        tree.depth[v] = 1
-        tree.edges.append((root, v, 1))
-        queue.append((root, v, 1))
+    first = [int(v) for v in np.flatnonzero(free[root])]
+    free[root, :] = False
+    free[:, root] = False
+    queue: deque[tuple[int, int, int, int]] = deque()  # (prev, cur, depth, path mask of cur)
+    for v in first:
+        _add(tree, root, v, 1, 0)
+        queue.append((root, v, 1, 0))
     while queue:
-        prev, cur, d = queue.popleft()
+        prev, cur, d, path = queue.popleft()
         if d >= max_depth:
             continue
-        for nxt in np.flatnonzero(adj[cur]):
+        collider_in = marks[prev, cur] == ARROW
+        below = path | (1 << cur)
+        for nxt in np.flatnonzero(free[cur]):
             nxt = int(nxt)
-            if nxt == prev or (cur, nxt) in seen or not _continues(marks, prev, cur, nxt):
+            if nxt == prev:
                 continue
-            seen.add((cur, nxt))
-            tree.depth.setdefault(nxt, d + 1)
-            tree.edges.append((cur, nxt, d + 1))
-            queue.append((cur, nxt, d + 1))
+            if not (adjacent[prev, nxt] or (collider_in and marks[nxt, cur] == ARROW)):
+                continue
+            free[cur, nxt] = free[nxt, cur] = False
+            _add(tree, cur, nxt, d + 1, below)
+            queue.append((cur, nxt, d + 1, below))
     return tree
 
 
-def reachable_within(marks: np.ndarray, root: int, subset: Iterable[int]) -> bool:
-    """ICD-Sep condition: every member reachable from ``root`` by a PDS path inside the set."""
-    members = list(subset)
-    queue = deque((root, v) for v in members if marks[root, v] != NONE)
-    seen = set(queue)
-    reached = {v for _, v in queue}
-    while queue and len(reached) < len(members):
-        prev, cur = queue.popleft()
-        for nxt in members:
-            if nxt in (prev, cur) or marks[cur, nxt] == NONE or (cur, nxt) in seen:
-                continue
-            if _continues(marks, prev, cur, nxt):
-                seen.add((cur, nxt))
-                reached.add(nxt)
-                queue.append((cur, nxt))
-    return len(reached) == len(members)
-
-
-class LegalSets:
-    """Size-``size`` conditioning sets from ``tree``, nearest first, generated lazily.
-
-    Sets are combinations of the tree's nodes ordered by PDS distance, so the
-    nearest candidates come first. Generation is lazy and memoised because most
-    tested edges stop at an early set: enumerating every combination up front
-    dominated run time on dense graphs.
-    """
-
-    def __init__(
-        self, marks: np.ndarray, tree: PDSTree, size: int, candidates: np.ndarray | None = None
-    ) -> None:
-        nodes = sorted(
-            (v for v in tree.depth if candidates is None or candidates[v]),
-            key=lambda v: (tree.depth[v], v),
-        )
-        self._source = (
-            combo
-            for combo in combinations(nodes, size)
-            if all(tree.depth[v] == 1 for v in combo) or reachable_within(marks, tree.root, combo)
-        )
-        self._seen: list[tuple[int, ...]] = []
-
-    def __iter__(self) -> Iterator[tuple[int, ...]]:
-        i = 0
-        while True:
-            if i == len(self._seen):
-                nxt = next(self._source, None)
-                if nxt is None:
-                    return
-                self._seen.append(nxt)
-            yield self._seen[i]
-            i += 1
+def _add(tree: PDSTree, parent: int, child: int, depth: int, path: int) -> None:
+    tree.depth.setdefault(child, depth)
+    tree.edges.append((parent, child, depth))
+    tree.ancestry.setdefault(child, []).append(path)

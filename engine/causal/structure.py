@@ -2,13 +2,26 @@
 
 Nodes are indexed in causal order (for tokens: their position), so node ``b``
 can never be an ancestor of an earlier node ``a``. ICD (Rohekar et al., 2021)
-grows the conditioning-set size ``r`` and, at each ``r``, only tries sets
-drawn from the PDS tree of the later node within radius ``r`` whose members
-are possible ancestors of the tested pair. Rooting the search at the later
-node is enough: by the ordered local Markov property of ancestral graphs, a
-non-adjacent pair is separated by the later node's collider-connected
-ancestors. The graph after step ``r`` is a valid (r-representing) PAG, and
-the loop stops when no edge has a legal set of the next size.
+grows the conditioning-set size ``r``; the graph after step ``r`` is a valid
+(r-representing) PAG.
+
+The search is the one of causality-lab's ``LearnStructOrderedICD``
+(``learn_structure_global``), which the CLEANN reference and the seed tool
+use, so that both learn the same PAG from the same test results:
+
+* ``r = 0``: every pair, unconditionally.
+* ``r = 1``: edge ``a - b`` (``a < b``) is tested given each *current* earlier
+  neighbour of ``b``; no possible-ancestor condition at this step.
+* ``r >= 2``: sets of ``r`` nodes from the PDS tree of ``b`` (radius ``r``,
+  nodes up to ``b``), legal and nearest first (:meth:`PDSTree.conditioning_sets`),
+  whose members are all possible ancestors of ``a`` or ``b`` in the current
+  graph. An edge for which no legal set exists at some ``r`` is final: it is
+  not tested at larger ``r``.
+* The graph is re-oriented after each ``r`` (rules R0-R4), and once at the end
+  with R0-R4 and then the tail rules R8-R10.
+
+Candidates are visited in ascending order where the reference iterates Python
+sets; that order is the only freedom left (see the README).
 
 The CI test is any ``(i, j, cond) -> p`` callable, so exact d-separation can
 be injected to verify the learner.
@@ -21,9 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.causal.ci_test import CITest
-from engine.causal.graph import NONE, complete_ordered_pag, delete_edge, possible_ancestors
+from engine.causal.graph import ARROW, NONE, TAIL, complete_ordered_pag, delete_edge
 from engine.causal.orient import orient
-from engine.causal.pds import LegalSets, build_pds_tree
+from engine.causal.pds import build_pds_tree
 
 
 @dataclass
@@ -39,21 +52,6 @@ class LearnedPAG:
     max_p: dict[tuple[int, int], float] = field(default_factory=dict)
 
 
-class _Recorder:
-    """Wraps a CI test to keep the largest p-value per pair."""
-
-    def __init__(self, test: CITest, out: dict[tuple[int, int], float]) -> None:
-        self.test = test
-        self.out = out
-
-    def __call__(self, i: int, j: int, cond: tuple[int, ...]) -> float:
-        p = float(self.test(i, j, cond))
-        key = (i, j) if i < j else (j, i)
-        if p > self.out.get(key, -1.0):
-            self.out[key] = p
-        return p
-
-
 def learn_ordered_pag(
     n: int,
     ci_test: CITest,
@@ -66,68 +64,123 @@ def learn_ordered_pag(
     ``alpha``: a pair is independent when the test's p-value exceeds it.
     ``max_cond_size``: optional cap on ``r`` that bounds run time on dense graphs
     (the result is then an r-representing PAG rather than the complete one).
-    ``ancestor_pruning``: ICD's condition that every conditioning node be a
-    possible ancestor of the pair *in the current PAG*. It saves tests and is
-    exact with a perfect oracle, but with noisy tests a spurious arrowhead can
-    hide a true separating set (extra edges). With False, the known order
-    alone decides who may be an ancestor (earlier nodes), which is sound too.
+    ``ancestor_pruning``: ICD's condition (for ``r >= 2``) that every conditioning
+    node be a possible ancestor of the pair *in the current PAG*; with False the
+    known order alone decides who may be an ancestor (earlier nodes).
     """
-    result = LearnedPAG(marks=complete_ordered_pag(n))
-    test = _Recorder(ci_test, result.max_p)
-    marks = result.marks
-
-    for b in range(1, n):
-        for a in range(b):
-            if test(a, b, ()) > alpha:
-                delete_edge(marks, a, b)
-                result.sepsets[(a, b)] = frozenset()
-    orient(marks, result.sepsets, final=False)
-
-    limit = n - 2 if max_cond_size is None else min(max_cond_size, n - 2)
-    for r in range(1, limit + 1):
-        anc = possible_ancestors(marks) if ancestor_pruning else np.ones((n, n), dtype=bool)
-        found_legal_set = False
-        for b in range(r + 1, n):
-            found_legal_set |= _prune_into(marks, result, test, anc, b, r, alpha)
-        if not found_legal_set:
-            break
-        orient(marks, result.sepsets, final=False)
-
-    orient(marks, result.sepsets, final=True)
-    return result
+    return _OrderedICD(n, ci_test, alpha, ancestor_pruning).run(max_cond_size)
 
 
-def _prune_into(
-    marks: np.ndarray,
-    result: LearnedPAG,
-    test: _Recorder,
-    anc: np.ndarray,
-    b: int,
-    r: int,
-    alpha: float,
-) -> bool:
-    """Test edges a-b (a < b) with size-``r`` sets from b's PDS tree; True if any set was legal."""
-    earlier = np.flatnonzero(marks[:b, b] != NONE)
-    if len(earlier) == 0:
-        return False
-    allowed = np.zeros(marks.shape[0], dtype=bool)
-    allowed[: b + 1] = True
-    tree = build_pds_tree(marks, b, max_depth=r, allowed=allowed)
-    if len(tree.depth) < r + 1:  # need r conditioning nodes besides the tested one
-        return False
-    # only nodes that are possible ancestors of b or of some tested a can condition
-    useful = anc[:, b] | anc[:, earlier].any(axis=1)
-    subsets = LegalSets(marks, tree, r, candidates=useful)
-    any_legal = False
-    for a in earlier:
-        a = int(a)
-        ok = anc[:, a] | anc[:, b]
-        for cond in subsets:
-            if a in cond or not all(ok[z] for z in cond):
-                continue
-            any_legal = True
-            if test(a, b, cond) > alpha:
-                delete_edge(marks, a, b)
-                result.sepsets[(a, b)] = frozenset(cond)
+class _OrderedICD:
+    """State of one run: the graph, separating sets and which edges are final."""
+
+    def __init__(self, n: int, ci_test: CITest, alpha: float, ancestor_pruning: bool) -> None:
+        self.n = n
+        self.test = ci_test
+        self.alpha = alpha
+        self.pruning = ancestor_pruning
+        self.result = LearnedPAG(marks=complete_ordered_pag(n))
+        self.marks = self.result.marks
+        self.done = np.zeros((n, n), dtype=bool)  # done[a, b], a < b: edge needs no more tests
+        self._ancestors: list[int] | None = None  # bitmask of possible ancestors per node
+        self._skeleton_changed = True  # orientation is a function of skeleton and sepsets
+
+    def run(self, max_cond_size: int | None) -> LearnedPAG:
+        n = self.n
+        for b in range(1, n):
+            for a in range(b):
+                self._try(a, b, ())
+        self._orient(final=False)
+        limit = n - 2 if max_cond_size is None else min(max_cond_size, n - 2)
+        if limit >= 1:
+            for b in range(2, n):
+                self._level_one(b)
+            self._orient(final=False)
+        finished = True
+        for r in range(2, limit + 1):
+            for b in range(r + 1, n):
+                finished = self._level(b, r) and finished
+            if finished:
                 break
-    return any_legal
+            self._orient(final=False)
+        self._orient(final=True)
+        return self.result
+
+    def _try(self, a: int, b: int, cond: tuple[int, ...]) -> bool:
+        """Test ``a ⊥ b | cond``; on independence remove the edge and keep ``cond``."""
+        p = float(self.test(a, b, cond))
+        key = (a, b)
+        if p > self.result.max_p.get(key, -1.0):
+            self.result.max_p[key] = p
+        if not p > self.alpha:
+            return False
+        delete_edge(self.marks, a, b)
+        self.result.sepsets[key] = frozenset(cond)
+        self.done[a, b] = True
+        self._ancestors = None
+        self._skeleton_changed = True
+        return True
+
+    def _level_one(self, b: int) -> None:
+        """``r = 1``: each earlier neighbour of ``b`` (other than ``a``) as the set."""
+        neighbours = [int(z) for z in np.flatnonzero(self.marks[:b, b] != NONE)]
+        for a in list(neighbours):
+            if self.done[a, b]:
+                continue
+            for z in neighbours:
+                if z != a and self._try(a, b, (z,)):
+                    neighbours.remove(a)
+                    break
+
+    def _level(self, b: int, r: int) -> bool:
+        """Edges into ``b`` with size-``r`` sets; True when none of them was left open."""
+        pending = np.flatnonzero(~self.done[:b, b])
+        if pending.size == 0:
+            return True
+        allowed = np.zeros(self.n, dtype=bool)
+        allowed[: b + 1] = True
+        sets = build_pds_tree(self.marks, b, max_depth=r, allowed=allowed).conditioning_sets(r)
+        finished = True
+        for a in pending.tolist():
+            self.done[a, b] = True  # stays so when no legal set exists at this r
+            bit_a = 1 << a
+            for mask, members in sets:
+                if mask & bit_a or not self._possible_ancestors(mask, a, b):
+                    continue
+                if self._try(a, b, members):
+                    break
+                self.done[a, b] = False
+                finished = False
+        return finished
+
+    def _possible_ancestors(self, mask: int, a: int, b: int) -> bool:
+        """Every member of ``mask`` is a possible ancestor of ``a`` or of ``b`` (now)."""
+        if not self.pruning:
+            return True
+        if self._ancestors is None:
+            self._ancestors = _possible_ancestor_masks(self.marks)
+        return mask & ~(self._ancestors[a] | self._ancestors[b]) == 0
+
+    def _orient(self, final: bool) -> None:
+        if not (final or self._skeleton_changed):
+            return  # re-orienting an unchanged skeleton would give the same marks
+        orient(self.marks, self.result.sepsets, final)
+        self._ancestors = None
+        self._skeleton_changed = False
+
+
+def _possible_ancestor_masks(marks: np.ndarray) -> list[int]:
+    """Per node, the bitmask of nodes with a possibly directed path into it.
+
+    A step ``u -> v`` is possible when the edge has no arrowhead at ``u`` and no
+    tail at ``v`` (Zhang 2008). Under the order every such step goes forward
+    (later ends always carry an arrowhead), so one pass in order suffices.
+    """
+    step = (marks != NONE) & (marks.T != ARROW) & (marks != TAIL)  # step[u, v]
+    anc: list[int] = []
+    for v in range(len(marks)):
+        mask = 0
+        for u in np.flatnonzero(step[:v, v]):
+            mask |= anc[u] | (1 << int(u))
+        anc.append(mask)
+    return anc

@@ -48,8 +48,7 @@ def test_attention_correlation_handles_duplicates_and_zero_rows():
     np.testing.assert_allclose(np.diag(corr), 1.0)
     assert corr[0, 1] == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(corr[3, :3], 0.0)
-    assert np.all(np.linalg.eigvalsh(corr) > 0)  # ridge keeps it invertible
     test = FisherZTest(corr, dof=128)
-    for cond in [(), (2,), (2, 3)]:
-        p = test(0, 1, cond)
-        assert 0.0 <= p <= 1.0
+    for cond in [(), (2,), (2, 3)]:  # singular blocks: finite, and never "independent"
+        assert 0.0 <= test(0, 1, cond) < 1e-5
+    assert np.all((test.pvalues_given(0, [2, 3]) >= 0) & (test.pvalues_given(0, [2, 3]) <= 1))
