@@ -189,15 +189,21 @@ def patch_grid(
         }
     )
     frame["selected"] = frame["patch"].isin(list(selected))
-    pick = alt.selection_point(name="patch", fields=["patch"], toggle="true")
-    x_scale = alt.Scale(domain=[0, cols], nice=False)
-    y_scale = alt.Scale(domain=[0, rows], nice=False, reverse=True)
-    x = alt.X("col:Q", title="patch column (index)", scale=x_scale)
-    y = alt.Y("row:Q", title="patch row (index)", scale=y_scale)
+    pick = alt.selection_point(name="patch", fields=["patch"], toggle=False)  # page toggles
+    # Pixel ranges fixed on both layers: the photo (a fixed-size mark) and the cells must
+    # stay aligned even where Vega would otherwise resize the plot area.
+    x_scale = alt.Scale(domain=[0, cols], range=[0, width], nice=False)
+    y_scale = alt.Scale(domain=[0, rows], range=[0, height], nice=False)
+    x = alt.X("col:Q", scale=x_scale, axis=None)
+    y = alt.Y("row:Q", scale=y_scale, axis=None)
     photo = (
         alt.Chart(pd.DataFrame({"url": [photo_url], "x": [cols / 2], "y": [rows / 2]}))
         .mark_image(width=width, height=height)
-        .encode(x=alt.X("x:Q", scale=x_scale), y=alt.Y("y:Q", scale=y_scale), url="url:N")
+        .encode(
+            x=alt.X("x:Q", scale=x_scale, axis=None),
+            y=alt.Y("y:Q", scale=y_scale, axis=None),
+            url="url:N",
+        )
     )
     cells = (
         alt.Chart(frame)
@@ -214,7 +220,7 @@ def patch_grid(
         .add_params(pick)
     )
     return alt.layer(photo, cells, title="Image patches (click to select)").properties(
-        width=width, height=height
+        width=width, height=height, autosize=alt.AutoSizeParams(type="pad")
     )
 
 

@@ -69,8 +69,10 @@ def _patch_labels(trace: StoredTrace) -> list[str]:
 
 
 def _patches_from_chart(key: str) -> None:
+    """A click toggles the clicked patch in the selection (like the token bars)."""
     points = st.session_state[key].selection.get("patch", [])
-    state.put_ints(state.PATCHES, [int(p["patch"]) for p in points if "patch" in p])
+    clicked = {int(p["patch"]) for p in points if "patch" in p}
+    state.put_ints(state.PATCHES, set(state.ints(state.PATCHES)) ^ clicked)
 
 
 def _patch_picker(trace: StoredTrace) -> list[int]:

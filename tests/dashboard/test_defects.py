@@ -11,7 +11,7 @@ import h5py
 import pyarrow
 import pytest
 
-from store import open_store, reindex_store
+from store import RelevancyMode, open_store, reindex_store
 from store.synthetic import make_synthetic_trace
 from tests.dashboard.conftest import MD_HOSTILE, XSS_IMG
 from tests.dashboard.test_pages import _ok, _texts
@@ -230,6 +230,8 @@ def test_relevancy_offers_held_modes_with_definitions_and_all_vs_vision(app, dem
     texts = _texts(at)
     assert "pushed through the vision tower" in texts.replace("\\", "")  # the definition
     assert "differs from 'vision' by" in texts.replace("\\", "")
+    at.button_group[2].set_value(RelevancyMode.VISION).run()
+    assert at.query_params["mode"] == "vision"
 
 
 def test_relevancy_old_trace_explains_its_all(app, demo_store):
