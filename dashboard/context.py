@@ -152,7 +152,7 @@ def answer_selection(
     if not labels:
         area.info("This trace has no answer tokens.")
         st.stop()
-    unit = state.get(state.UNIT) or "token"
+    unit = choice_param(state.UNIT, ("token", "word"), "token")
     unit = (
         area.segmented_control(
             "Select by",

@@ -113,3 +113,15 @@ def test_explanation_without_image_patches_is_a_message(app, tmp_path):
     _ok(at)
     assert "No image patch is in this head's explanation" in at.info[0].value
     assert len(_images(at)) == 1  # the graph is still drawn
+
+
+def test_2_explained_node_is_named_by_its_answer_token(synthetic):
+    """The explained node is row P-1+k; it must read as answer token k, not as token P-1+k."""
+    tokens = synthetic.tokens
+    result = explain_token(synthetic, layer=3, head=0, token=2)
+    view = explanation.TraceView(tokens, synthetic.image)
+    nodes, _ = explanation.graph(view, result)
+    (target,) = [n for n in nodes if n.position == result.target]
+    assert result.target == tokens.prompt_length - 1 + 2
+    assert target.label == tokens.text[tokens.prompt_length + 2]
+    assert target.label != tokens.text[result.target]
