@@ -17,7 +17,9 @@ not every PDS path, and a node may still appear in it more than once.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import combinations, product
 
 import numpy as np
 
@@ -57,29 +59,66 @@ class PDSTree:
             rest ^= low
         return True
 
-    def conditioning_sets(self, size: int) -> list[tuple[int, tuple[int, ...]]]:
-        """Legal sets of ``size`` tree nodes as ``(bitmask, members)``, in reference order.
 
-        causality-lab lists every combination of the tree's nodes that is legal and
-        stable-sorts by the sum of the members' minimal distances; with nodes in
-        ascending order that is the order ``(distance sum, members)``. Only legal sets
-        are generated: each is grown from smaller legal sets by adding a node whose
-        tree path lies inside the set.
-        """
-        paths = {v: _minimal_masks(m) for v, m in self.ancestry.items()}
-        nodes = sorted(paths)
-        level = {0}
-        for _ in range(size):
-            grown = set()
-            for members in level:
-                for v in nodes:
-                    bit = 1 << v
-                    if not members & bit and any(p & ~members == 0 for p in paths[v]):
-                        grown.add(members | bit)
-            level = grown
-        sets = [(mask, _members(mask)) for mask in level]
-        sets.sort(key=lambda s: (sum(self.depth[v] for v in s[1]), s[1]))
-        return sets
+class ConditioningSets:
+    """Legal conditioning sets of one size from a PDS tree, in the reference's order.
+
+    causality-lab lists every combination of the tree's nodes that is legal and
+    stable-sorts by the sum of the members' minimal distances; with nodes in ascending
+    order that is the order ``(distance sum, members)``. Sets made only of the root's
+    neighbours come first (their sum is the smallest) and are all legal, so they are
+    streamed straight from ``itertools.combinations``; the rest, which need a deeper node
+    and its tree path, are built only if the caller gets that far.
+    """
+
+    def __init__(self, tree: PDSTree, size: int) -> None:
+        self.size = size
+        self.depth = tree.depth
+        self.paths = {v: _minimal_masks(m) for v, m in tree.ancestry.items()}
+        self.near = sorted(v for v, d in tree.depth.items() if d == 1)
+        self.deeper = sorted(v for v, d in tree.depth.items() if d > 1)
+
+    def within(self, pool: int) -> Iterator[tuple[int, ...]]:
+        """Legal sets whose members all lie in ``pool`` (a bitmask), in reference order."""
+        near = [v for v in self.near if pool >> v & 1]
+        yield from combinations(near, self.size)
+        deep = [v for v in self.deeper if pool >> v & 1]
+        if deep:
+            rest = [_members(m) for m in self._with_deeper(near, deep)]
+            rest.sort(key=lambda s: (sum(self.depth[v] for v in s), s))
+            yield from rest
+
+    def _with_deeper(self, near: list[int], deep: list[int]) -> set[int]:
+        """Masks of legal sets with at least one deeper node: pick the deeper members,
+        one tree path for each (its other deeper nodes must be picked too), then fill
+        up with the root's neighbours."""
+        near_mask = _mask(near)
+        out: set[int] = set()
+        for k in range(1, min(self.size, len(deep)) + 1):
+            for chosen in combinations(deep, k):
+                inner = _mask(chosen)
+                options = [
+                    [p & near_mask for p in self.paths[v] if p & ~(inner | near_mask) == 0]
+                    for v in chosen
+                ]
+                for paths in product(*options):
+                    needed = 0
+                    for p in paths:
+                        needed |= p
+                    fill = self.size - k - needed.bit_count()
+                    if fill < 0:
+                        continue
+                    free = [v for v in near if not needed >> v & 1]
+                    for extra in combinations(free, fill):
+                        out.add(inner | needed | _mask(extra))
+        return out
+
+
+def _mask(nodes: Iterable[int]) -> int:
+    out = 0
+    for v in nodes:
+        out |= 1 << v
+    return out
 
 
 def _minimal_masks(masks: list[int]) -> list[int]:

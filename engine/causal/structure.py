@@ -36,7 +36,7 @@ import numpy as np
 from engine.causal.ci_test import CITest
 from engine.causal.graph import ARROW, NONE, TAIL, complete_ordered_pag, delete_edge
 from engine.causal.orient import orient
-from engine.causal.pds import build_pds_tree
+from engine.causal.pds import ConditioningSets, build_pds_tree
 
 
 @dataclass
@@ -139,27 +139,27 @@ class _OrderedICD:
             return True
         allowed = np.zeros(self.n, dtype=bool)
         allowed[: b + 1] = True
-        sets = build_pds_tree(self.marks, b, max_depth=r, allowed=allowed).conditioning_sets(r)
+        tree = build_pds_tree(self.marks, b, max_depth=r, allowed=allowed)
+        sets = ConditioningSets(tree, r)
+        in_tree = sum(1 << v for v in tree.depth)
         finished = True
         for a in pending.tolist():
             self.done[a, b] = True  # stays so when no legal set exists at this r
-            bit_a = 1 << a
-            for mask, members in sets:
-                if mask & bit_a or not self._possible_ancestors(mask, a, b):
-                    continue
+            for members in sets.within(in_tree & ~(1 << a) & self._ancestor_pool(a, b)):
                 if self._try(a, b, members):
                     break
                 self.done[a, b] = False
                 finished = False
         return finished
 
-    def _possible_ancestors(self, mask: int, a: int, b: int) -> bool:
-        """Every member of ``mask`` is a possible ancestor of ``a`` or of ``b`` (now)."""
+    def _ancestor_pool(self, a: int, b: int) -> int:
+        """Bitmask of the nodes allowed to condition ``a - b``: possible ancestors of
+        ``a`` or of ``b`` in the current graph (every node without pruning)."""
         if not self.pruning:
-            return True
+            return -1
         if self._ancestors is None:
             self._ancestors = _possible_ancestor_masks(self.marks)
-        return mask & ~(self._ancestors[a] | self._ancestors[b]) == 0
+        return self._ancestors[a] | self._ancestors[b]
 
     def _orient(self, final: bool) -> None:
         if not (final or self._skeleton_changed):
