@@ -37,10 +37,8 @@ from store.schema import TokenRole, TokenTable
 
 KIND = "cleann"
 # Bump when a change to the algorithm would change stored results: old keys then miss.
-ALGORITHM_VERSION = 1
-
-# Largest conditioning set tried; see CausalParams.
-DEFAULT_MAX_COND_SIZE = 3
+# 2: the learner follows causality-lab's LearnStructOrderedICD (the seed tool's CLEANN).
+ALGORITHM_VERSION = 2
 
 TraceLike = Trace | StoredTrace
 
@@ -49,22 +47,12 @@ TraceLike = Trace | StoredTrace
 class CausalParams:
     """Everything a trace-level CLEANN result depends on besides (layer, head, token).
 
-    ``ancestor_pruning`` defaults to False. Attention gives a Fisher-z test with only
-    ``dof`` pseudo-samples, i.e. a noisy test, and with noisy tests ICD's "possible
-    ancestor in the current PAG" rule lets a spurious arrowhead hide a true separating
-    set, leaving extra edges: the library's finite-sample check measures skeleton
-    precision 0.95 without it vs 0.75 with it at equal recall. On attention the effect
-    is large: on the (placeholder) demo checkpoint's colour answers, pruning links the
-    colour word to ~33 of 64 patches, on the queried object no more often than chance
-    (0.22 vs 0.20), while without it the explanation is a few patches, on the object
-    twice as often as chance (see tests/engine/causal/test_trace_demo.py). Token order
-    alone is a sound ancestor rule.
-
-    ``max_cond_size`` caps the conditioning-set size. ICD is anytime, so the result is
-    still a valid (r-representing) PAG. Uncapped (pruning off), one head of a 7B-shaped
-    synthetic layer ran for over 13 minutes (sets of 5 from a dense 43-node graph); with
-    the cap every head took under a second, and on the demo model the results are the
-    same as uncapped.
+    The defaults are the seed tool's (IntelLabs/lvlm-interpret with causality-lab):
+    alpha 1e-5, 128 pseudo-samples, search radius 3, ICD's possible-ancestor condition on
+    and no cap on the conditioning-set size, so a result equals the reference's on the
+    same nodes (``bench/cleann_reference.py``, tests/engine/causal/test_reference_agreement.py).
+    ``ancestor_pruning=False`` (order alone decides who may be an ancestor) and
+    ``max_cond_size`` (an anytime cap on ``r``) remain available as variants.
     """
 
     alpha: float = DEFAULT_ALPHA
@@ -72,8 +60,8 @@ class CausalParams:
     max_radius: int = DEFAULT_MAX_RADIUS
     threshold: float = DEFAULT_THRESHOLD
     max_image_tokens: int = DEFAULT_MAX_IMAGE_TOKENS
-    ancestor_pruning: bool = False
-    max_cond_size: int | None = DEFAULT_MAX_COND_SIZE
+    ancestor_pruning: bool = True
+    max_cond_size: int | None = None
 
     def validate(self) -> None:
         ExplainParams(self.alpha, self.dof, self.max_radius, self.max_cond_size).validate()

@@ -42,7 +42,7 @@ def _dicts(results) -> list[dict]:
 
 
 def test_params_key_is_stable_and_names_every_parameter():
-    assert CausalParams().key() == "v1,a=1e-05,dof=128.0,r=3,thr=0.005,img=50,anc=0,cond=3"
+    assert CausalParams().key() == "v2,a=1e-05,dof=128.0,r=3,thr=0.005,img=50,anc=1,cond=all"
     assert result_key(31, 7, 2, CausalParams()) == f"L31/H7/T2/{CausalParams().key()}"
     variants = [
         CausalParams(alpha=1e-4),
@@ -50,8 +50,8 @@ def test_params_key_is_stable_and_names_every_parameter():
         CausalParams(max_radius=2),
         CausalParams(threshold=0.01),
         CausalParams(max_image_tokens=20),
-        CausalParams(ancestor_pruning=True),
-        CausalParams(max_cond_size=None),
+        CausalParams(ancestor_pruning=False),
+        CausalParams(max_cond_size=3),
     ]
     assert len({p.key() for p in [CausalParams(), *variants]}) == 1 + len(variants)
     assert CausalParams(dof=128).key() == CausalParams(dof=128.0).key()
@@ -149,7 +149,7 @@ def test_record_causal_stores_every_token_of_the_last_layer(stored):
     assert keys == {result_key(1, h, k, CausalParams()) for h in range(4) for k in range(3)}
     assert progress == [(d, 12) for d in range(1, 13)]
     assert payload["layer"] == 1 and payload["token"] == 2 and payload["num_heads"] == 4
-    assert payload["causal_params"]["ancestor_pruning"] is False
+    assert payload["causal_params"]["ancestor_pruning"] is True
 
 
 def test_head_ranking_orders_by_importance_then_head(trace):
