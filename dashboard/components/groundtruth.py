@@ -1,7 +1,8 @@
 """Ground truth that demo traces carry (``TraceInfo.extra["ground_truth"]``), drawn on the image.
 
-Boxes are given in the user's original image pixels; the processed image may be resized, so
-they are scaled to it. Anything malformed in ``extra`` (it is free-form JSON) is skipped.
+Boxes are given in the user's original image pixels; the processed image may be a resized
+or cropped part of it, so they are mapped through the patch grid's original-pixel boxes.
+Anything malformed in ``extra`` (it is free-form JSON) is skipped.
 """
 
 from __future__ import annotations
@@ -46,20 +47,26 @@ def objects(extra: Mapping) -> list[Truth]:
 def draw(
     image: np.ndarray,
     truths: list[Truth],
-    original_size: tuple[int, int],
+    patch_boxes: np.ndarray,
     min_side: int = 336,
 ) -> Image.Image:
-    """The processed image (enlarged to ``min_side``) with every object's box and name."""
+    """The processed image (enlarged to ``min_side``) with every object's box and name.
+
+    ``patch_boxes`` (the grid cells in original-image pixels) say which part of the
+    original the processed image shows, so boxes land right after a resize or a crop.
+    """
     base = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
     factor = max(1.0, min_side / max(base.size))
     base = base.resize((round(base.width * factor), round(base.height * factor)))
-    sx = base.width / max(original_size[0], 1)
-    sy = base.height / max(original_size[1], 1)
+    cells = np.asarray(patch_boxes, dtype=np.float64).reshape(-1, 4)
+    left, top = cells[:, 0].min(), cells[:, 1].min()
+    sx = base.width / max(cells[:, 2].max() - left, 1e-9)
+    sy = base.height / max(cells[:, 3].max() - top, 1e-9)
     pen = ImageDraw.Draw(base)
     face = font(13)
     for truth in truths:
         x0, y0, x1, y1 = truth.box
-        rect = (x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1)
+        rect = ((x0 - left) * sx, (y0 - top) * sy, (x1 - left) * sx - 1, (y1 - top) * sy - 1)
         pen.rectangle(rect, outline=BOX_COLOUR, width=2)
         label = drawable(truth.label, face)
         left, top, right, bottom = pen.textbbox((rect[0] + 3, rect[1] + 2), label, font=face)

@@ -28,7 +28,7 @@ def _image(trace: StoredTrace, where: st.delta_generator.DeltaGenerator) -> None
         where.image(trace.image.processed, caption="Processed image (as the vision tower saw it)")
         return
     where.image(
-        groundtruth.draw(trace.image.processed, truths, trace.image.original_size),
+        groundtruth.draw(trace.image.processed, truths, trace.image.patch_boxes),
         caption="Processed image with the scene's ground-truth boxes",
     )
     where.text("Ground truth: " + "; ".join(t.label for t in truths))

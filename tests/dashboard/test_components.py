@@ -257,9 +257,13 @@ def test_ground_truth_boxes_are_read_tolerantly_and_drawn_scaled():
     truths = groundtruth.objects(extra)
     assert [t.label for t in truths] == ["red cross"]
     assert groundtruth.objects({"ground_truth": [1]}) == []
-    picture = groundtruth.draw(np.zeros((16, 16, 3), np.uint8), truths, (64, 64), min_side=64)
+    whole = np.array([[0, 0, 32, 64], [32, 0, 64, 64]])  # two cells covering a 64 x 64 original
+    picture = groundtruth.draw(np.zeros((16, 16, 3), np.uint8), truths, whole, min_side=64)
     assert picture.size == (64, 64)
     assert np.asarray(picture)[20, 31].tolist() == [0, 229, 255]  # box edge at x 32 * 64/64 - 1
+    cropped = np.array([[16, 0, 48, 64]])  # the processed image shows x 16-48 of the original
+    picture = groundtruth.draw(np.zeros((64, 32, 3), np.uint8), truths, cropped, min_side=32)
+    assert np.asarray(picture)[20, 15].tolist() == [0, 229, 255]  # x 32 lands at (32-16) * 1 - 1
 
 
 def test_relative_l1():
