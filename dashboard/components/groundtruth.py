@@ -69,7 +69,7 @@ def draw(
         rect = ((x0 - left) * sx, (y0 - top) * sy, (x1 - left) * sx - 1, (y1 - top) * sy - 1)
         pen.rectangle(rect, outline=BOX_COLOUR, width=2)
         label = drawable(truth.label, face)
-        left, top, right, bottom = pen.textbbox((rect[0] + 3, rect[1] + 2), label, font=face)
-        pen.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill="black")
+        tx0, ty0, tx1, ty1 = pen.textbbox((rect[0] + 3, rect[1] + 2), label, font=face)
+        pen.rectangle((tx0 - 2, ty0 - 1, tx1 + 2, ty1 + 1), fill="black")
         pen.text((rect[0] + 3, rect[1] + 2), label, fill=BOX_COLOUR, font=face)
     return base

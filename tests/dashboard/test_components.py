@@ -256,6 +256,9 @@ def test_ground_truth_boxes_are_read_tolerantly_and_drawn_scaled():
     }
     truths = groundtruth.objects(extra)
     assert [t.label for t in truths] == ["red cross"]
+    two = [*truths, groundtruth.Truth("b", (40.0, 40.0, 60.0, 60.0))]
+    drawn = np.asarray(groundtruth.draw(np.zeros((64, 64, 3), np.uint8), two, [[0, 0, 64, 64]]))
+    assert drawn[int(50 * 336 / 64), int(40 * 336 / 64)].tolist() == [0, 229, 255]  # 2nd box
     assert groundtruth.objects({"ground_truth": [1]}) == []
     whole = np.array([[0, 0, 32, 64], [32, 0, 64, 64]])  # two cells covering a 64 x 64 original
     picture = groundtruth.draw(np.zeros((16, 16, 3), np.uint8), truths, whole, min_side=64)
