@@ -48,23 +48,6 @@ def delete_edge(marks: np.ndarray, i: int, j: int) -> None:
     marks[j, i] = NONE
 
 
-def possible_ancestors(marks: np.ndarray) -> np.ndarray:
-    """Boolean matrix ``anc[z, x]``: a possibly directed path leads from z to x.
-
-    A path is possibly directed when no edge on it has an arrowhead at the end
-    nearer to ``z`` (Zhang 2008). Computed as the transitive closure of the
-    one-step relation by repeated squaring, which is cheap for the <100 node
-    graphs used here.
-    """
-    step = (marks != NONE) & (marks.T != ARROW)  # step[u, v]: edge u-v, no arrowhead at u
-    reach = step.copy()
-    while True:
-        nxt = reach | ((reach.astype(np.uint8) @ reach.astype(np.uint8)) > 0)
-        if np.array_equal(nxt, reach):
-            return reach
-        reach = nxt
-
-
 def list_edges(
     marks: np.ndarray, labels: list[int] | None = None
 ) -> list[tuple[int, int, str, str]]:

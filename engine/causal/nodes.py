@@ -1,16 +1,18 @@
 """Choose which tokens become graph nodes for explaining one token.
 
 Learning a graph over all ~700 tokens is neither affordable nor readable, so
-(as in the LVLM-Interpret seed tool) the graph is restricted to the tokens the
-explained token attends to: the top image tokens, the text tokens above an
-attention threshold, and the explained token itself.
+(as in the LVLM-Interpret seed tool, ``utils_causal_discovery.handle_causality``)
+the graph is restricted to the tokens the explained token attends to: the top
+image tokens, the text tokens above an attention threshold, and the explained
+token itself. As there, the number of image tokens is the number of tokens of
+the whole row above the threshold, and the threshold is 0.01.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_THRESHOLD = 0.005
+DEFAULT_THRESHOLD = 0.01
 DEFAULT_MAX_IMAGE_TOKENS = 50
 MIN_IMAGE_TOKENS = 2
 
@@ -26,8 +28,8 @@ def select_nodes(
     """Sorted token positions to use as graph nodes for ``target``.
 
     ``k`` image tokens with the highest attention are kept, where ``k`` is the
-    number of image tokens above ``threshold`` clipped to
-    ``[2, max_image_tokens]`` (fewer only if the image has fewer tokens): a
+    number of tokens of the row (any role) strictly above ``threshold``, clipped
+    to ``[2, max_image_tokens]`` (fewer only if the image has fewer tokens): a
     token that barely looks at the image still gets two image nodes so its
     graph can say so. Text tokens are kept when strictly above ``threshold``.
     Ties in attention are broken by position, so the result is deterministic.
@@ -46,7 +48,7 @@ def select_nodes(
 
     image = image[image != t]
     weights = row[image]
-    k = int(np.count_nonzero(weights > threshold))
+    k = int(np.count_nonzero(row > threshold))
     k = min(max(k, MIN_IMAGE_TOKENS), max_image_tokens, image.size)
     top_image = image[np.lexsort((image, -weights))[:k]]
 

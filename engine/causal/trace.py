@@ -7,7 +7,8 @@ is only an input from step ``k + 1`` on). It is also the row the rest of the wor
 calls "the attention of answer token k" (see :mod:`store.schema`), so relevancy maps and
 causal explanations of the same token line up. The graph spans the full ``[T, T]``
 matrix (prompt square plus answer rows): candidate nodes are every image token and every
-earlier text or answer token, filtered by :func:`engine.causal.select_nodes`.
+text or answer token between the image and the explained row (as in the seed tool),
+filtered by :func:`engine.causal.select_nodes`.
 
 Results are stored with ``TraceStore.put_result(trace_id, KIND, result_key(...), payload)``
 so the dashboard can show any (layer, head, token) computed at record time or by an
@@ -307,9 +308,11 @@ def _explain(
     params.validate()
     target = target_position(tokens, token)
     roles = np.asarray(tokens.roles)
-    earlier = np.arange(target)
     image = np.flatnonzero(roles == TokenRole.IMAGE)
-    text = earlier[roles[:target] != TokenRole.IMAGE]
+    # text after the image only, as the seed tool: the prompt before it holds the
+    # attention sink and the system prompt
+    after_image = int(image[-1]) + 1 if image.size else 0
+    text = np.arange(after_image, target)
     results = explain_heads(
         attention,
         target,

@@ -42,13 +42,13 @@ def _dicts(results) -> list[dict]:
 
 
 def test_params_key_is_stable_and_names_every_parameter():
-    assert CausalParams().key() == "v2,a=1e-05,dof=128.0,r=3,thr=0.005,img=50,anc=1,cond=all"
+    assert CausalParams().key() == "v2,a=1e-05,dof=128.0,r=3,thr=0.01,img=50,anc=1,cond=all"
     assert result_key(31, 7, 2, CausalParams()) == f"L31/H7/T2/{CausalParams().key()}"
     variants = [
         CausalParams(alpha=1e-4),
         CausalParams(dof=64),
         CausalParams(max_radius=2),
-        CausalParams(threshold=0.01),
+        CausalParams(threshold=0.005),
         CausalParams(max_image_tokens=20),
         CausalParams(ancestor_pruning=False),
         CausalParams(max_cond_size=3),
