@@ -106,10 +106,24 @@ def test_one_head_and_a_one_token_answer(app, tmp_path):
 
 
 def test_explanation_without_image_patches_is_a_message(app, tmp_path):
-    with open_store(tmp_path, mode="a") as store:  # token 1 of this trace: text-only graphs
+    """A stored explanation whose sets hold text only (its image members removed)."""
+    with open_store(tmp_path, mode="a") as store:
         trace_id = store.add(make_synthetic_trace(seed=7, grid=(3, 5)))
-    at = app("causal", store_dir=tmp_path, trace=trace_id, tokens="1")
+    at = app("causal", store_dir=tmp_path, trace=trace_id, tokens="1", head="0")
     at.button[0].click().run()
+    key = result_key(3, 0, 1, CausalParams())
+    with open_store(tmp_path, mode="a") as store:
+        image = set(store.open(trace_id).tokens.image_positions.tolist())
+        payload = store.get_result(trace_id, KIND, key)
+        payload["explanation_by_radius"] = {
+            r: [p for p in members if p not in image]
+            for r, members in payload["explanation_by_radius"].items()
+        }
+        payload["minimal_explanation"] = [
+            p for p in payload["minimal_explanation"] if p not in image
+        ]
+        store.put_result(trace_id, KIND, key, payload)
+    at = app("causal", store_dir=tmp_path, trace=trace_id, tokens="1", head="0")
     _ok(at)
     assert "No image patch is in this head's explanation" in at.info[0].value
     assert len(_images(at)) == 1  # the graph is still drawn
