@@ -12,7 +12,14 @@ tokens up to T=700. Each head's attention is a causal softmax of: a sink logit,
 a recency peak, image "blobs" (2-D Gaussians on the patch grid) of head-specific
 strength, and noise. Prints serial and parallel wall time and their ratio.
 
-Run: ``python bench/bench_causal.py [--part layer|stored|both] [--heads 32] [--workers N]``
+``reference``: our learner beside causality-lab's CLEANN (the seed tool's reference) on the
+agreement harness's heads (``bench/cleann_reference.py``): cases per second for each, their
+ratio, our worst head, and how many results agree. The reference is run side by side when
+``--reference PATH`` names a causality-lab checkout; otherwise its times come from the
+committed fixture (measured when the fixture was made).
+
+Run: ``python bench/bench_causal.py [--part layer|stored|reference|all] [--heads 32]
+[--workers N] [--reference PATH]``
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cleann_reference import FIXTURE, Case, load_fixture, make_cases, run_reference
 from engine.causal import explain_heads
+from engine.causal.explain import CausalExplanation, ExplainParams, explain_rows
 from engine.causal.trace import CausalParams, cached_explanations, head_ranking
 from store import open_store
 from store.synthetic import make_synthetic_trace
@@ -139,17 +148,63 @@ def bench_stored(args: argparse.Namespace) -> None:
             )
 
 
+def bench_reference(args: argparse.Namespace) -> None:
+    """Ours vs causality-lab on the harness's heads: speed, worst head, agreement."""
+    if args.reference is not None:
+        sys.path.insert(0, str(args.reference.resolve()))
+    fixture = load_fixture(FIXTURE)
+    ours_s, ref_s, same = [], [], 0
+    for case, recorded in fixture:
+        t0 = time.perf_counter()
+        res = _ours(case)
+        ours_s.append(time.perf_counter() - t0)
+        ref = run_reference(case) if args.reference is not None else recorded["reference"]
+        ref_s.append(ref["seconds"])
+        same += res.explanation == recorded["ascending"]["explanation"] and np.array_equal(
+            res.marks, recorded["ascending"]["marks"]
+        )
+    source = "run now" if args.reference is not None else "from the fixture"
+    print(f"\nreference: {len(fixture)} heads of the agreement fixture (reference times {source})")
+    print(f"ours     : {len(fixture) / sum(ours_s):7.1f} cases/s, worst head {max(ours_s):.3f} s")
+    print(f"reference: {len(fixture) / sum(ref_s):7.1f} cases/s, worst head {max(ref_s):.3f} s")
+    print(f"ratio    : {sum(ref_s) / sum(ours_s):7.1f}x (ours faster)")
+    print(f"equal to the reference (ascending set order): {same}/{len(fixture)}")
+    # every generated head, including those the reference needed over a minute for
+    worst: dict[int, float] = {}
+    for case in make_cases():
+        t0 = time.perf_counter()
+        _ours(case)
+        n = len(case.positions)
+        worst[n] = max(worst.get(n, 0.0), time.perf_counter() - t0)
+    small = max(v for n, v in worst.items() if n <= 40)
+    print(
+        f"all {len(make_cases())} generated heads: worst head <= 40 nodes {small:.3f} s, "
+        f"any size {max(worst.values()):.3f} s"
+    )
+
+
+def _ours(case: Case) -> CausalExplanation:
+    params = ExplainParams(case.alpha, case.dof, max_radius=3)
+    mask = np.ones(len(case.positions), dtype=bool)
+    return explain_rows(case.rows.astype(np.float64), case.positions, case.target, params, mask)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("layer", "stored", "both"), default="both")
+    parser.add_argument(
+        "--part", choices=("layer", "stored", "reference", "both", "all"), default="all"
+    )
+    parser.add_argument("--reference", type=Path, help="causality-lab checkout to run beside")
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--target", type=int, default=T - 5)
     args = parser.parse_args()
-    if args.part in ("layer", "both"):
+    if args.part in ("layer", "both", "all"):
         bench_layer(args)
-    if args.part in ("stored", "both"):
+    if args.part in ("stored", "both", "all"):
         bench_stored(args)
+    if args.part in ("reference", "all"):
+        bench_reference(args)
 
 
 if __name__ == "__main__":
