@@ -2,6 +2,12 @@
 
 Recording needs attention probabilities, which fused kernels (sdpa, flash) never materialise,
 so models are always loaded with ``attn_implementation="eager"``; the trace says so.
+
+Processors that declare a video processor (LLaVA-OneVision, Qwen-VL, InternVL, SmolVLM) cannot
+be built by ``AutoProcessor`` where torchvision is absent (every video processor needs it, and
+torchvision's wheels do not always install next to a CPU torch). Images need no video
+processor, so there the processor is assembled with :class:`StandInVideoProcessor` instead;
+where torchvision is installed, ``AutoProcessor`` is used unchanged.
 """
 
 from __future__ import annotations
@@ -9,8 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+from transformers.utils import is_torchvision_available
 from transformers.utils.hub import resolve_revision
+from transformers.video_processing_utils import VideoProcessorMixin
 
 from engine.adapters import VlmAdapter, adapter_for
 from engine.checkpoint import ModelSource, check_model_source, weights_revision
@@ -53,6 +62,83 @@ def check_device(device: str) -> torch.device:
     return parsed
 
 
+class StandInVideoProcessor(VideoProcessorMixin):
+    """Takes a video processor's place where torchvision is absent: images work, videos fail.
+
+    It saves as an empty entry, so a folder saved with it loads the family's real video
+    processor wherever torchvision is installed.
+    """
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> StandInVideoProcessor:
+        return cls()
+
+    def to_dict(self) -> dict:
+        return {}
+
+    def preprocess(self, videos, **kwargs):
+        raise InputError("Videos need torchvision, which is not installed; images work without.")
+
+
+def video_free(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
+    """``processor_class`` built with :class:`StandInVideoProcessor` for its video processor.
+
+    Only the class lookups that need torchvision are redirected; the subclass keeps the
+    class name, so what it saves names the real processor class.
+    """
+
+    def module(name: str) -> type:
+        if name == VideoProcessorMixin.__name__:
+            return VideoProcessorMixin
+        if name == StandInVideoProcessor.__name__:
+            return StandInVideoProcessor
+        return processor_class.get_possibly_dynamic_module(name)
+
+    namespace = {
+        "video_processor_class": StandInVideoProcessor.__name__,
+        "get_possibly_dynamic_module": staticmethod(module),
+    }
+    return type(processor_class.__name__, (processor_class,), namespace)
+
+
+def needs_video_free(processor_class: type[ProcessorMixin]) -> bool:
+    """Whether ``AutoProcessor`` cannot build this class here (video processor, no torchvision)."""
+    return not is_torchvision_available() and "video_processor" in processor_class.get_attributes()
+
+
+def load_processor(
+    target: str, *, revision: str | None = None, trust_remote_code: bool = False
+) -> ProcessorMixin:
+    """The processor of a hub id or folder, through ``AutoProcessor`` where it can build it."""
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(target, **common)
+    processor_class = PROCESSOR_MAPPING.get(type(config), None)
+    if processor_class is not None and needs_video_free(processor_class):
+        return video_free(processor_class).from_pretrained(target, **common)
+    return AutoProcessor.from_pretrained(target, **common)
+
+
+def load_weights(
+    target: str,
+    *,
+    dtype: str = "float32",
+    device_map: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> torch.nn.Module:
+    """The model of a hub id or folder with eager attention (no checks, no device move)."""
+    return AutoModelForImageTextToText.from_pretrained(
+        target,
+        dtype=DTYPES[dtype],
+        attn_implementation="eager",
+        device_map=device_map,
+        use_safetensors=None if allow_pickle else True,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    )
+
+
 def load_model(
     model_id: str,
     *,
@@ -80,14 +166,9 @@ def load_model(
     target = model_id if source.folder is None else str(source.folder)  # "~" expanded
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
-        processor = AutoProcessor.from_pretrained(target, **common)
-        model = AutoModelForImageTextToText.from_pretrained(
-            target,
-            dtype=DTYPES[dtype],
-            attn_implementation="eager",
-            device_map=device_map,
-            use_safetensors=None if allow_pickle else True,
-            **common,
+        processor = load_processor(target, **common)
+        model = load_weights(
+            target, dtype=dtype, device_map=device_map, allow_pickle=allow_pickle, **common
         )
     except Exception as error:  # a damaged folder makes transformers raise almost any type
         raise ModelLoadError(
