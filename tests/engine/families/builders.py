@@ -498,12 +498,7 @@ FAMILIES: dict[str, FamilySpec] = {
             repair=_mllama_repair,
         ),
         FamilySpec(
-            "internvl",
-            "<image>",
-            INTERNVL_TOKENS,
-            _internvl_config,
-            _internvl_processor,
-            extra_tokens=("<image>",),
+            "internvl", "<IMG_CONTEXT>", INTERNVL_TOKENS, _internvl_config, _internvl_processor
         ),
     )
 }
