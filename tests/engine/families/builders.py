@@ -57,6 +57,7 @@ class FamilySpec:
     extra_tokens: tuple[str, ...] = ()  # more special tokens the processor writes
     repair: Callable[[torch.nn.Module], None] | None = None
     needs: tuple[str, ...] = field(default=())  # importable modules the processor requires
+    tokenizer: Callable[[], PreTrainedTokenizerFast] | None = None  # else build_tokenizer
 
 
 def chat_template(image_in_turn: str) -> str:
@@ -117,6 +118,10 @@ def _id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
 
 # ---- LLaVA-NeXT / OneVision: anyres tiles of a 32 px base resolution, 8 px patches ----------
 PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+# OneVision shrinks (bilinearly) a high-resolution grid of more than max·G² features; real
+# checkpoints say anyres_max_9, which these 4x4-patch tiles never reach: max 1 makes the shrink,
+# and with it the weighted many-to-one token map, happen at this size.
+ONEVISION_ASPECT = "anyres_max_1"
 
 
 def _llava_next_config(tok: PreTrainedTokenizerFast) -> PretrainedConfig:
@@ -155,6 +160,7 @@ def _onevision_config(tok: PreTrainedTokenizerFast) -> PretrainedConfig:
         image_grid_pinpoints=PINPOINTS,
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
+        vision_aspect_ratio=ONEVISION_ASPECT,
     )
 
 
@@ -169,6 +175,7 @@ def _onevision_processor(tok: PreTrainedTokenizerFast) -> ProcessorMixin:
         tokenizer=tok,
         num_image_tokens=16,
         vision_feature_select_strategy="full",
+        vision_aspect_ratio=ONEVISION_ASPECT,
         chat_template=tok.chat_template,
     )
 
@@ -418,9 +425,27 @@ def _internvl_processor(tok: PreTrainedTokenizerFast) -> ProcessorMixin:
     )
 
 
+# LLaVA-1.5 from the demo's own parts (engine.demo.architecture) at this file's tiny sizes.
+LLAVA15_SIZES = llava15.Sizes(
+    vision_hidden=HIDDEN,
+    vision_layers=2,
+    vision_heads=2,
+    text_hidden=HIDDEN,
+    text_layers=2,
+    text_heads=2,
+)
+
 FAMILIES: dict[str, FamilySpec] = {
     spec.name: spec
     for spec in (
+        FamilySpec(
+            "llava",
+            "<image>\n",
+            {"image_token": "<image>"},
+            lambda tok: llava15.build_config(tok, LLAVA15_SIZES),
+            lambda tok: llava15.build_processor(tok, LLAVA15_SIZES),
+            tokenizer=llava15.build_tokenizer,
+        ),
         FamilySpec(
             "llava_next",
             "<image>",
@@ -524,7 +549,7 @@ def build_family(name: str, folder: Path, seed: int = 0) -> Built:
     start = time.perf_counter()
     spec = FAMILIES[name]
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(spec)
+    tokenizer = spec.tokenizer() if spec.tokenizer else build_tokenizer(spec)
     config = spec.config(tokenizer)
     model_cls = tf.AutoModelForImageTextToText._model_mapping[type(config)]
     model = model_cls._from_config(config, attn_implementation="eager")
@@ -535,29 +560,4 @@ def build_family(name: str, folder: Path, seed: int = 0) -> Built:
     processor = spec.processor(tokenizer)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    return Built(spec, model, processor, Path(folder), time.perf_counter() - start)
-
-
-def build_llava15(folder: Path, seed: int = 0) -> Built:
-    """LLaVA-1.5 from the demo's own parts (``engine.demo.architecture``), tiny sizes."""
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    tokenizer = llava15.build_tokenizer()
-    sizes = llava15.Sizes(
-        vision_hidden=32,
-        vision_layers=2,
-        vision_heads=2,
-        text_hidden=32,
-        text_layers=2,
-        text_heads=2,
-    )
-    config = llava15.build_config(tokenizer, sizes)
-    model = tf.LlavaForConditionalGeneration._from_config(config, attn_implementation="eager")
-    model.eval()
-    processor = llava15.build_processor(tokenizer, sizes)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    spec = FamilySpec(
-        "llava", "<image>\n", {"image_token": "<image>"}, lambda t: config, lambda t: processor
-    )
     return Built(spec, model, processor, Path(folder), time.perf_counter() - start)
