@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 HEADER = 32  # Blosc2 extended chunk header; the block starts (int32 each) follow it
 NBYTES, CBYTES = slice(4, 8), slice(12, 16)  # little-endian int32 fields of that header
 MEMCPYED = 0x02  # header flag: blocks stored raw, no block starts
@@ -48,10 +46,10 @@ XXH64 = _xxh64()
 HASHES_SUFFIX = "_block_xxh64"  # [L, row chunks, H] uint64: XXH64 of each block's bytes
 
 
-def block_hashes(data: bytes, ranges: Sequence[Sequence[int]]) -> np.ndarray:
+def block_hashes(data: bytes, ranges: Sequence[Sequence[int]]) -> list[int]:
     """XXH64 (seed 0) of ``data[a:b]`` for each (a, b) in ``ranges``, without copying."""
     base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
-    return np.array([XXH64(base + a, b - a, 0) for a, b in ranges], np.uint64)
+    return [XXH64(base + a, b - a, 0) for a, b in ranges]
 
 
 def same_settings(header: bytes, chunk_header: bytes) -> bool:

@@ -115,9 +115,8 @@ class BlockedDataset:
             return None
         header = header.tobytes()
         if self.verified:
-            if len(header) != HEADER or block_hashes(header, [(0, HEADER)])[0] != np.uint64(
-                self.hashes.attrs.get("chunk_header_xxh64", 0)
-            ):
+            expected = int(self.hashes.attrs.get("chunk_header_xxh64", 0))
+            if len(header) != HEADER or block_hashes(header, [(0, HEADER)]) != [expected]:
                 raise self.corrupt("a chunk header that fails its checksum")
             return header
         return header if self._in_place() else None
@@ -218,28 +217,35 @@ def read(blocked: BlockedDataset, index: tuple, dtype: np.dtype | None = None) -
         for _, _, lo, hi in jobs:
             _ADVISE(fd, lo, hi - lo, os.POSIX_FADV_WILLNEED)
 
+    # Plain lists: per-chunk numpy indexing cost more than the checksums themselves.
+    table_rows, hash_rows = table.tolist(), hashes.tolist() if verified else None
+
     def work(job: tuple[int, int, int, int]) -> bool:
         li, ci, lo, hi = job
-        where = f"layer {l0 + li}, rows from {(chunks.start + ci) * rows}"
         data = os.pread(fd, hi - lo, lo)
-        ranges = table[li, ci] - lo
+        ranges = [(a - lo, b - lo) for a, b in table_rows[li][ci]]
+        problem = None
         if verified:
             if len(data) != hi - lo:
-                raise blocked.corrupt(f"a truncated chunk ({where})")
-            if (block_hashes(data, ranges.tolist()) != hashes[li, ci]).any():
-                raise blocked.corrupt(f"an attention block that fails its checksum ({where})")
+                problem = "a truncated chunk"
+            elif block_hashes(data, ranges) != hash_rows[li][ci]:
+                problem = "an attention block that fails its checksum"
         elif len(data) != hi - lo:
             return False
+        heads = None
         # Unchecked chunk headers and block starts are only trusted when checksums are
         # absent; with checksums, only the checked blocks and the dataset's header are used.
-        heads = None
-        if whole and (not verified or _starts(data, len(ranges)) == ranges[:, 0].tolist()):
+        starts = [a for a, _ in ranges]
+        if problem is None and whole and (not verified or _starts(data, len(ranges)) == starts):
             heads = _decode_chunk(header, data, h1 - h0, shape, stored)
-        if heads is None:
+        if problem is None and heads is None:
             heads = _decode_blocks(header, data, ranges, shape, stored)
+            if heads is None and verified:
+                problem = "a chunk that does not decode"
+        if problem is not None:
+            where = f"layer {l0 + li}, rows from {(chunks.start + ci) * rows}"
+            raise blocked.corrupt(f"{problem} ({where})")
         if heads is None:
-            if verified:
-                raise blocked.corrupt(f"a chunk that does not decode ({where})")
             return False
         chunk_r0 = (chunks.start + ci) * rows
         a, b = max(r0, chunk_r0), min(r1, chunk_r0 + rows)
@@ -269,14 +275,14 @@ def _decode_chunk(
 
 
 def _decode_blocks(
-    header: bytes, data: bytes, ranges: np.ndarray, block_shape: tuple[int, int], dtype
+    header: bytes, data: bytes, ranges: list[tuple[int, int]], block_shape: tuple[int, int], dtype
 ) -> np.ndarray | None:
     """Decompress the blocks at ``ranges`` of ``data`` into [n, rows, cols].
 
     The blocks are laid out as one chunk of their own (the dataset's header with this
     chunk's sizes, then their starts, then their bytes), so one call decodes them all.
     """
-    parts = [data[a:b] for a, b in ranges.tolist()]
+    parts = [data[a:b] for a, b in ranges]
     starts, size = [], HEADER + 4 * len(parts)
     for part in parts:
         starts.append(size)

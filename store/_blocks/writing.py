@@ -151,7 +151,7 @@ class BlockedWriter:
 
     def _compress(
         self, values: np.ndarray, r0: int
-    ) -> tuple[np.ndarray, bytes, list[tuple[int, int]] | None, np.ndarray | int]:
+    ) -> tuple[np.ndarray, bytes, list[tuple[int, int]] | None, list[int] | int]:
         """One chunk compressed, with its blocks' ranges and checksums (hashed here, on the
         compressing thread, while the caller's thread writes the previous chunk)."""
         chunk = np.ascontiguousarray(values[:, r0 : r0 + self.chunk_rows])
