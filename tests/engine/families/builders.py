@@ -561,3 +561,26 @@ def build_family(name: str, folder: Path, seed: int = 0) -> Built:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return Built(spec, model, processor, Path(folder), time.perf_counter() - start)
+
+
+def prompt_inputs(
+    built: Built,
+    images: list,
+    question: str = "what is in the image ?",
+    processor: ProcessorMixin | None = None,
+) -> dict:
+    """Processor outputs for one user turn with ``images`` then ``question``, ready to generate.
+
+    ``processor`` defaults to the built one. PaliGemma ships no chat template: its prompt is
+    the image tokens, then the text.
+    """
+    processor = processor or built.processor
+    if built.spec.name == "paligemma":
+        text = built.spec.image_in_turn * len(images) + question
+    else:
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
+        turn = [{"role": "user", "content": content}]
+        text = processor.apply_chat_template(turn, add_generation_prompt=True)
+    inputs = dict(processor(images=images, text=[text], return_tensors="pt"))
+    inputs.pop("labels", None)  # PaliGemma's processor adds them; a forward pass must not get them
+    return inputs

@@ -1,0 +1,218 @@
+"""Every family's tiny random model: builds, reloads, generates, shows its attention, and its
+token → patch map is what the model itself does (gradients with vision attention zeroed, and a
+painted square that lands on exactly the tokens the map names)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoProcessor
+from transformers.utils import is_torchvision_available
+
+from engine.errors import InputError, UnsupportedModelError
+from engine.loading import StandInVideoProcessor, load_model, load_processor, load_weights
+from tests.engine.families import oracle
+from tests.engine.families.attention import vision_attention
+from tests.engine.families.builders import FAMILIES, prompt_inputs
+from tests.engine.families.conftest import noise_image, painted
+from tests.engine.families.forcing import teacher_forced
+
+NAMES = list(FAMILIES)
+ANSWER_TOKENS = 6
+
+# The token -> patch map of a 40x56 noise image, as the oracle reads it from each model:
+# (image-token positions, positions reading no pixels, patches read per other position).
+EXPECTED = {
+    # 64 px square crop, 8 px patches: 8x8 tokens, one patch each, CLS dropped
+    "llava": (64, 0, {1}),
+    # base tile 4x4 + best canvas 64x64 (4 tiles) unpadded to 6 rows x 8 cols, a newline per row
+    "llava_next": (70, 6, {1}),
+    # as NeXT, but 48 > 1·16 features: the grid is bilinearly shrunk, tokens mix up to 2x2 patches
+    "llava_onevision": (31, 3, {1, 4}),
+    # resized to 32x64 (multiples of 16), 4x8 patches, one token per 2x2 merge block
+    "qwen2_vl": (8, 0, {4}),
+    "qwen2_5_vl": (8, 0, {4}),
+    "qwen3_vl": (8, 0, {4}),
+    # 32 px squash, 8x8 patches of 4 px average-pooled 2x2 into 4x4 tokens
+    "gemma3": (16, 0, {4}),
+    # 32 px squash, 4x4 patches, image tokens first in raster order
+    "paligemma": (16, 0, {1}),
+    # 64 px longest edge -> 2x2 tiles of 32 px (+ global view): 5 tiles x 2x2 tokens (shuffle 2)
+    "idefics3": (20, 0, {4}),
+    "smolvlm": (20, 0, {4}),
+    # cross-attention keys: 4 tiles x (CLS + 4x4 patches); CLS rows read no pixels
+    "mllama": (68, 4, {1}),
+    # 2x2 tiles + thumbnail, 2x2 pixel shuffle: 5 tiles x 4 tokens
+    "internvl": (20, 0, {4}),
+}
+
+
+def _generate(built, inputs: dict) -> torch.Tensor:
+    """Greedy answer ids [1, n]; special and image tokens suppressed (random models emit them)."""
+    tokenizer = built.processor.tokenizer
+    output = built.model.generate(
+        **inputs,
+        max_new_tokens=ANSWER_TOKENS,
+        do_sample=False,
+        suppress_tokens=list(tokenizer.all_special_ids),
+        output_attentions=True,
+        return_dict_in_generate=True,
+    )
+    assert len(output.attentions) == ANSWER_TOKENS
+    assert len(output.attentions[0]) == built.model.config.get_text_config().num_hidden_layers
+    return output.sequences[:, inputs["input_ids"].shape[-1] :]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_builds_tiny_and_reloads_with_identical_logits(build, name):
+    built = build(name)
+    assert built.params < 300_000
+    assert built.model.config._attn_implementation == "eager"
+    processor = load_processor(str(built.folder))
+    model = load_weights(str(built.folder)).eval()
+    assert type(processor).__name__ == type(built.processor).__name__
+    inputs = prompt_inputs(built, [noise_image()])
+    reloaded = prompt_inputs(built, [noise_image()], processor=processor)
+    assert reloaded.keys() == inputs.keys()
+    assert all(torch.equal(reloaded[k], inputs[k]) for k in inputs)
+    with torch.no_grad():
+        assert torch.equal(built.model(**inputs).logits, model(**inputs).logits)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generates_and_teacher_forcing_reproduces_the_answer(build, name):
+    built = build(name)
+    inputs = prompt_inputs(built, [noise_image()])
+    answer = _generate(built, inputs)
+    assert answer.shape == (1, ANSWER_TOKENS)
+    forced = teacher_forced(name, inputs, answer)
+    with torch.no_grad():
+        logits = built.model(**forced).logits
+    prompt = inputs["input_ids"].shape[-1]
+    suppressed = torch.tensor(built.processor.tokenizer.all_special_ids)
+    logits[..., suppressed] = float("-inf")
+    predicted = logits[0, prompt - 1 : prompt - 1 + ANSWER_TOKENS].argmax(-1)
+    assert torch.equal(predicted, answer[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_vision_and_lm_attention_with_gradients(build, name):
+    """Probabilities of every LM layer and every vision chunk, each with a gradient."""
+    built = build(name)
+    model = built.model.requires_grad_(False)
+    inputs = prompt_inputs(built, [noise_image()])
+    inputs["pixel_values"] = inputs["pixel_values"].clone().requires_grad_(True)
+
+    def embeddings_as_leaf(module, args, output):  # layers before the image still get gradients
+        return output.detach().requires_grad_(True)
+
+    handle = model.get_input_embeddings().register_forward_hook(embeddings_as_leaf)
+    try:
+        with vision_attention(model) as chunks, torch.enable_grad():
+            output = model(**inputs, output_attentions=True)
+            score = output.logits[0, -1].max()
+            lm = list(output.attentions)
+            grads = torch.autograd.grad(score, lm + chunks, allow_unused=True)
+    finally:
+        handle.remove()
+    text_config = model.config.get_text_config()
+    assert len(lm) == text_config.num_hidden_layers
+    assert len(chunks) >= model.config.vision_config.to_dict().get(
+        "num_hidden_layers", model.config.vision_config.to_dict().get("depth")
+    )
+    for probabilities in [*lm, *chunks]:
+        sums = probabilities.detach().sum(-1)
+        assert torch.allclose(sums[sums > 0], torch.ones(()), atol=1e-5)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[: len(lm)])
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[len(lm) :])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_oracle_matches_the_model_and_a_painted_square(build, name):
+    built = build(name)
+    model = built.model.requires_grad_(False)
+    inputs = prompt_inputs(built, [noise_image()])
+    reads = oracle.token_patch_map(model, inputs, built.processor)
+    positions, empty, per_token = EXPECTED[name]
+    assert len(reads) == positions
+    assert sum(1 for r in reads.values() if not r) == empty
+    assert {len(r) for r in reads.values() if r} == per_token
+    for token_reads in reads.values():
+        if token_reads:
+            assert sum(r.weight for r in token_reads) == pytest.approx(1.0)
+    if per_token == {4} or per_token == {1}:  # no interpolation: each patch feeds one token
+        patches = [(r.image, r.tile, r.box) for rs in reads.values() for r in rs]
+        assert len(patches) == len(set(patches))
+    if per_token == {4}:  # a 2x2 block of neighbouring patches
+        for rs in reads.values():
+            xs = {r.box[0] for r in rs}
+            ys = {r.box[1] for r in rs}
+            assert len(xs) == len(ys) == 2
+    square = painted(noise_image(), (6, 6, 16, 14))
+    after = prompt_inputs(built, [square])
+    changed = oracle.embedding_change(model, inputs, after)
+    assert changed
+    assert changed == oracle.tokens_over_change(model, inputs, after, reads, built.processor)
+
+
+def test_oracle_rasters_paligemma_tokens(build):
+    """PaliGemma: image token k reads patch k in raster order (4x4 grid of 8 px patches)."""
+    built = build("paligemma")
+    reads = oracle.token_patch_map(
+        built.model, prompt_inputs(built, [noise_image()]), built.processor
+    )
+    for k, position in enumerate(sorted(reads)):
+        (read,) = reads[position]
+        assert read.box == (8 * (k % 4), 8 * (k // 4), 8 * (k % 4) + 8, 8 * (k // 4) + 8)
+
+
+@pytest.mark.parametrize("name", ["llava_next", "qwen2_vl", "idefics3"])
+def test_multi_image_tokens_know_their_image(build, name):
+    built = build(name)
+    model = built.model.requires_grad_(False)
+    images = [noise_image(seed=1), noise_image(32, 32, seed=2)]
+    inputs = prompt_inputs(built, images)
+    reads = oracle.token_patch_map(model, inputs, built.processor)
+    by_image = {p: {r.image for r in rs} for p, rs in reads.items() if rs}
+    assert set().union(*by_image.values()) == {0, 1}
+    assert all(len(images_read) == 1 for images_read in by_image.values())
+    second = [p for p, i in by_image.items() if i == {1}]
+    assert min(second) > max(p for p, i in by_image.items() if i == {0})  # image order kept
+    after = prompt_inputs(built, [images[0], painted(images[1], (2, 2, 12, 12))])
+    changed = oracle.embedding_change(model, inputs, after)
+    assert changed and changed <= set(second)
+    assert changed == oracle.tokens_over_change(model, inputs, after, reads, built.processor)
+
+
+VIDEO_PROCESSOR_FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl"]
+
+
+@pytest.mark.skipif(is_torchvision_available(), reason="the fallback is for torchvision's absence")
+@pytest.mark.parametrize("name", VIDEO_PROCESSOR_FAMILIES)
+def test_processor_with_a_video_processor_loads_without_torchvision(build, name):
+    built = build(name)
+    with pytest.raises(ValueError, match="torchvision"):  # what load_processor exists for
+        AutoProcessor.from_pretrained(str(built.folder))
+    processor = load_processor(str(built.folder))
+    assert type(processor).__name__ == type(built.processor).__name__
+    assert isinstance(processor.video_processor, StandInVideoProcessor)
+    with pytest.raises(InputError, match="torchvision"):
+        processor.video_processor([])
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "llava"])
+def test_load_model_loads_then_names_the_missing_adapter(build, name):
+    built = build(name)
+    with pytest.raises(UnsupportedModelError, match=built.model.config.model_type):
+        load_model(str(built.folder))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_answer_depends_on_the_image(build, name):
+    """The zero-init traps are fixed: Gemma 3's projector and Mllama's gates let pixels through."""
+    built = build(name)
+    before = prompt_inputs(built, [noise_image()])
+    after = prompt_inputs(built, [painted(noise_image(), (0, 0, 39, 39))])
+    with torch.no_grad():
+        last = [built.model(**inputs).logits[0, -1] for inputs in (before, after)]
+    assert not torch.equal(*last)
