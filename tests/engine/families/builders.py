@@ -119,9 +119,9 @@ def _id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
 # ---- LLaVA-NeXT / OneVision: anyres tiles of a 32 px base resolution, 8 px patches ----------
 PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
 # OneVision shrinks (bilinearly) a high-resolution grid of more than max·G² features; real
-# checkpoints say anyres_max_9, which these 4x4-patch tiles never reach: max 1 makes the shrink,
-# and with it the weighted many-to-one token map, happen at this size.
-ONEVISION_ASPECT = "anyres_max_1"
+# checkpoints say anyres_max_9, which these 4x4-patch tiles never reach: max 2 makes the shrink
+# (by a non-integer factor), and with it the weighted many-to-one token map, happen at this size.
+ONEVISION_ASPECT = "anyres_max_2"
 
 
 def _llava_next_config(tok: PreTrainedTokenizerFast) -> PretrainedConfig:

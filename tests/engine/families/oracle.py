@@ -7,8 +7,14 @@ interpolation), which is exactly the map to learn. The gradient of each LM image
 (``e_p · r`` with a fixed random ``r``) with respect to ``pixel_values`` is then non-zero exactly
 on the pixels that token reads; :func:`pixel_maps` lays each family's ``pixel_values`` out as
 (image, tile) → H×W, and :func:`token_patch_map` reports, per image-token position, the patches
-read with their share of the gradient mass. Tokens that read no pixels (row breaks, newlines,
-Mllama's padded key rows) get an empty list.
+it reads. Tokens that read no pixels (row breaks, newlines, Mllama's CLS key rows) get an empty
+list.
+
+Weights say how much of a token comes from each patch. Where a family concatenates patch
+features (2×2 merges, pixel shuffle) or maps one to one, each patch read is an equal share.
+Where it mixes them linearly (Gemma 3's average pooling, OneVision's bilinear shrink), the
+weights are the mixing coefficients, read exactly by :func:`mixing_weights` from a gradient leaf
+placed where the mix is linear (``MIXING_LEAF``).
 
 Mllama has no image tokens in its sequence: there the "positions" are the rows of the
 cross-attention keys (``cross_attention_states``).
@@ -25,6 +31,10 @@ import torch
 
 CROSS_ATTENTION_FAMILIES = ("mllama",)
 TILED_FLAT = ("idefics3", "smolvlm", "internvl")  # tiles of all images in one flat axis
+# Families that mix patch features linearly, and which side of the projector is then linear in
+# the patches: after it for OneVision (projector, then bilinear shrink), before it for Gemma 3
+# (its projector average-pools, then normalises and projects: one Jacobian per pooled block).
+MIXING_LEAF = {"llava_onevision": "output", "gemma3": "input"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,7 @@ class Read:
     image: int
     tile: int
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the processed tile's pixels
-    weight: float  # share of the token's gradient mass (L1) on this patch
+    weight: float  # share of the token that comes from this patch (the token's weights sum to 1)
 
 
 class _Captured(Exception):
@@ -200,21 +210,19 @@ def patch_size(model: torch.nn.Module) -> int:
 
 
 def patches_read(maps: dict[tuple[int, int], np.ndarray], patch: int) -> list[Read]:
-    """The patches with non-zero mass in ``maps``, weighted by their share of the total."""
-    masses = {}
+    """The patches with non-zero values in ``maps``, as equal shares."""
+    found = []
     for (image, tile), values in maps.items():
         h, w = values.shape
         blocks = values.reshape(h // patch, patch, w // patch, patch).sum(axis=(1, 3))
         for row, col in zip(*np.nonzero(blocks), strict=True):
-            box = (
-                int(col) * patch,
-                int(row) * patch,
-                (int(col) + 1) * patch,
-                (int(row) + 1) * patch,
-            )
-            masses[(image, tile, box)] = float(blocks[row, col])
-    total = sum(masses.values())
-    return [Read(i, t, box, mass / total) for (i, t, box), mass in masses.items()]
+            x0, y0 = int(col) * patch, int(row) * patch
+            found.append((image, tile, (x0, y0, x0 + patch, y0 + patch)))
+    return [Read(image, tile, box, 1 / len(found)) for image, tile, box in found]
+
+
+def _direction(width: int) -> torch.Tensor:
+    return torch.randn(width, generator=torch.Generator().manual_seed(0))
 
 
 def token_patch_map(model: torch.nn.Module, inputs: dict, processor) -> dict[int, list[Read]]:
@@ -223,13 +231,74 @@ def token_patch_map(model: torch.nn.Module, inputs: dict, processor) -> dict[int
     inputs = {**inputs, "pixel_values": pixel_values}
     with vision_attention_zeroed(model), torch.enable_grad():
         rows, positions = lm_image_rows(model, inputs)
-        direction = torch.randn(rows.shape[-1], generator=torch.Generator().manual_seed(0))
+        direction = _direction(rows.shape[-1])
         patch = patch_size(model)
         result: dict[int, list[Read]] = {}
         for row, position in zip(rows, positions, strict=True):
             (grad,) = torch.autograd.grad(row @ direction, pixel_values, retain_graph=True)
             result[position] = patches_read(pixel_maps(model, inputs, grad, processor), patch)
+    if model_type(model) in MIXING_LEAF:
+        weights = mixing_weights(model, inputs)
+        for position, reads in result.items():
+            result[position] = [
+                Read(r.image, r.tile, r.box, weights[position][(r.image, r.tile, r.box)])
+                for r in reads
+            ]
     return result
+
+
+def mixing_weights(
+    model: torch.nn.Module, inputs: dict
+) -> dict[int, dict[tuple[int, int, tuple[int, int, int, int]], float]]:
+    """Position → {(image, tile, box): coefficient} for the families in ``MIXING_LEAF``.
+
+    The projector's output (or input) is made the gradient leaf; each LM image row is then a
+    linear mix of the leaf's patch rows (times one Jacobian for all of them), so the L1 norms of
+    the gradient rows, normalised, are the coefficients. Leaf rows are (image or tile, patch in
+    raster order); OneVision's tiles are those of one image.
+    """
+    kind = model_type(model)
+    projector = model.model.multi_modal_projector
+    leaf: list[torch.Tensor] = []
+
+    def output_leaf(module, args, output):
+        leaf.append(output.detach().requires_grad_(True))
+        return leaf[-1]
+
+    def input_leaf(module, args):
+        leaf.append(args[0].detach().requires_grad_(True))
+        return (leaf[-1], *args[1:])
+
+    if MIXING_LEAF[kind] == "output":
+        handle = projector.register_forward_hook(output_leaf)
+    else:
+        handle = projector.register_forward_pre_hook(input_leaf)
+    try:
+        with torch.enable_grad():
+            rows, positions = lm_image_rows(
+                model, {**inputs, "pixel_values": inputs["pixel_values"].detach()}
+            )
+            direction = _direction(rows.shape[-1])
+            (features,) = leaf
+            if kind == "llava_onevision" and inputs["pixel_values"].shape[0] != 1:
+                raise NotImplementedError("OneVision mixing weights: one image per prompt")
+            grid = round(features.shape[1] ** 0.5)
+            patch = patch_size(model)
+            weights = {}
+            for row, position in zip(rows, positions, strict=True):
+                (grad,) = torch.autograd.grad(row @ direction, features, retain_graph=True)
+                mass = grad.abs().sum(-1)  # [image or tile, patch]
+                total = mass.sum()
+                found = {}
+                for n, k in zip(*torch.nonzero(mass, as_tuple=True), strict=True):
+                    n, k = int(n), int(k)
+                    x0, y0 = (k % grid) * patch, (k // grid) * patch
+                    key = (0, n) if kind == "llava_onevision" else (n, 0)
+                    found[(*key, (x0, y0, x0 + patch, y0 + patch))] = float(mass[n, k] / total)
+                weights[position] = found
+    finally:
+        handle.remove()
+    return weights
 
 
 def embedding_change(model: torch.nn.Module, before: dict, after: dict) -> set[int]:
