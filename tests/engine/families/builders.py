@@ -435,6 +435,43 @@ LLAVA15_SIZES = llava15.Sizes(
     text_heads=2,
 )
 
+# ---- Aya Vision: InternVL-like tiles (32 px, thumbnail last), SigLIP, pixel shuffle 2 ------------
+AYA_TOKENS = {"image_token": "<image>"}
+AYA_EXTRA = (
+    "<|START_OF_IMG|>",
+    "<|END_OF_IMG|>",
+    "<|IMG_PATCH|>",
+    "<|IMG_LINE_BREAK|>",
+    "TILE_GLOBAL",
+    *(f"TILE_{i}" for i in range(1, 5)),
+)
+
+
+def _aya_config(tok: PreTrainedTokenizerFast) -> PretrainedConfig:
+    return tf.AyaVisionConfig(
+        vision_config=tf.SiglipVisionConfig(**VISION, image_size=32, patch_size=8),
+        text_config=tf.Cohere2Config(**TEXT, **_ids(tok), sliding_window=64),
+        image_token_index=_id(tok, "<|IMG_PATCH|>"),
+        downsample_factor=2,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+
+
+def _aya_processor(tok: PreTrainedTokenizerFast) -> ProcessorMixin:
+    images = tf.GotOcr2ImageProcessorPil(
+        size={"height": 32, "width": 32}, crop_to_patches=True, max_patches=4
+    )
+    return tf.AyaVisionProcessor(
+        image_processor=images,
+        tokenizer=tok,
+        patch_size=8,
+        img_size=32,
+        downsample_factor=2,
+        chat_template=tok.chat_template,
+    )
+
+
 FAMILIES: dict[str, FamilySpec] = {
     spec.name: spec
     for spec in (
@@ -524,6 +561,9 @@ FAMILIES: dict[str, FamilySpec] = {
         ),
         FamilySpec(
             "internvl", "<IMG_CONTEXT>", INTERNVL_TOKENS, _internvl_config, _internvl_processor
+        ),
+        FamilySpec(
+            "aya_vision", "<image>", AYA_TOKENS, _aya_config, _aya_processor, extra_tokens=AYA_EXTRA
         ),
     )
 }

@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 CROSS_ATTENTION_FAMILIES = ("mllama",)
-TILED_FLAT = ("idefics3", "smolvlm", "internvl")  # tiles of all images in one flat axis
+TILED_FLAT = ("idefics3", "smolvlm", "internvl", "aya_vision")  # all images' tiles on one axis
+# One run of image tokens per tile; an image's last tile (its global view) follows this marker.
+GLOBAL_VIEW_MARKER = {
+    "idefics3": "<global-img>",
+    "smolvlm": "<global-img>",
+    "aya_vision": "TILE_GLOBAL",
+}
 # Families that mix patch features linearly, and which side of the projector is then linear in
 # the patches: after it for OneVision (projector, then bilinear shrink), before it for Gemma 3
 # (its projector average-pools, then normalises and projects: one Jacobian per pooled block).
@@ -145,12 +151,12 @@ def _runs(ids: list[int], token: int) -> list[tuple[int, int]]:
 
 
 def tiles_per_image(model: torch.nn.Module, inputs: dict, processor) -> list[int]:
-    """How the flat tile axis of Idefics3/SmolVLM/InternVL splits into images (from the ids)."""
+    """How the flat tile axis of the ``TILED_FLAT`` families splits into images (from the ids)."""
     ids = inputs["input_ids"][0].tolist()
     runs = _runs(ids, image_token_id(model))
     if model_type(model) == "internvl":
         return [length // model.config.image_seq_length for _, length in runs]
-    global_id = processor.tokenizer.convert_tokens_to_ids("<global-img>")
+    global_id = processor.tokenizer.convert_tokens_to_ids(GLOBAL_VIEW_MARKER[model_type(model)])
     counts, tiles = [], 0
     for start, _ in runs:  # one run per tile; the global view (last) follows <global-img>
         tiles += 1

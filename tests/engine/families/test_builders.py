@@ -44,6 +44,7 @@ EXPECTED = {
     "mllama": (68, 4, {1}),
     # 2x2 tiles + thumbnail, 2x2 pixel shuffle: 5 tiles x 4 tokens
     "internvl": (20, 0, {4}),
+    "aya_vision": (20, 0, {4}),
 }
 
 
@@ -168,7 +169,7 @@ def test_oracle_rasters_paligemma_tokens(build):
         assert read.box == (8 * (k % 4), 8 * (k // 4), 8 * (k % 4) + 8, 8 * (k // 4) + 8)
 
 
-@pytest.mark.parametrize("name", ["llava_next", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("name", ["llava_next", "qwen2_vl", "idefics3", "aya_vision"])
 def test_multi_image_tokens_know_their_image(build, name):
     built = build(name)
     model = built.model.requires_grad_(False)
