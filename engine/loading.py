@@ -12,6 +12,7 @@ where torchvision is installed, ``AutoProcessor`` is used unchanged.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +79,17 @@ class StandInVideoProcessor(VideoProcessorMixin):
 
     def preprocess(self, videos, **kwargs):
         raise InputError("Videos need torchvision, which is not installed; images work without.")
+
+
+class _QuietStandIn(logging.Filter):
+    """Drops transformers' deprecation warning about ``video_processor_class``, which
+    :func:`video_free` sets on purpose (it is the loader's only hook for a sub-processor)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return StandInVideoProcessor.__name__ not in record.getMessage()
+
+
+logging.getLogger("transformers.processing_utils").addFilter(_QuietStandIn())
 
 
 def video_free(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
