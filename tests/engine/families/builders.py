@@ -608,11 +608,13 @@ def prompt_inputs(
     images: list,
     question: str = "what is in the image ?",
     processor: ProcessorMixin | None = None,
+    **options,
 ) -> dict:
     """Processor outputs for one user turn with ``images`` then ``question``, ready to generate.
 
-    ``processor`` defaults to the built one. PaliGemma ships no chat template: its prompt is
-    the image tokens, then the text.
+    ``processor`` defaults to the built one; ``options`` go to its call (e.g. Gemma 3's
+    ``do_pan_and_scan``). PaliGemma ships no chat template: its prompt is the image tokens,
+    then the text.
     """
     processor = processor or built.processor
     if built.spec.name == "paligemma":
@@ -621,6 +623,6 @@ def prompt_inputs(
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
         turn = [{"role": "user", "content": content}]
         text = processor.apply_chat_template(turn, add_generation_prompt=True)
-    inputs = dict(processor(images=images, text=[text], return_tensors="pt"))
+    inputs = dict(processor(images=images, text=[text], return_tensors="pt", **options))
     inputs.pop("labels", None)  # PaliGemma's processor adds them; a forward pass must not get them
     return inputs

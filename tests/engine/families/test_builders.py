@@ -220,3 +220,25 @@ def test_answer_depends_on_the_image(build, name):
     with torch.no_grad():
         last = [built.model(**inputs).logits[0, -1] for inputs in (before, after)]
     assert not torch.equal(*last)
+
+
+def test_gemma3_pan_and_scan_crops_are_extra_images(build):
+    """Pan & scan (asked per call): the whole image first, then its crops, 16 tokens each; the
+    oracle sees each crop as one ``pixel_values`` row (an adapter groups them as tiles)."""
+    built = build("gemma3")
+    model = built.model.requires_grad_(False)
+    options = {
+        "do_pan_and_scan": True,
+        "pan_and_scan_min_crop_size": 8,
+        "pan_and_scan_max_num_crops": 4,
+        "pan_and_scan_min_ratio_to_activate": 1.2,
+    }
+    inputs = prompt_inputs(built, [noise_image()], **options)
+    assert inputs["pixel_values"].shape[0] == 3  # 40x56: the whole image and two crops
+    reads = oracle.token_patch_map(model, inputs, built.processor)
+    images = [{r.image for r in reads[p]} for p in sorted(reads)]
+    assert images == [{0}] * 16 + [{1}] * 16 + [{2}] * 16
+    after = prompt_inputs(built, [painted(noise_image(), (50, 30, 55, 39))], **options)
+    changed = oracle.embedding_change(model, inputs, after)
+    assert {r.image for p in changed for r in reads[p]} == {0, 2}  # the whole, the right crop
+    assert changed == oracle.tokens_over_change(model, inputs, after, reads, built.processor)
