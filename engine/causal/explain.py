@@ -32,6 +32,9 @@ DEFAULT_ALPHA = 1e-5
 DEFAULT_DOF = 128
 DEFAULT_MAX_RADIUS = 3
 DEFAULT_MINIMAL_BUDGET = 256
+# "reference": visit candidates in the order causality-lab (the seed tool) iterates its
+# Python sets of token positions; "ascending": by position, independent of where tokens sit.
+SET_ORDERS = ("reference", "ascending")
 # -log10 of the smallest positive double: caps one token's share of head importance.
 _P_FLOOR = float(np.finfo(np.float64).tiny)
 
@@ -46,6 +49,7 @@ class ExplainParams:
     max_cond_size: int | None = None
     minimal_budget: int = DEFAULT_MINIMAL_BUDGET
     ancestor_pruning: bool = True
+    set_order: str = "reference"
 
     def validate(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -56,6 +60,8 @@ class ExplainParams:
             raise ValueError(f"max_radius must be >= 1, got {self.max_radius}")
         if self.max_cond_size is not None and self.max_cond_size < 0:
             raise ValueError(f"max_cond_size must be >= 0 or None, got {self.max_cond_size}")
+        if self.set_order not in SET_ORDERS:
+            raise ValueError(f"set_order must be one of {SET_ORDERS}, got {self.set_order!r}")
 
 
 @dataclass
@@ -145,6 +151,7 @@ def explain(
     max_cond_size: int | None = None,
     minimal_budget: int = DEFAULT_MINIMAL_BUDGET,
     ancestor_pruning: bool = True,
+    set_order: str = "reference",
 ) -> CausalExplanation:
     """Explain token ``target`` from one head's ``[T, T]`` attention matrix.
 
@@ -154,12 +161,15 @@ def explain(
     (default: all nodes). ``max_cond_size`` optionally caps the CI conditioning
     size, trading completeness for bounded time on dense graphs.
     ``ancestor_pruning``: see :func:`engine.causal.structure.learn_ordered_pag`.
+    ``set_order``: one of :data:`SET_ORDERS` (see :mod:`engine.causal.structure`).
     """
     att = np.asarray(attention)
     if att.ndim != 2 or att.shape[0] != att.shape[1]:
         raise ValueError(f"attention must be a square [T, T] matrix, got shape {att.shape}")
     pos = _validate_nodes(nodes, att.shape[0])
-    params = ExplainParams(alpha, dof, max_radius, max_cond_size, minimal_budget, ancestor_pruning)
+    params = ExplainParams(
+        alpha, dof, max_radius, max_cond_size, minimal_budget, ancestor_pruning, set_order
+    )
     rows = att[pos]
     if not np.all(np.isfinite(rows)):
         raise ValueError("attention rows of the selected nodes contain NaN or inf")
@@ -198,10 +208,16 @@ def explain_rows(
     labels = [int(p) for p in positions]
 
     test = FisherZTest(attention_correlation(rows), params.dof)
+    order_labels = labels if params.set_order == "reference" else None
     learned = learn_ordered_pag(
-        len(labels), test, params.alpha, params.max_cond_size, params.ancestor_pruning
+        len(labels),
+        test,
+        params.alpha,
+        params.max_cond_size,
+        params.ancestor_pruning,
+        order_labels,
     )
-    tree = build_pds_tree(learned.marks, t, params.max_radius)
+    tree = build_pds_tree(learned.marks, t, params.max_radius, labels=order_labels)
     by_radius = tree.by_radius()
     minimal, separating = _minimal_explanation(test, tree, params)
 

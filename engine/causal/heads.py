@@ -48,6 +48,7 @@ def explain_heads(
     max_cond_size: int | None = None,
     minimal_budget: int = DEFAULT_MINIMAL_BUDGET,
     ancestor_pruning: bool = True,
+    set_order: str = "reference",
     workers: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> list[CausalExplanation]:
@@ -62,7 +63,9 @@ def explain_heads(
     layer = np.asarray(attention_layer)
     if layer.ndim != 3 or layer.shape[1] != layer.shape[2]:
         raise ValueError(f"attention_layer must have shape [H, T, T], got {layer.shape}")
-    params = ExplainParams(alpha, dof, max_radius, max_cond_size, minimal_budget, ancestor_pruning)
+    params = ExplainParams(
+        alpha, dof, max_radius, max_cond_size, minimal_budget, ancestor_pruning, set_order
+    )
     params.validate()
     image = np.asarray(image_positions, dtype=np.int64)
     jobs = []

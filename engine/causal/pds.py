@@ -17,7 +17,7 @@ not every PDS path, and a node may still appear in it more than once.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations, product
 
@@ -40,6 +40,7 @@ class PDSTree:
     depth: dict[int, int] = field(default_factory=dict)
     edges: list[tuple[int, int, int]] = field(default_factory=list)
     ancestry: dict[int, list[int]] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # nodes in the order sets list them
 
     def by_radius(self) -> dict[int, list[int]]:
         """Nodes grouped by minimal distance from the root."""
@@ -63,11 +64,12 @@ class PDSTree:
 class ConditioningSets:
     """Legal conditioning sets of one size from a PDS tree, in the reference's order.
 
-    causality-lab lists every combination of the tree's nodes that is legal and
-    stable-sorts by the sum of the members' minimal distances; with nodes in ascending
-    order that is the order ``(distance sum, members)``. Sets made only of the root's
-    neighbours come first (their sum is the smallest) and are all legal, so they are
-    streamed straight from ``itertools.combinations``; the rest, which need a deeper node
+    causality-lab lists every combination of the tree's nodes (in the order its set of
+    them iterates, :attr:`PDSTree.order`) that is legal and stable-sorts by the sum of
+    the members' minimal distances: the order ``(distance sum, members by rank)``. Sets
+    made only of the root's neighbours come first (their sum is the smallest) and are all
+    legal, so they are streamed straight from ``itertools.combinations``; the rest, which
+    need a deeper node
     and its tree path, are built only if the caller gets that far.
     """
 
@@ -75,8 +77,9 @@ class ConditioningSets:
         self.size = size
         self.depth = tree.depth
         self.paths = {v: _minimal_masks(m) for v, m in tree.ancestry.items()}
-        self.near = sorted(v for v, d in tree.depth.items() if d == 1)
-        self.deeper = sorted(v for v, d in tree.depth.items() if d > 1)
+        self.rank = {v: i for i, v in enumerate(tree.order)}
+        self.near = [v for v in tree.order if tree.depth[v] == 1]
+        self.deeper = [v for v in tree.order if tree.depth[v] > 1]
 
     def within(self, pool: int) -> Iterator[tuple[int, ...]]:
         """Legal sets whose members all lie in ``pool`` (a bitmask), in reference order."""
@@ -84,8 +87,12 @@ class ConditioningSets:
         yield from combinations(near, self.size)
         deep = [v for v in self.deeper if pool >> v & 1]
         if deep:
-            rest = [_members(m) for m in self._with_deeper(near, deep)]
-            rest.sort(key=lambda s: (sum(self.depth[v] for v in s), s))
+            rank = self.rank
+            rest = [
+                tuple(sorted(_members(m), key=rank.__getitem__))
+                for m in self._with_deeper(near, deep)
+            ]
+            rest.sort(key=lambda s: (sum(self.depth[v] for v in s), [rank[v] for v in s]))
             yield from rest
 
     def _with_deeper(self, near: list[int], deep: list[int]) -> set[int]:
@@ -141,23 +148,30 @@ def _members(mask: int) -> tuple[int, ...]:
 
 
 def build_pds_tree(
-    marks: np.ndarray, root: int, max_depth: int, allowed: np.ndarray | None = None
+    marks: np.ndarray,
+    root: int,
+    max_depth: int,
+    allowed: np.ndarray | None = None,
+    labels: Sequence[int] | None = None,
 ) -> PDSTree:
     """PDS tree rooted at ``root`` up to ``max_depth`` edges, over ``allowed`` nodes.
 
     A triple ``<prev, cur, nxt>`` may continue a path when ``prev`` and ``nxt``
     are adjacent or ``cur`` is a definite collider on it. Each undirected edge
     of the skeleton (restricted to ``allowed``) is used once; the root's edges
-    only to leave it.
+    only to leave it. Neighbours are visited in ascending order, or, given the
+    nodes' ``labels``, in the order causality-lab's sets of those labels iterate.
     """
     adjacent = marks != NONE
     free = adjacent.copy()
     if allowed is not None:
         free &= allowed[:, None] & allowed[None, :]
+    visit = _set_order(labels, allowed, len(marks))
     tree = PDSTree(root)
-    first = [int(v) for v in np.flatnonzero(free[root])]
+    first = visit(root, free[root])
     free[root, :] = False
     free[:, root] = False
+    found = list(first)
     queue: deque[tuple[int, int, int, int]] = deque()  # (prev, cur, depth, path mask of cur)
     for v in first:
         _add(tree, root, v, 1, 0)
@@ -168,8 +182,7 @@ def build_pds_tree(
             continue
         collider_in = marks[prev, cur] == ARROW
         below = path | (1 << cur)
-        for nxt in np.flatnonzero(free[cur]):
-            nxt = int(nxt)
+        for nxt in visit(cur, free[cur]):
             if nxt == prev:
                 continue
             if not (adjacent[prev, nxt] or (collider_in and marks[nxt, cur] == ARROW)):
@@ -177,7 +190,35 @@ def build_pds_tree(
             free[cur, nxt] = free[nxt, cur] = False
             _add(tree, cur, nxt, d + 1, below)
             queue.append((cur, nxt, d + 1, below))
+            found.append(nxt)
+    tree.order = _listed(found, labels)
     return tree
+
+
+def _set_order(
+    labels: Sequence[int] | None, allowed: np.ndarray | None, n: int
+) -> Callable[[int, np.ndarray], list[int]]:
+    """``visit(node, mask)``: the nodes of ``mask`` in neighbour order (see build_pds_tree).
+
+    causality-lab walks ``set(nodes) - {node}``; CPython iterates a set of integers in an
+    order fixed by their values and the set's history, so building the same set gives it.
+    """
+    if labels is None:
+        return lambda node, mask: [int(v) for v in np.flatnonzero(mask)]
+    ok = range(n) if allowed is None else np.flatnonzero(allowed).tolist()
+    everyone = {int(labels[v]) for v in ok}
+    index = {int(label): i for i, label in enumerate(labels)}
+    return lambda node, mask: [
+        index[x] for x in everyone.copy() - {int(labels[node])} if mask[index[x]]
+    ]
+
+
+def _listed(found: list[int], labels: Sequence[int] | None) -> list[int]:
+    """Distinct tree nodes in the order ``set(found)`` iterates (ascending without labels)."""
+    if labels is None:
+        return sorted(set(found))
+    index = {int(labels[v]): v for v in found}
+    return [index[x] for x in {int(labels[v]) for v in found}]
 
 
 def _add(tree: PDSTree, parent: int, child: int, depth: int, path: int) -> None:

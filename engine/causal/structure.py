@@ -20,8 +20,14 @@ use, so that both learn the same PAG from the same test results:
 * The graph is re-oriented after each ``r`` (rules R0-R4), and once at the end
   with R0-R4 and then the tail rules R8-R10.
 
-Candidates are visited in ascending order where the reference iterates Python
-sets; that order is the only freedom left (see the README).
+Where causality-lab iterates Python sets of token positions, the order of the
+visits decides which of several separating sets removes an edge first. The one
+that matters (measured: the r = 1 step, which pair and which conditioning node
+come first) is reproduced when the nodes' ``labels`` are given: CPython iterates
+a set of small integers in an order fixed by their values (not by the hash seed),
+so building the same sets gives the reference's order. Without labels every
+visit is in ascending order, and the result does not depend on where the tokens
+sit; causality-lab made to iterate in ascending order gives exactly this result.
 
 The CI test is any ``(i, j, cond) -> p`` callable, so exact d-separation can
 be injected to verify the learner.
@@ -29,6 +35,7 @@ be injected to verify the learner.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +65,7 @@ def learn_ordered_pag(
     alpha: float,
     max_cond_size: int | None = None,
     ancestor_pruning: bool = True,
+    labels: Sequence[int] | None = None,
 ) -> LearnedPAG:
     """Learn a PAG over nodes ``0..n-1`` (index = causal order).
 
@@ -67,15 +75,25 @@ def learn_ordered_pag(
     ``ancestor_pruning``: ICD's condition (for ``r >= 2``) that every conditioning
     node be a possible ancestor of the pair *in the current PAG*; with False the
     known order alone decides who may be an ancestor (earlier nodes).
+    ``labels``: the nodes' token positions (ascending); when given, the ``r = 1``
+    step visits pairs and conditioning nodes in causality-lab's set order.
     """
-    return _OrderedICD(n, ci_test, alpha, ancestor_pruning).run(max_cond_size)
+    return _OrderedICD(n, ci_test, alpha, ancestor_pruning, labels).run(max_cond_size)
 
 
 class _OrderedICD:
     """State of one run: the graph, separating sets and which edges are final."""
 
-    def __init__(self, n: int, ci_test: CITest, alpha: float, ancestor_pruning: bool) -> None:
+    def __init__(
+        self,
+        n: int,
+        ci_test: CITest,
+        alpha: float,
+        ancestor_pruning: bool,
+        labels: Sequence[int] | None,
+    ) -> None:
         self.n = n
+        self.labels = None if labels is None else [int(v) for v in labels]
         self.test = ci_test
         self.alpha = alpha
         self.pruning = ancestor_pruning
@@ -123,14 +141,30 @@ class _OrderedICD:
 
     def _level_one(self, b: int) -> None:
         """``r = 1``: each earlier neighbour of ``b`` (other than ``a``) as the set."""
-        neighbours = [int(z) for z in np.flatnonzero(self.marks[:b, b] != NONE)]
-        for a in list(neighbours):
-            if self.done[a, b]:
+        for a in self._earlier(b):
+            if self.done[a, b] or self.marks[a, b] == NONE:
                 continue
-            for z in neighbours:
-                if z != a and self._try(a, b, (z,)):
-                    neighbours.remove(a)
+            for z in self._conditioning_neighbours(a, b):
+                if self._try(a, b, (z,)):
                     break
+
+    def _earlier(self, b: int) -> list[int]:
+        """Nodes before ``b`` in visiting order (causality-lab: ``set(order[:b])``)."""
+        if self.labels is None:
+            return list(range(b))
+        index = {label: i for i, label in enumerate(self.labels)}
+        return [index[label] for label in set(self.labels[:b])]
+
+    def _conditioning_neighbours(self, a: int, b: int) -> list[int]:
+        """Current neighbours of ``b`` before it, except ``a``, in visiting order
+        (causality-lab: ``neighbours(b) & (set(order[:b]) - {a})``)."""
+        adjacent = np.flatnonzero(self.marks[:, b] != NONE)
+        if self.labels is None:
+            return [int(z) for z in adjacent if z < b and z != a]
+        labels = self.labels
+        index = {labels[int(z)]: int(z) for z in adjacent}
+        pool = set(labels[:b]) - {labels[a]}
+        return [index[label] for label in set(index) & pool]
 
     def _level(self, b: int, r: int) -> bool:
         """Edges into ``b`` with size-``r`` sets; True when none of them was left open."""
@@ -139,7 +173,7 @@ class _OrderedICD:
             return True
         allowed = np.zeros(self.n, dtype=bool)
         allowed[: b + 1] = True
-        tree = build_pds_tree(self.marks, b, max_depth=r, allowed=allowed)
+        tree = build_pds_tree(self.marks, b, max_depth=r, allowed=allowed, labels=self.labels)
         sets = ConditioningSets(tree, r)
         in_tree = sum(1 << v for v in tree.depth)
         finished = True

@@ -53,7 +53,9 @@ class CausalParams:
     and no cap on the conditioning-set size, so a result equals the reference's on the
     same nodes (``bench/cleann_reference.py``, tests/engine/causal/test_reference_agreement.py).
     ``ancestor_pruning=False`` (order alone decides who may be an ancestor) and
-    ``max_cond_size`` (an anytime cap on ``r``) remain available as variants.
+    ``max_cond_size`` (an anytime cap on ``r``) remain available as variants, and
+    ``set_order="ascending"`` gives results that do not depend on where the tokens sit
+    (the reference's do; see :mod:`engine.causal.structure`).
     """
 
     alpha: float = DEFAULT_ALPHA
@@ -63,9 +65,12 @@ class CausalParams:
     max_image_tokens: int = DEFAULT_MAX_IMAGE_TOKENS
     ancestor_pruning: bool = True
     max_cond_size: int | None = None
+    set_order: str = "reference"
 
     def validate(self) -> None:
-        ExplainParams(self.alpha, self.dof, self.max_radius, self.max_cond_size).validate()
+        ExplainParams(
+            self.alpha, self.dof, self.max_radius, self.max_cond_size, set_order=self.set_order
+        ).validate()
         if not self.threshold >= 0.0:
             raise ValueError(f"threshold must be >= 0, got {self.threshold}")
         if self.max_image_tokens < MIN_IMAGE_TOKENS:
@@ -79,7 +84,8 @@ class CausalParams:
             f"v{ALGORITHM_VERSION},a={float(self.alpha)!r},dof={float(self.dof)!r},"
             f"r={int(self.max_radius)},thr={float(self.threshold)!r},"
             f"img={int(self.max_image_tokens)},anc={int(bool(self.ancestor_pruning))},"
-            f"cond={'all' if self.max_cond_size is None else int(self.max_cond_size)}"
+            f"cond={'all' if self.max_cond_size is None else int(self.max_cond_size)},"
+            f"ord={self.set_order}"
         )
 
 
@@ -325,6 +331,7 @@ def _explain(
         params.max_radius,
         max_cond_size=params.max_cond_size,
         ancestor_pruning=params.ancestor_pruning,
+        set_order=params.set_order,
         workers=workers,
         on_progress=on_progress,
     )

@@ -42,7 +42,10 @@ def _dicts(results) -> list[dict]:
 
 
 def test_params_key_is_stable_and_names_every_parameter():
-    assert CausalParams().key() == "v2,a=1e-05,dof=128.0,r=3,thr=0.01,img=50,anc=1,cond=all"
+    assert (
+        CausalParams().key()
+        == "v2,a=1e-05,dof=128.0,r=3,thr=0.01,img=50,anc=1,cond=all,ord=reference"
+    )
     assert result_key(31, 7, 2, CausalParams()) == f"L31/H7/T2/{CausalParams().key()}"
     variants = [
         CausalParams(alpha=1e-4),
@@ -52,6 +55,7 @@ def test_params_key_is_stable_and_names_every_parameter():
         CausalParams(max_image_tokens=20),
         CausalParams(ancestor_pruning=False),
         CausalParams(max_cond_size=3),
+        CausalParams(set_order="ascending"),
     ]
     assert len({p.key() for p in [CausalParams(), *variants]}) == 1 + len(variants)
     assert CausalParams(dof=128).key() == CausalParams(dof=128.0).key()
