@@ -242,3 +242,24 @@ def test_gemma3_pan_and_scan_crops_are_extra_images(build):
     changed = oracle.embedding_change(model, inputs, after)
     assert {r.image for p in changed for r in reads[p]} == {0, 2}  # the whole, the right crop
     assert changed == oracle.tokens_over_change(model, inputs, after, reads, built.processor)
+
+
+# Vision attention chunks [query, key] of the 40x56 image, one per eager call, in call order.
+VISION_CHUNKS = {
+    "qwen2_vl": [(32, 32)] * 2,  # per image, both layers full attention over 4x8 patches
+    # layer 0 windowed (window_size 32 px = 4x4 patches): the 4x8 grid is two windows of 16;
+    # layer 1 (fullatt_block_indexes) attends over all 32 patches
+    "qwen2_5_vl": [(16, 16), (16, 16), (32, 32)],
+    # 2 local + 1 global layer over 4 tiles x (CLS + 16 patches, padded to 24)
+    "mllama": [(96, 96)] * 3,
+    "llava_next": [(17, 17)] * 2,  # 5 tiles a call (batch), CLS + 16 patches
+    "gemma3": [(64, 64)] * 2,  # 8x8 patches of 4 px, no CLS (SigLIP)
+}
+
+
+@pytest.mark.parametrize("name", list(VISION_CHUNKS))
+def test_vision_attention_chunks(build, name):
+    built = build(name)
+    with vision_attention(built.model) as chunks, torch.no_grad():
+        built.model(**prompt_inputs(built, [noise_image()]))
+    assert [tuple(c.shape[-2:]) for c in chunks] == VISION_CHUNKS[name]
