@@ -13,7 +13,7 @@ use, so that both learn the same PAG from the same test results:
 * ``r = 1``: edge ``a - b`` (``a < b``) is tested given each *current* earlier
   neighbour of ``b``; no possible-ancestor condition at this step.
 * ``r >= 2``: sets of ``r`` nodes from the PDS tree of ``b`` (radius ``r``,
-  nodes up to ``b``), legal and nearest first (:meth:`PDSTree.conditioning_sets`),
+  nodes up to ``b``), legal and nearest first (:class:`ConditioningSets`),
   whose members are all possible ancestors of ``a`` or ``b`` in the current
   graph. An edge for which no legal set exists at some ``r`` is final: it is
   not tested at larger ``r``.
@@ -21,13 +21,15 @@ use, so that both learn the same PAG from the same test results:
   with R0-R4 and then the tail rules R8-R10.
 
 Where causality-lab iterates Python sets of token positions, the order of the
-visits decides which of several separating sets removes an edge first. The one
-that matters (measured: the r = 1 step, which pair and which conditioning node
-come first) is reproduced when the nodes' ``labels`` are given: CPython iterates
-a set of small integers in an order fixed by their values (not by the hash seed),
-so building the same sets gives the reference's order. Without labels every
-visit is in ascending order, and the result does not depend on where the tokens
-sit; causality-lab made to iterate in ascending order gives exactly this result.
+visits decides which of several separating sets removes an edge first, and which
+neighbour grows a PDS tree first. When the nodes' ``labels`` are given, those
+orders are rebuilt (here: which pair and which conditioning node come first at
+``r = 1``; :func:`build_pds_tree` for the trees and their sets): CPython
+iterates a set of integers in an order fixed by their values and the set's
+history (not by the hash seed), so building the same sets gives the same order.
+Without labels every visit is in ascending order and the result does not depend
+on where the tokens sit; causality-lab made to iterate in ascending order gives
+exactly that result.
 
 The CI test is any ``(i, j, cond) -> p`` callable, so exact d-separation can
 be injected to verify the learner.
