@@ -14,8 +14,8 @@ from engine.loading import StandInVideoProcessor, load_model, load_processor, lo
 from tests.engine.families import oracle
 from tests.engine.families.attention import vision_attention
 from tests.engine.families.builders import FAMILIES, prompt_inputs
-from tests.engine.families.conftest import noise_image, painted
 from tests.engine.families.forcing import teacher_forced
+from tests.engine.families.images import noise_image, painted
 
 NAMES = list(FAMILIES)
 ANSWER_TOKENS = 6

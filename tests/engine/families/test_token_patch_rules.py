@@ -14,7 +14,7 @@ import pytest
 
 from tests.engine.families import oracle
 from tests.engine.families.builders import prompt_inputs
-from tests.engine.families.conftest import noise_image
+from tests.engine.families.images import noise_image
 
 Patch = tuple[int, int, int, int]  # image, tile, row, col
 
