@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,7 +56,7 @@ class FamilySpec:
     processor: Callable[[PreTrainedTokenizerFast], ProcessorMixin]
     extra_tokens: tuple[str, ...] = ()  # more special tokens the processor writes
     repair: Callable[[torch.nn.Module], None] | None = None
-    needs: tuple[str, ...] = field(default=())  # importable modules the processor requires
+    needs: tuple[str, ...] = ()  # importable modules the processor requires
     tokenizer: Callable[[], PreTrainedTokenizerFast] | None = None  # else build_tokenizer
 
 
@@ -218,7 +218,7 @@ def _qwen25_config(tok: PreTrainedTokenizerFast) -> PretrainedConfig:
             **QWEN_VISION,
             "intermediate_size": 2 * HIDDEN,
             "out_hidden_size": HIDDEN,
-            "window_size": 32,  # 2x2 merge blocks of 8 px patches per window
+            "window_size": 32,  # px: windows of 2x2 merge blocks (4x4 patches)
             "fullatt_block_indexes": [1],
         },
         **_qwen_ids(tok),
@@ -240,11 +240,14 @@ def _qwen3_config(tok: PreTrainedTokenizerFast) -> PretrainedConfig:
     )
 
 
-def _qwen_processor(cls_name: str, model_type: str, merge_px: int) -> Callable:
+def _qwen_processor(cls_name: str, model_type: str) -> Callable:
+    """Images resized to multiples of one merge block (16 px), 4 to 16 blocks in area."""
+
     def build(tok: PreTrainedTokenizerFast) -> ProcessorMixin:
+        block = 2 * QWEN_VISION["patch_size"]
         images = tf.Qwen2VLImageProcessorPil(
-            size={"shortest_edge": 4 * merge_px**2, "longest_edge": 16 * merge_px**2},
-            patch_size=merge_px // 2,
+            size={"shortest_edge": 4 * block**2, "longest_edge": 16 * block**2},
+            patch_size=QWEN_VISION["patch_size"],
             merge_size=2,
         )
         return with_video(
@@ -302,7 +305,7 @@ def _paligemma_config(tok: PreTrainedTokenizerFast) -> PretrainedConfig:
 
 def _paligemma_processor(tok: PreTrainedTokenizerFast) -> ProcessorMixin:
     images = tf.SiglipImageProcessorPil(size={"height": 32, "width": 32})
-    images.image_seq_length = 16
+    images.image_seq_length = 16  # the processor reads the token count from here (4x4 patches)
     return tf.PaliGemmaProcessor(image_processor=images, tokenizer=tok, chat_template=None)
 
 
@@ -368,7 +371,7 @@ def _mllama_config(tok: PreTrainedTokenizerFast) -> PretrainedConfig:
             ],
         ),
         text_config=tf.MllamaTextConfig(
-            **{k: v for k, v in TEXT.items()},
+            **TEXT,
             **_ids(tok),
             cross_attention_layers=[1],
         ),
@@ -502,21 +505,21 @@ FAMILIES: dict[str, FamilySpec] = {
             QWEN_IMAGE,
             QWEN_TOKENS,
             _qwen2_config,
-            _qwen_processor("Qwen2VLProcessor", "qwen2_vl", 16),
+            _qwen_processor("Qwen2VLProcessor", "qwen2_vl"),
         ),
         FamilySpec(
             "qwen2_5_vl",
             QWEN_IMAGE,
             QWEN_TOKENS,
             _qwen25_config,
-            _qwen_processor("Qwen2_5_VLProcessor", "qwen2_5_vl", 16),
+            _qwen_processor("Qwen2_5_VLProcessor", "qwen2_5_vl"),
         ),
         FamilySpec(
             "qwen3_vl",
             QWEN_IMAGE,
             QWEN_TOKENS,
             _qwen3_config,
-            _qwen_processor("Qwen3VLProcessor", "qwen3_vl", 16),
+            _qwen_processor("Qwen3VLProcessor", "qwen3_vl"),
         ),
         FamilySpec(
             "gemma3",
