@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -42,11 +42,15 @@ def _one_line_errors(command: F) -> F:
         try:
             command(*args, **kwargs)
         except StoreError as exc:
-            message = " ".join(str(exc).split())
-            sys.stderr.write(f"error: {message}\n")
-            raise typer.Exit(2) from None
+            _refuse(str(exc))
 
     return run  # type: ignore[return-value]
+
+
+def _refuse(message: str) -> NoReturn:
+    """One plain line on stderr, exit code 2."""
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    raise typer.Exit(2)
 
 
 def _open(store: Path, db: str | None, mode: str = "r") -> TraceStore:
@@ -236,15 +240,12 @@ def relevancy(
     with _open(store, db) as st, st.open(trace_id) as tr:
         maps, tokens, image = tr.relevancy, tr.tokens, tr.image
     if maps is None:
-        console.print("error: this trace has no relevancy (recorded with --no-relevancy)")
-        raise typer.Exit(2)
+        _refuse("this trace has no relevancy (recorded with --no-relevancy)")
     if maps.map(mode) is None:
-        console.print(f"error: this trace holds no '{mode.value}' map. {maps.legacy_note or ''}")
-        raise typer.Exit(2)
+        _refuse(f"this trace holds no '{mode.value}' map. {maps.legacy_note or ''}")
     answer = tokens.text[tokens.prompt_length :]
     if not 0 <= token < len(answer):
-        console.print(f"error: --token must be in 0..{len(answer) - 1} (the answer's tokens)")
-        raise typer.Exit(2)
+        _refuse(f"--token must be in 0..{len(answer) - 1} (the answer's tokens)")
     rows, cols = image.grid_rows, image.grid_cols
     grid = maps.on_patches(mode, tokens, rows * cols)[token].reshape(rows, cols)
     console.print(f"{mode.value}: {mode.definition}", markup=False, highlight=False)

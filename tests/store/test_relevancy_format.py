@@ -82,6 +82,7 @@ def test_cli_refuses_what_the_trace_does_not_hold(store, store_dir, make_trace):
     for args in (["--mode", "all"], ["--token", "99"], ["--mode", "bogus"]):
         done = _relevancy_cli(store_dir, trace_id, *args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
-        assert "Traceback" not in done.stdout + done.stderr
+        assert done.stdout == "" and done.stderr.startswith("error: ")
+        assert len(done.stderr.splitlines()) == 1, done.stderr
     done = _relevancy_cli(store_dir, trace_id, "--mode", "llm_through_vision")
     assert done.returncode == 0
