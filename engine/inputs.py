@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from engine.errors import ImageError, InputError, PromptError
-from store._paths import check_name  # the store's own tag rule, applied before recording
+from store import check_name  # the store's own tag rule, applied before recording
 from store.errors import InvalidName
 from store.schema import GenerationSettings
 

@@ -14,6 +14,7 @@ from ._codec import (
     Precision,
 )
 from ._index import Page, TraceQuery
+from ._paths import check_name
 from ._store import GcReport, Problem, ReindexReport, TraceStore, open_store, reindex_store
 from ._stored import StoredTrace
 from .errors import (
@@ -79,6 +80,7 @@ __all__ = [
     "TraceNotFound",
     "TraceQuery",
     "TraceStore",
+    "check_name",
     "new_trace_id",
     "open_store",
     "reindex_store",
