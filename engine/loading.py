@@ -66,16 +66,21 @@ def check_device(device: str) -> torch.device:
 class StandInVideoProcessor(VideoProcessorMixin):
     """Takes a video processor's place where torchvision is absent: images work, videos fail.
 
-    It saves as an empty entry, so a folder saved with it loads the family's real video
-    processor wherever torchvision is installed.
+    It keeps the saved video settings as attributes (processors read some of them even for
+    images, e.g. SmolVLM's ``num_frames`` and ``fps`` in its chat template) and saves them
+    without a class name, so a folder saved with it loads the family's real video processor,
+    with the same settings, wherever torchvision is installed.
     """
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> StandInVideoProcessor:
-        return cls()
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> StandInVideoProcessor:
+        settings, _ = cls.get_video_processor_dict(pretrained_model_name_or_path, **kwargs)
+        return cls(**{k: v for k, v in settings.items() if k != "video_processor_type"})
 
     def to_dict(self) -> dict:
-        return {}
+        settings = super().to_dict()
+        settings.pop("video_processor_type", None)
+        return settings
 
     def preprocess(self, videos, **kwargs):
         raise InputError("Videos need torchvision, which is not installed; images work without.")

@@ -101,15 +101,28 @@ def _ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     }
 
 
+# Video settings the processors read even for images (saved with the stand-in, and given to the
+# real video processor where torchvision is installed).
+VIDEO_SETTINGS = {
+    "smolvlm": {"num_frames": 64, "fps": 1},
+    "qwen2_vl": {"merge_size": 2, "temporal_patch_size": 2, "patch_size": 8},
+    "qwen2_5_vl": {"merge_size": 2, "temporal_patch_size": 2, "patch_size": 8},
+    "qwen3_vl": {"merge_size": 2, "temporal_patch_size": 2, "patch_size": 8},
+}
+
+
 def with_video(processor_class: str, model_type: str, **parts) -> ProcessorMixin:
     """A processor that declares a video processor: the real one where torchvision is here."""
     cls = getattr(tf, processor_class)
+    settings = VIDEO_SETTINGS.get(model_type, {})
     if needs_video_free(cls):
-        return video_free(cls)(video_processor=StandInVideoProcessor(), **parts)
+        return video_free(cls)(video_processor=StandInVideoProcessor(**settings), **parts)
     from transformers.models.auto import video_processing_auto as auto
 
-    name = auto.VIDEO_PROCESSOR_MAPPING_NAMES[model_type]["torchvision"]
-    return cls(video_processor=auto.video_processor_class_from_name(name)(), **parts)
+    real = auto.video_processor_class_from_name(
+        auto.VIDEO_PROCESSOR_MAPPING_NAMES[model_type]["torchvision"]
+    )
+    return cls(video_processor=real(**settings), **parts)
 
 
 def _id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:

@@ -13,7 +13,7 @@ from engine.errors import InputError, UnsupportedModelError
 from engine.loading import StandInVideoProcessor, load_model, load_processor, load_weights
 from tests.engine.families import oracle
 from tests.engine.families.attention import vision_attention
-from tests.engine.families.builders import FAMILIES, prompt_inputs
+from tests.engine.families.builders import FAMILIES, VIDEO_SETTINGS, prompt_inputs
 from tests.engine.families.forcing import teacher_forced
 from tests.engine.families.images import noise_image, painted
 
@@ -189,7 +189,14 @@ def test_multi_image_tokens_know_their_image(build, name):
     assert changed == oracle.tokens_over_change(model, inputs, after, reads, built.processor)
 
 
-VIDEO_PROCESSOR_FAMILIES = ["llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl"]
+VIDEO_PROCESSOR_FAMILIES = [
+    "llava_onevision",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "internvl",
+    "smolvlm",
+]
 
 
 @pytest.mark.skipif(is_torchvision_available(), reason="the fallback is for torchvision's absence")
@@ -202,6 +209,8 @@ def test_processor_with_a_video_processor_loads_without_torchvision(build, name,
     assert not [r for r in caplog.records if "StandInVideoProcessor" in r.getMessage()]
     assert type(processor).__name__ == type(built.processor).__name__
     assert isinstance(processor.video_processor, StandInVideoProcessor)
+    for key, value in VIDEO_SETTINGS.get(name, {}).items():  # settings survive the round trip
+        assert getattr(processor.video_processor, key) == value
     with pytest.raises(InputError, match="torchvision"):
         processor.video_processor([])
 

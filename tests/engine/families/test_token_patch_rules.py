@@ -54,9 +54,9 @@ def qwen() -> list[list[Patch]]:
 
 
 def tiles_then_global(tiles: int, grid: int) -> list[list[Patch]]:
-    """Idefics3 / InternVL / Aya Vision: 64 px longest edge → 2×2 tiles of 32 px, row-major,
-    then the whole image squashed to one tile last; 4×4 patches a tile, pixel shuffle 2: 2×2
-    tokens a tile."""
+    """Idefics3 / SmolVLM / InternVL / Aya Vision: 64 px longest edge → 2×2 tiles of 32 px,
+    row-major, then the whole image squashed to one tile last; 4×4 patches a tile, pixel
+    shuffle 2: 2×2 tokens a tile."""
     return [t for tile in range(tiles) for t in merged(grid, grid, tile)]
 
 
@@ -87,6 +87,7 @@ RULES = {
     "qwen2_5_vl": qwen,
     "qwen3_vl": qwen,
     "idefics3": lambda: tiles_then_global(5, 4),
+    "smolvlm": lambda: tiles_then_global(5, 4),
     "internvl": lambda: tiles_then_global(5, 4),
     "aya_vision": lambda: tiles_then_global(5, 4),
     "mllama": mllama,
