@@ -74,7 +74,10 @@ class StandInVideoProcessor(VideoProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> StandInVideoProcessor:
-        settings, _ = cls.get_video_processor_dict(pretrained_model_name_or_path, **kwargs)
+        try:
+            settings, _ = cls.get_video_processor_dict(pretrained_model_name_or_path, **kwargs)
+        except OSError:  # a checkpoint saved before its family had a video processor
+            return cls()
         return cls(**{k: v for k, v in settings.items() if k != "video_processor_type"})
 
     def to_dict(self) -> dict:

@@ -4,6 +4,9 @@ painted square that lands on exactly the tokens the map names)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 from transformers import AutoProcessor
@@ -213,6 +216,22 @@ def test_processor_with_a_video_processor_loads_without_torchvision(build, name,
         assert getattr(processor.video_processor, key) == value
     with pytest.raises(InputError, match="torchvision"):
         processor.video_processor([])
+
+
+@pytest.mark.skipif(is_torchvision_available(), reason="the fallback is for torchvision's absence")
+def test_processor_saved_without_video_settings_still_loads(build, tmp_path):
+    """Checkpoints saved before their family had a video processor have no video settings."""
+    built = build("qwen2_vl")
+    folder = tmp_path / "old"
+    shutil.copytree(built.folder, folder)
+    config_file = folder / "processor_config.json"
+    config = json.loads(config_file.read_text())
+    del config["video_processor"]
+    config_file.write_text(json.dumps(config))
+    processor = load_processor(str(folder))
+    assert isinstance(processor.video_processor, StandInVideoProcessor)
+    inputs = prompt_inputs(built, [noise_image()], processor=processor)
+    assert torch.equal(inputs["input_ids"], prompt_inputs(built, [noise_image()])["input_ids"])
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "llava"])
