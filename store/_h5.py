@@ -250,8 +250,9 @@ def _fill(f: h5py.File, trace: Trace, precision: Precision) -> None:
 
     if trace.relevancy is not None:
         g = f.create_group("relevancy")
-        for mode in trace.relevancy.modes:
+        for mode in trace.relevancy.modes:  # the definition travels with the numbers
             _put(g, mode.value, np.asarray(trace.relevancy.map(mode), np.float32))
+            g[mode.value].attrs["definition"] = mode.definition
 
     _put_attention(f, "lm_attention", trace.lm_attention, precision)
     if trace.vision_attention is not None:

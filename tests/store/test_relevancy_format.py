@@ -23,6 +23,9 @@ def test_every_mode_round_trips(store, make_trace):
     assert relevancy.legacy_note is None
     for mode in RelevancyMode:
         np.testing.assert_array_equal(relevancy.map(mode), trace.relevancy.map(mode))
+    with store.open(trace_id) as stored, h5py.File(stored.path, "r") as f:
+        for mode in RelevancyMode:  # plain h5py readers learn the definition too
+            assert f["relevancy"][mode.value].attrs["definition"] == mode.definition
 
 
 def test_format_one_trace_reads_its_all_as_llm_through_vision(store, make_trace):
