@@ -71,7 +71,7 @@ def main() -> None:
         hint = f" See '{context.command_path} --help'." if context else ""
         note(f"error: {error.format_message()}{hint}")
         code = error.exit_code
-    except click_errors.Abort:
+    except typer.Abort:  # a declined confirmation, Ctrl-C or end of input at a prompt
         note("aborted")
         code = 1
     sys.exit(code if isinstance(code, int) else 0)

@@ -402,3 +402,12 @@ def test_upper_case_ids_and_unicode_tags(cli_store):
         assert [i.trace_id for i in st.query(TraceQuery(tag=nfd)).items] == [a]
         with st.open(a.upper()) as tr:
             assert tr.trace_id == a
+
+
+def test_rm_declined_or_at_end_of_input_keeps_the_trace(cli_store):
+    store_dir, (a, _), _ = cli_store
+    for answer in ["", "n\n"]:  # stdin closed before the answer; "no"
+        done = _cli("store", "rm", a, "--store", str(store_dir), input=answer)
+        assert done.returncode == 1 and done.stderr.strip() == "aborted", done.stderr
+    with open_store(store_dir) as st:
+        assert st.query().total == 2
