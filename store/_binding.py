@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from ._index import Index
-from ._paths import Layout, check_trace_id, fsync_dir
+from ._paths import OWN_DIRS, STORE_ID_FILE, Layout, check_trace_id, fsync_dir
 from .errors import StoreError, StoreOpenError
 from .schema import new_trace_id
 
@@ -27,14 +27,23 @@ def shown_url(url: str) -> str:
 
 
 def check_root(root: Path) -> None:
-    """The store directory, or the nearest part of its path that exists, is a directory."""
+    """The store directory, or the nearest part of its path that exists, is a directory, and
+    it is not inside another store's own folders (whose verify and gc would see it as foreign
+    files, and whose layout it would clutter)."""
     for path in (root, *root.parents):
         if path.exists():
             if not path.is_dir():
                 raise StoreOpenError(
                     f"cannot use {root} as a store: {path} is a file, not a directory"
                 )
-            return
+            break
+    for outer in root.parents:
+        inner = root.relative_to(outer).parts[0]
+        if inner in OWN_DIRS and (outer / STORE_ID_FILE).is_file():
+            raise StoreOpenError(
+                f"cannot use {root} as a store: it lies inside the {inner}/ folder of the "
+                f"store {outer}; choose a folder outside it"
+            )
 
 
 def read_store_id(layout: Layout) -> str | None:

@@ -33,6 +33,7 @@ DB_FILE = "index.sqlite"
 STORE_ID_FILE = "store-id"
 TRACE_SUFFIX = ".h5"
 TEMP_SUFFIX = ".tmp.h5"
+OWN_DIRS = ("data", "tmp", "quarantine")  # the folders Layout names below the root
 
 
 def check_trace_id(trace_id: object) -> str:

@@ -411,3 +411,15 @@ def test_rm_declined_or_at_end_of_input_keeps_the_trace(cli_store):
         assert done.returncode == 1 and done.stderr.strip() == "aborted", done.stderr
     with open_store(store_dir) as st:
         assert st.query().total == 2
+
+
+@pytest.mark.parametrize("inner", ["data", "data/ab", "tmp", "quarantine"])
+def test_no_store_inside_another_stores_folders(cli_store, inner):
+    store_dir, _, _ = cli_store
+    nested = store_dir / inner / "nested"
+    assert "inside the" in _refused(_cli("ls", "--store", str(nested)))
+    with pytest.raises(StoreOpenError, match="inside the"):
+        open_store(nested)
+    assert not nested.exists()
+    with open_store(store_dir) as st:
+        assert st.verify() == [] and st.query().total == 2
