@@ -12,6 +12,7 @@ from typing import Annotated, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ._index import TraceQuery
 from ._store import TraceStore, open_store, reindex_store
@@ -53,6 +54,12 @@ def _refuse(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _row(table: Table, *cells: str) -> None:
+    """Add a row of plain text: ids, prompts, answers, tags and paths come from users, models
+    and files, and Rich would read "[red]" in them as markup (and "[/x]" as an error)."""
+    table.add_row(*(Text(cell) for cell in cells))
+
+
 def _open(store: Path, db: str | None, mode: str = "r") -> TraceStore:
     return open_store(store, db_url=db, mode=mode)  # type: ignore[arg-type]
 
@@ -92,7 +99,8 @@ def ls(
     for col in ("created", "model", "prompt", "answer", "tags"):
         table.add_column(col, overflow="fold")
     for info in page:
-        table.add_row(
+        _row(
+            table,
             info.trace_id,
             info.created_at[:19],
             info.model_id,
@@ -121,7 +129,7 @@ def show(trace_id: str, store: StoreDir = Path("traces"), db: DbUrl = None) -> N
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for key, value in {**info, **shapes}.items():
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        _row(table, key, value if isinstance(value, str) else json.dumps(value))
     console.print(table)
 
 
@@ -173,9 +181,10 @@ def verify(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
     for col in ("path", "detail"):
         table.add_column(col, overflow="fold")
     for p in problems:
-        table.add_row(p.kind, p.trace_id or "", str(p.path), p.detail)
+        _row(table, p.kind, p.trace_id or "", str(p.path), p.detail)
     console.print(table)
-    console.print("temp leftovers and orphan files: `lvlm-interpret store gc` removes them")
+    if any(p.kind in ("temp_leftover", "orphan_file") for p in problems):
+        console.print("temp leftovers and orphan files: `lvlm-interpret store gc` removes them")
     raise typer.Exit(1)
 
 

@@ -423,3 +423,19 @@ def test_no_store_inside_another_stores_folders(cli_store, inner):
     assert not nested.exists()
     with open_store(store_dir) as st:
         assert st.verify() == [] and st.query().total == 2
+
+
+def test_names_and_paths_with_brackets_are_printed_as_text(cli_store):
+    """Rich markup in a tag, a prompt or a file name is printed as typed, never parsed (a
+    "[/x]" used to end `ls` with a MarkupError traceback)."""
+    store_dir, (a, _), _ = cli_store
+    opts = ["--store", str(store_dir)]
+    assert _cli("store", "tag", a, "[/x]", "[red]t", *opts).returncode == 0
+    for args in (["ls"], ["ls", "--tag", "[/x]"], ["store", "show", a]):
+        done = _cli(*args, *opts)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert "[/x]" in done.stdout and "[red]t" in done.stdout
+    (store_dir / "data" / "[red]notes").write_text("mine")
+    done = _cli("store", "verify", *opts)
+    assert done.returncode == 1 and "data/[red]notes" in done.stdout
+    assert "store gc" not in done.stdout  # gc would not touch it: no hint that it would
