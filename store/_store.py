@@ -78,11 +78,15 @@ class GcReport:
 class ReindexReport:
     """What :func:`reindex_store` did: traces indexed, unreadable files moved to
     ``quarantine/``, and traces indexed with the evidence that they are damaged (their old
-    checksum kept, or a failed internal check recorded) so that ``verify`` still reports them."""
+    checksum kept, or a failed internal check recorded) so that ``verify`` still reports them.
+    ``skipped``: entries under ``data/`` that are not trace files (a symbolic link, a user's
+    file), left alone and not indexed; listed so that a trace behind a link is not dropped from
+    the index without a word."""
 
     indexed: int = 0
     quarantined: list[Path] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
 
 
 CHECKSUM = "sha256"
@@ -578,6 +582,7 @@ class TraceStore:
         report = ReindexReport()
         for tid, path in self.layout.trace_files():
             if tid is None:
+                report.skipped.append(path)
                 continue
             try:
                 with StoredTrace(path) as st:

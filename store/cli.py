@@ -199,7 +199,9 @@ def gc(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
         f"orphan file(s), freed {report.freed_bytes / 2**20:.1f} MiB"
     )
     for path in report.quarantined:
-        console.print(f"unreadable, moved to quarantine (not deleted): {path}", markup=False)
+        console.print(
+            f"unreadable, moved to quarantine (not deleted): {path}", markup=False, soft_wrap=True
+        )
 
 
 @app.command()
@@ -221,9 +223,17 @@ def reindex(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
     report = reindex_store(store, db)
     console.print(f"indexed {report.indexed} trace(s)")
     for path in report.quarantined:
-        console.print(f"unreadable, moved to quarantine (not deleted): {path}", markup=False)
+        console.print(
+            f"unreadable, moved to quarantine (not deleted): {path}", markup=False, soft_wrap=True
+        )
     for tid in report.damaged:
         console.print(f"damaged (`store verify` reports it): {tid}", markup=False)
+    for path in report.skipped:
+        console.print(
+            f"not a trace file (a link or not ours), left alone: {path}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _held_modes(relevancy) -> str:

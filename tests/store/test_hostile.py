@@ -439,3 +439,15 @@ def test_names_and_paths_with_brackets_are_printed_as_text(cli_store):
     done = _cli("store", "verify", *opts)
     assert done.returncode == 1 and "data/[red]notes" in done.stdout
     assert "store gc" not in done.stdout  # gc would not touch it: no hint that it would
+
+
+def test_reindex_names_a_trace_behind_a_link_it_left_out(store_dir, two, tmp_path):
+    a, _ = two
+    path = open_store(store_dir).layout.trace_path(a)
+    outside = tmp_path / "outside.h5"
+    path.rename(outside)
+    path.symlink_to(outside)
+    done = _cli("store", "reindex", "--store", str(store_dir))
+    assert done.returncode == 0 and "indexed 1 trace(s)" in done.stdout
+    assert f"left alone: {path}\n" in done.stdout  # one line, whatever the terminal width
+    assert path.is_symlink() and outside.stat().st_size > 0
