@@ -61,6 +61,10 @@ def _row(table: Table, *cells: str) -> None:
 
 
 def _open(store: Path, db: str | None, mode: str = "r") -> TraceStore:
+    """Open an existing store: maintenance commands never create one (a mistyped --store
+    would otherwise leave an empty store behind and report "no trace" or "removed 0")."""
+    if not store.exists() and not store.is_symlink():
+        raise StoreError(f"no store at {store.absolute()}; record a trace into it first")
     return open_store(store, db_url=db, mode=mode)  # type: ignore[arg-type]
 
 

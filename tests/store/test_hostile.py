@@ -417,7 +417,6 @@ def test_rm_declined_or_at_end_of_input_keeps_the_trace(cli_store):
 def test_no_store_inside_another_stores_folders(cli_store, inner):
     store_dir, _, _ = cli_store
     nested = store_dir / inner / "nested"
-    assert "inside the" in _refused(_cli("ls", "--store", str(nested)))
     with pytest.raises(StoreOpenError, match="inside the"):
         open_store(nested)
     assert not nested.exists()
@@ -451,3 +450,13 @@ def test_reindex_names_a_trace_behind_a_link_it_left_out(store_dir, two, tmp_pat
     assert done.returncode == 0 and "indexed 1 trace(s)" in done.stdout
     assert f"left alone: {path}\n" in done.stdout  # one line, whatever the terminal width
     assert path.is_symlink() and outside.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "command", [["store", "gc"], ["store", "tag", "{id}", "x"], ["store", "rm", "{id}", "--yes"]]
+)
+def test_maintenance_commands_never_create_a_store(cli_store, command):
+    _, (a, _), tmp = cli_store
+    missing = tmp / "mistyped"
+    line = _refused(_cli(*[c.format(id=a) for c in command], "--store", str(missing)))
+    assert "no store at" in line and not missing.exists()
