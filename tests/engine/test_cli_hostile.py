@@ -212,6 +212,15 @@ def test_store_that_is_a_file(workdir, demo_checkpoint, tmp_path):
     assert regular.read_text() == "notes"
 
 
+def test_store_inside_another_stores_data(workdir, demo_checkpoint):
+    nested = workdir / "store" / "data" / "nested"
+    args = record_args(workdir, demo_checkpoint)
+    args[args.index(workdir / "store")] = nested
+    assert_one_line_error(run_cli(args, workdir), "inside the data/ folder")
+    assert not nested.exists()
+    assert_store_intact(workdir)
+
+
 DB_CASES = {
     "bogus": ("bogus", "not a database URL"),
     "postgresql without driver or server": ("postgresql://u@127.0.0.1:1/x", "--db"),
