@@ -58,6 +58,22 @@ def check_address(host: str, port: int) -> None:
             raise ServeError(f"cannot listen on {host}:{port}: {error.strerror}.") from None
 
 
+def check_store(store_dir: Path, db_url: str | None) -> None:
+    """A store that exists opens (read-only) with this --db, and a path under a file is
+    refused: otherwise the server starts and every page shows the error instead. A store
+    that does not exist yet is served empty."""
+    from store import StoreError, open_store
+
+    if not store_dir.exists():
+        existing = next(p for p in store_dir.absolute().parents if p.exists())
+        if existing.is_dir():
+            return
+    try:
+        open_store(store_dir, db_url, mode="r").close()
+    except StoreError as error:
+        raise ServeError(" ".join(str(error).split())) from None
+
+
 def allowed_hosts(host: str, extra: Sequence[str] = ()) -> list[str]:
     """The ``Host`` header names the server answers: loopback names, ``host`` itself, ``extra``.
 
@@ -187,6 +203,7 @@ def serve(
     has not exited after :data:`STOP_GRACE_S` is killed, so the port never outlives us.
     """
     check_address(host, port)
+    check_store(store_dir, db_url)
     hosts = allowed_hosts(host, allow_hosts)
     process = start(store_dir, db_url, host, port, headless, hosts=hosts)
 

@@ -137,6 +137,29 @@ def test_bad_address_is_one_line(store_dir, case, request):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("case", ["a file", "under a file", "--db bogus", "another store's --db"])
+def test_unusable_store_is_one_line(store_dir, tmp_path, case):
+    """Refused before the server starts (it used to serve, every page showing the error)."""
+    (tmp_path / "notes").write_text("mine")
+    other = tmp_path / "other"
+    open_store(other).close()
+    args = {
+        "a file": ["--store", str(tmp_path / "notes")],
+        "under a file": ["--store", str(tmp_path / "notes" / "x")],
+        "--db bogus": ["--store", str(store_dir), "--db", "bogus"],
+        "another store's --db": [
+            "--store",
+            str(store_dir),
+            "--db",
+            f"sqlite:///{other / 'index.sqlite'}",
+        ],
+    }[case]
+    result = cli("serve", *args, "--port", str(free_port()), timeout=60)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
 def http_status(port: int, host: str, path: str = "/", websocket: bool = False) -> int:
     """The status code of one raw request with the given ``Host`` (and a same-host Origin)."""
     headers = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
