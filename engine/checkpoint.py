@@ -45,6 +45,8 @@ def check_model_source(
 ) -> ModelSource:
     """Refuse a model argument that cannot load, without loading anything."""
     check_text(model, "The model")
+    if not model.strip():  # Path("") is the working directory: never guess that
+        raise InputError("--model is empty: give a hub id or a checkpoint folder.")
     folder = Path(model).expanduser()
     if folder.is_dir():
         if revision is not None:

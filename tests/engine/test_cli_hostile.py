@@ -196,6 +196,8 @@ def test_broken_checkpoint_folder(workdir, broken_model, case):
         ("not a hub id!", "not a hub id"),
         ("scene.png", "is a file"),
         (NOT_UTF8, "The model"),
+        ("", "--model is empty"),
+        (" ", "--model is empty"),
     ],
 )
 def test_model_that_names_nothing(workdir, model, fragment):
