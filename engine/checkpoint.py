@@ -38,6 +38,7 @@ class ModelSource:
     folder: Path | None = None
     name: str = ""  # readable name of a local folder
     weights: tuple[Path, ...] = ()  # the files its identity hashes
+    language_layers: int | None = None  # the LM's layer count, when config.json states it
 
 
 def check_model_source(
@@ -87,7 +88,26 @@ def _check_folder(model: str, folder: Path, allow_pickle: bool) -> ModelSource:
             _check_safetensors(path, model)
     named = config.get("_name_or_path")
     name = named if isinstance(named, str) and HUB_ID.fullmatch(named) else folder.resolve().name
-    return ModelSource(model, folder, name, tuple(weights))
+    return ModelSource(model, folder, name, tuple(weights), _language_layers(config))
+
+
+def _language_layers(config: dict) -> int | None:
+    """``num_hidden_layers`` of the text model (``text_config`` first), if stated."""
+    for section in (config.get("text_config"), config):
+        layers = section.get("num_hidden_layers") if isinstance(section, dict) else None
+        if isinstance(layers, int) and not isinstance(layers, bool) and layers > 0:
+            return layers
+    return None
+
+
+def check_layers(layers: list[int], count: int, option: str) -> None:
+    """Every layer index (negative counts from the end) within a model of ``count`` layers."""
+    for layer in layers:
+        if not -count <= layer < count:
+            raise InputError(
+                f"{option} {layer} is out of range: the model has {count} layers "
+                f"(0..{count - 1}, or -1..-{count} from the end)."
+            )
 
 
 def _read_json(path: Path, model: str) -> object:

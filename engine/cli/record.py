@@ -94,7 +94,7 @@ def record(
     causal_layers: CausalLayers = None,
 ) -> None:
     """Generate an answer and record its full interpretability trace into the store."""
-    from engine.checkpoint import check_model_source
+    from engine.checkpoint import check_layers, check_model_source
     from engine.cli.progress import recording_progress
     from engine.errors import EngineError
     from engine.inputs import (
@@ -129,6 +129,8 @@ def record(
             check_text(db, "The --db URL")
         picture = load_image(image)
         source = check_model_source(model, revision=revision, allow_pickle=allow_pickle)
+        if causal and causal_layers and source.language_layers is not None:
+            check_layers(causal_layers, source.language_layers, "--causal-layers")
         with open_store(store, db_url=db, mode="a") as opened:
             from engine.loading import check_device, load_model  # torch: after the cheap checks
             from engine.recorder import RecordOptions
@@ -147,6 +149,9 @@ def record(
                 allow_pickle=allow_pickle,
                 source=source,
             )
+            if causal and causal_layers:  # a hub model's config is known only now
+                count = len(loaded.adapter.language_attention_modules())
+                check_layers(causal_layers, count, "--causal-layers")
             options = RecordOptions(
                 settings, relevancy=relevancy, vision_attention=vision_attention
             )
