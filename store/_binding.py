@@ -64,7 +64,11 @@ def read_store_id(layout: Layout) -> str | None:
 
 def write_store_id(layout: Layout, store_id: str) -> None:
     tmp = layout.tmp_dir / f".store-id-{os.getpid()}"
-    tmp.write_text(store_id + "\n", encoding="ascii")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as f:  # on disk before the rename: a crash
+        f.write(store_id + "\n")  # must not leave an empty id that refuses every open
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, layout.store_id_path)
     fsync_dir(layout.root)
 
