@@ -9,7 +9,8 @@ that fails while a page reads it ends in one line, not a traceback.
 import streamlit as st
 
 from dashboard import context, icon, state
-from store import CorruptTrace
+from dashboard.components import text
+from store import CorruptTrace, StoreError
 
 # The icon is an in-memory picture served by this server: an emoji or Material icon would
 # make every page load fetch it from the internet (and fail offline).
@@ -36,3 +37,5 @@ try:
     page.run()
 except (CorruptTrace, OSError) as error:
     context.damaged(error)
+except StoreError as error:  # the index failed (locked, unreachable): one line, no traceback
+    st.error(f"The store cannot be read: {text.markdown_literal(str(error).splitlines()[0])}")

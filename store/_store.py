@@ -375,7 +375,11 @@ class TraceStore:
             return self._index.get(trace_id)
 
     def __contains__(self, trace_id: object) -> bool:
-        return isinstance(trace_id, str) and self._index.exists(check_trace_id(trace_id))
+        if not isinstance(trace_id, str):
+            return False
+        trace_id = check_trace_id(trace_id)
+        with guard(f"looking up trace {trace_id} in the index"):
+            return self._index.exists(trace_id)
 
     def open(self, trace_id: str) -> StoredTrace:
         """Open a trace lazily (read-only); close it or use ``with``."""
@@ -605,7 +609,9 @@ class TraceStore:
                         file_size=path.stat().st_size,
                         file_checksum=checksum,
                     )
-            except (StoreError, OSError, KeyError, ValueError, TypeError):
+            except (CorruptTrace, KeyError, ValueError, TypeError):
+                # Only a file that cannot be read as its trace; a transient OS error, a full
+                # index or a newer format aborts the reindex instead (nothing is moved).
                 report.quarantined.append(self.layout.quarantine(path))
                 continue
             report.indexed += 1
