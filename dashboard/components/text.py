@@ -10,6 +10,8 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from store import TokenRole
+
 _MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
 
 
@@ -92,7 +94,7 @@ def template_positions(
     (``<s>``, "USER", ":", "ASSISTANT", line breaks) is template. When the prompt cannot be
     found, only special tokens like ``<s>`` count as template.
     """
-    positions = [p for p in range(prompt_length) if roles[p] != 1]  # TokenRole.IMAGE
+    positions = [p for p in range(prompt_length) if roles[p] != TokenRole.IMAGE]
     pieces = ["".join(texts[p].replace("▁", "").split()) for p in positions]
     target = "".join(user_prompt.split())
     joined = "".join(pieces)

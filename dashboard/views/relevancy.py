@@ -19,11 +19,12 @@ SCORE = "relevancy (normalised score)"
 
 
 def mode_maps(trace: StoredTrace, mode: RelevancyMode) -> np.ndarray:
-    """[N, rows, cols] relevancy maps of every answer token in ``mode`` (a held mode)."""
-    values = trace.relevancy.map(mode)
-    if mode is RelevancyMode.LLM:
-        return np.stack([render.image_grid(trace, row) for row in values])
-    return np.stack([render.patch_grid(trace, row) for row in values])
+    """[N, rows, cols] relevancy maps of every answer token in ``mode`` (a held mode), per
+    patch as ``store relevancy`` prints them (``Relevancy.on_patches``)."""
+    geometry = trace.image
+    rows, cols = geometry.grid_rows, geometry.grid_cols
+    per_patch = trace.relevancy.on_patches(mode, trace.tokens, rows * cols)
+    return np.asarray(per_patch, np.float64).reshape(-1, rows, cols)
 
 
 def text_relevancy(trace: StoredTrace, selected: list[int], hide_template: bool) -> None:
@@ -73,8 +74,6 @@ def choose_mode(relevancy: Relevancy) -> RelevancyMode:
         seed = RelevancyMode.LLM_THROUGH_VISION
     else:
         seed = next((m for m in held if m.value == asked), held[0])
-    if seed not in held:
-        seed = held[0]
     mode = st.segmented_control(
         "Mode",
         held,
