@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from streamlit import config
 
-LOOPBACK = ("localhost", "127.0.0.1", "::1")
+from dashboard.serve import LOOPBACK_NAMES
 
 
 def host_allowed(host: str | None, allowed: list[str]) -> bool:
@@ -48,7 +48,7 @@ class HostCheck:
         if scope["type"] in ("http", "websocket"):
             headers = dict(scope["headers"])
             host = headers.get(b"host", b"").decode("latin-1") or None
-            allowed = config.get_option("server.allowedHosts") or list(LOOPBACK)
+            allowed = config.get_option("server.allowedHosts") or list(LOOPBACK_NAMES)
             if not host_allowed(host, allowed):
                 refusal = PlainTextResponse(
                     "Host not allowed; see lvlm-interpret serve --help", 403

@@ -16,6 +16,7 @@ import streamlit as st
 from dashboard.components import analysis, images
 from dashboard.config import StoreConfig
 from store import (
+    DB_FILE,
     Page,
     StoredTrace,
     StoreReadOnly,
@@ -24,8 +25,6 @@ from store import (
     TraceStore,
     open_store,
 )
-
-INDEX_FILE = "index.sqlite"  # the store's default SQLite index, beside data/
 
 
 def index_identity(config: StoreConfig) -> tuple[int, int] | None:
@@ -38,7 +37,7 @@ def index_identity(config: StoreConfig) -> tuple[int, int] | None:
     if config.db_url:
         return None
     try:
-        info = os.stat(Path(config.directory) / INDEX_FILE)
+        info = os.stat(Path(config.directory) / DB_FILE)
     except OSError:
         return None
     return info.st_dev, info.st_ino

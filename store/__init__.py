@@ -14,7 +14,7 @@ from ._codec import (
     Precision,
 )
 from ._index import Page, TraceQuery
-from ._paths import check_name
+from ._paths import DB_FILE, check_name
 from ._store import GcReport, Problem, ReindexReport, TraceStore, open_store, reindex_store
 from ._stored import StoredTrace
 from .errors import (
@@ -47,6 +47,7 @@ from .schema import (
 )
 
 __all__ = [
+    "DB_FILE",
     "FORMAT_VERSION",
     "LOG8_RELATIVE_ERROR",
     "LOG8_ZERO_BELOW",
