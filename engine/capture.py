@@ -1,17 +1,20 @@
-"""Capture attention probabilities from eager attention modules with forward hooks.
+"""Capture attention probabilities: LM modules through forward hooks, vision towers through
+transformers' ``AttentionInterface``.
 
-Eager attention modules return ``(output, attention_weights)``; a hook keeps the weights
+Eager LM attention modules return ``(output, attention_weights)``; a hook keeps the weights
 tensor itself (not a copy), so it stays in the autograd graph and relevancy can ask for
 gradients with respect to it.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
 
 from engine.errors import UnsupportedModelError
 
@@ -44,3 +47,38 @@ def require_all(captured: list[torch.Tensor | None], where: str) -> list[torch.T
             "attn_implementation='eager' (fused sdpa/flash kernels never materialise them)."
         )
     return captured  # type: ignore[return-value]
+
+
+# -- vision attention, through transformers' AttentionInterface ---------------------------------
+# Some vision blocks discard their probabilities (Qwen-VL runs eager attention per image or per
+# window and returns only the output), so hooks cannot see them. The attention function
+# "eager_capture" calls the model file's own ``eager_attention_forward`` (the maths of "eager")
+# and appends the probabilities to the active sink. It is set for the vision sub-config only,
+# so the LM keeps plain eager attention and its hooks.
+VISION_CAPTURE = "eager_capture"
+_sinks: list[list[torch.Tensor]] = []
+
+
+def _eager_capture(module: nn.Module, *args, **kwargs):
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    output, weights = eager(module, *args, **kwargs)
+    if _sinks:
+        _sinks[-1].append(weights)
+    return output, weights
+
+
+AttentionInterface.register(VISION_CAPTURE, _eager_capture)
+
+
+@contextmanager
+def capture_vision_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside, each vision attention call appends its probabilities [B, heads, q, k], in call
+    order (layer by layer; per image or window where the tower splits its sequence)."""
+    model.set_attn_implementation({"vision_config": VISION_CAPTURE})
+    sink: list[torch.Tensor] = []
+    _sinks.append(sink)
+    try:
+        yield sink
+    finally:
+        _sinks.pop()
+        model.set_attn_implementation({"vision_config": "eager"})

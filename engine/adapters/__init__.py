@@ -2,11 +2,23 @@
 
 from engine.adapters import llava as _llava  # noqa: F401  (registers LlavaAdapter)
 from engine.adapters.base import (
-    ImageLayout,
+    ADD_A_FAMILY,
+    Placement,
+    VisionPiece,
     VlmAdapter,
+    adapter_class,
     adapter_for,
     list_adapters,
     register_adapter,
 )
 
-__all__ = ["ImageLayout", "VlmAdapter", "adapter_for", "list_adapters", "register_adapter"]
+__all__ = [
+    "ADD_A_FAMILY",
+    "Placement",
+    "VisionPiece",
+    "VlmAdapter",
+    "adapter_class",
+    "adapter_for",
+    "list_adapters",
+    "register_adapter",
+]

@@ -1,12 +1,18 @@
 """The model-family boundary: everything the recorder needs to know about one VLM family.
 
-A new family is one subclass registered with :func:`register_adapter`. Module paths are data
-(dotted attribute paths), so most families differ only in a few strings and in how image
-tokens map onto the patch grid.
+A family is one :class:`VlmAdapter` subclass in its own module, registered with
+:func:`register_adapter` for its ``config.model_type`` values (see "Add a model family" in
+README.md). What every family shares lives here: the processor call with the chat template,
+LM attention through forward hooks, vision attention through transformers'
+``AttentionInterface`` (engine/capture.py), the teacher-forced inputs. What differs is the
+image geometry (tiles, merges, pixel shuffle, pooling: :meth:`VlmAdapter.geometry`) and, for
+a few families, how the captured vision attention calls split into sequences
+(:meth:`VlmAdapter.vision_pieces`) and how side inputs grow with the answer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,18 +20,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.errors import UnsupportedModelError
+from engine.errors import PromptError, UnsupportedModelError
+from engine.inputs import ImageInput
+from store.schema import ImageGeometry
+
+ADD_A_FAMILY = "README.md, section 'Add a model family'"
 
 
 @dataclass(frozen=True)
-class ImageLayout:
-    """How the LM's image tokens sit on the processed image."""
+class Placement:
+    """Where the images sit in one prompt: the geometry and, per prompt position, the image
+    an image token belongs to (-1 for text)."""
 
-    grid_rows: int
-    grid_cols: int
-    patch_size: int  # in processed-image pixels
-    vision_has_cls: bool
-    patch_boxes: np.ndarray  # [G, 4] (x0, y0, x1, y1) in original-image pixels
+    geometry: ImageGeometry
+    image_index: np.ndarray  # [P] int32
+
+
+@dataclass(frozen=True)
+class VisionPiece:
+    """Where one batch row of one captured vision attention call sits: its layer, its vision
+    sequence (index into ``ImageGeometry.vision_sequences``) and which tokens of that sequence
+    its queries and keys are (``None``: all of them, in order; a window otherwise)."""
+
+    call: int
+    batch: int
+    layer: int
+    sequence: int
+    tokens: np.ndarray | None = None
 
 
 def resolve(root: nn.Module, dotted: str) -> nn.Module:
@@ -36,51 +57,131 @@ def resolve(root: nn.Module, dotted: str) -> nn.Module:
 
 
 class VlmAdapter:
-    """Base class; subclasses set the class attributes and override what differs."""
+    """Base class; a family sets the class attributes and implements :meth:`geometry`."""
 
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # ``config.model_type`` values this adapter serves
     language_layers_path: ClassVar[str]  # ModuleList of decoder layers
-    vision_layers_path: ClassVar[str]  # ModuleList of vision-encoder layers
     attention_attr: ClassVar[str] = "self_attn"
+    # How the LM masks its attention: "causal", "prefix" (PaliGemma: the prompt attends both
+    # ways) or "image blocks" (Gemma 3: each image's tokens attend both ways).
+    lm_mask: ClassVar[str] = "causal"
+    # Per-position inputs that grow with the answer in a teacher-forced pass, and the value an
+    # answer position takes (None: repeat the last position's value).
+    grown_inputs: ClassVar[dict[str, int | None]] = {
+        "token_type_ids": 0,
+        "mm_token_type_ids": 0,
+    }
+    multi_image: ClassVar[bool] = False  # several images in one prompt are supported
 
-    def __init__(self, model: nn.Module, processor):
+    def __init__(self, model: nn.Module, processor) -> None:
         self.model = model
         self.processor = processor
 
+    # -- the prompt ---------------------------------------------------------------------------
+    def chat_text(self, prompt: str, num_images: int) -> str:
+        """The model's own chat template around the images and the prompt."""
+        if getattr(self.processor, "chat_template", None) is None:
+            raise PromptError(
+                "This processor has no chat template, so the image cannot be placed in the "
+                "prompt. Use a chat (instruction-tuned) checkpoint, or set "
+                "processor.chat_template."
+            )
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": prompt}]
+        messages = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def build_inputs(self, images: Sequence[ImageInput], prompt: str) -> dict[str, torch.Tensor]:
+        """The processor's tensors for ``images`` and ``prompt`` (batch 1)."""
+        if len(images) > 1 and not self.multi_image:
+            raise PromptError(
+                f"The {self.name} adapter records one image per prompt; {len(images)} were given."
+            )
+        try:
+            return dict(
+                self.processor(
+                    images=[im.image for im in images],
+                    text=self.chat_text(prompt, len(images)),
+                    return_tensors="pt",
+                )
+            )
+        except ValueError as error:  # e.g. "0 <image> tokens and 1 images"
+            raise PromptError(
+                "The chat template did not place the image tokens the processor expects "
+                f"({error}). Check the processor's chat template and image token."
+            ) from error
+
+    @property
+    def image_token_id(self) -> int:
+        config = self.model.config
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(config, name, None)
+            if value is not None:
+                return int(value)
+        raise UnsupportedModelError(f"{type(config).__name__} names no image token")
+
+    def image_positions(self, input_ids: torch.Tensor) -> np.ndarray:
+        """Prompt positions that hold an image feature (``input_ids`` is [P])."""
+        return np.flatnonzero(input_ids.cpu().numpy() == self.image_token_id)
+
+    def geometry(self, inputs: dict[str, torch.Tensor], images: Sequence[ImageInput]) -> Placement:
+        """Tiles, patches and the token -> patch map of this prompt."""
+        raise NotImplementedError
+
+    # -- attention ----------------------------------------------------------------------------
     def language_attention_modules(self) -> list[nn.Module]:
         layers = resolve(self.model, self.language_layers_path)
         return [getattr(layer, self.attention_attr) for layer in layers]
 
-    def vision_attention_modules(self) -> list[nn.Module]:
-        layers = resolve(self.model, self.vision_layers_path)
-        return [getattr(layer, self.attention_attr) for layer in layers]
+    def cross_attention_modules(self) -> list[tuple[int, nn.Module]]:
+        """(LM layer, module) of each cross-attention block; none for most families."""
+        return []
+
+    def num_vision_layers(self) -> int:
+        raise NotImplementedError
 
     def vision_layers_feeding_lm(self) -> int:
-        """How many vision layers the LM's image features depend on (relevancy stops there)."""
-        return len(self.vision_attention_modules())
+        """How many vision layers (from the first) the LM's image features depend on."""
+        return self.num_vision_layers()
 
-    @property
-    def image_token_id(self) -> int:
-        raise NotImplementedError
+    def vision_pieces(
+        self, calls: Sequence[torch.Tensor], geometry: ImageGeometry
+    ) -> list[VisionPiece]:
+        """Where each captured vision attention call belongs. Default: one call per layer,
+        in order, whose batch rows are the vision sequences (one per tile)."""
+        layers = self.num_vision_layers()
+        if len(calls) != layers:
+            raise UnsupportedModelError(
+                f"{self.name}: expected {layers} vision attention calls, captured {len(calls)}"
+            )
+        return [
+            VisionPiece(call=layer, batch=b, layer=layer, sequence=b)
+            for layer in range(layers)
+            for b in range(calls[layer].shape[0])
+        ]
 
-    def image_layout(
-        self, pixel_values: torch.Tensor, original_size: tuple[int, int]
-    ) -> ImageLayout:
-        """The patch grid of the processed image and each patch's box in the user's image."""
-        raise NotImplementedError
+    # -- the teacher-forced pass --------------------------------------------------------------
+    def forced_inputs(self, inputs: dict[str, torch.Tensor], sequence: torch.Tensor) -> dict:
+        """``inputs`` for one forward pass over prompt + answer (``sequence`` [T])."""
+        prompt_length = inputs["input_ids"].shape[1]
+        n = len(sequence) - prompt_length
+        forced = {k: v for k, v in inputs.items() if k != "labels"}
+        forced["input_ids"] = sequence[None]
+        forced["attention_mask"] = torch.ones_like(sequence)[None]
+        for key, fill in self.grown_inputs.items():
+            if key not in inputs:
+                continue
+            value = inputs[key]
+            if fill is None:
+                tail = value[:, -1:].expand(-1, n, *value.shape[2:])
+            else:
+                tail = torch.full((value.shape[0], n), fill, dtype=value.dtype, device=value.device)
+            forced[key] = torch.cat([value, tail], dim=1)
+        return forced
 
-    def image_token_patches(self, num_image_tokens: int, layout: ImageLayout) -> np.ndarray:
-        """Patch index (row-major) of each LM image token, in sequence order; -1 for none."""
-        raise NotImplementedError
-
-    def processed_image(self, pixel_values: torch.Tensor) -> np.ndarray:
-        """The image as the vision tower saw it, de-normalised to uint8 [h, w, 3]."""
-        image_processor = self.processor.image_processor
-        mean = torch.tensor(image_processor.image_mean).view(3, 1, 1)
-        std = torch.tensor(image_processor.image_std).view(3, 1, 1)
-        pixels = pixel_values[0].detach().float().cpu() * std + mean
-        return (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    def pixel_inputs(self) -> tuple[str, ...]:
+        """Input names that carry pixels (made gradient leaves for relevancy)."""
+        return ("pixel_values",)
 
 
 _ADAPTERS: dict[str, type[VlmAdapter]] = {}
@@ -91,20 +192,21 @@ def register_adapter(cls: type[VlmAdapter]) -> type[VlmAdapter]:
     return cls
 
 
-def list_adapters() -> list[str]:
-    return sorted(_ADAPTERS)
+def list_adapters() -> list[type[VlmAdapter]]:
+    return [_ADAPTERS[name] for name in sorted(_ADAPTERS)]
+
+
+def adapter_class(model_type: str) -> type[VlmAdapter]:
+    """The adapter serving ``model_type``, or a clear error naming the known ones."""
+    for cls in _ADAPTERS.values():
+        if model_type in cls.model_types:
+            return cls
+    known = ", ".join(sorted(t for cls in _ADAPTERS.values() for t in cls.model_types))
+    raise UnsupportedModelError(
+        f"No adapter for model type {model_type!r}. Supported: {known}. "
+        f"A new family is one small module in engine/adapters/ (see {ADD_A_FAMILY})."
+    )
 
 
 def adapter_for(model: nn.Module, processor) -> VlmAdapter:
-    """The adapter serving this model's architecture, or a clear error naming the known ones."""
-    model_type = getattr(model.config, "model_type", "?")
-    matches: list[type[VlmAdapter]] = [
-        cls for cls in _ADAPTERS.values() if model_type in cls.model_types
-    ]
-    if not matches:
-        known = ", ".join(t for cls in _ADAPTERS.values() for t in cls.model_types)
-        raise UnsupportedModelError(
-            f"No adapter for model type {model_type!r}. Supported: {known}. "
-            "Add one in engine/adapters/ (a small VlmAdapter subclass)."
-        )
-    return matches[0](model, processor)
+    return adapter_class(getattr(model.config, "model_type", "?"))(model, processor)

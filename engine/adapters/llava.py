@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from engine.adapters.base import ImageLayout, VlmAdapter, register_adapter, resolve
+from engine.adapters.base import Placement, VlmAdapter, register_adapter, resolve
+from engine.errors import UnsupportedModelError
+from engine.geometry import GeometryBuilder
 
 
 def _crop_geometry(
@@ -49,49 +50,48 @@ class LlavaAdapter(VlmAdapter):
         return [getattr(layer, self.attention_attr) for layer in layers]
 
     @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
-    @property
     def _keeps_cls(self) -> bool:
         return self.model.config.vision_feature_select_strategy == "full"
 
+    def num_vision_layers(self) -> int:
+        return len(self.vision_attention_modules())
+
     def vision_layers_feeding_lm(self) -> int:
-        total = len(self.vision_attention_modules())
+        total = self.num_vision_layers()
         feature_layer = self.model.config.vision_feature_layer
         deepest = max(feature_layer) if isinstance(feature_layer, list) else feature_layer
         # hidden_states has total + 1 entries (embeddings first): index -1 is the last layer.
         return deepest + 1 + total if deepest < 0 else deepest
 
-    def image_layout(
-        self, pixel_values: torch.Tensor, original_size: tuple[int, int]
-    ) -> ImageLayout:
+    def geometry(self, inputs, images) -> Placement:
+        """One tile: the processed image; image token i reads patch i (i - 1 when the CLS
+        feature is kept, which then reads no pixels)."""
+        pixel_values = inputs["pixel_values"]
         patch = int(self.model.config.vision_config.patch_size)
         height, width = pixel_values.shape[-2:]
         rows, cols = height // patch, width // patch
         scale_x, scale_y, offset_x, offset_y = _crop_geometry(
-            self.processor.image_processor, original_size
+            self.processor.image_processor, images[0].size
         )
-        r, c = np.divmod(np.arange(rows * cols), cols)
-        boxes = np.stack(
-            [
-                (c * patch + offset_x) / scale_x,
-                (r * patch + offset_y) / scale_y,
-                ((c + 1) * patch + offset_x) / scale_x,
-                ((r + 1) * patch + offset_y) / scale_y,
-            ],
-            axis=1,
-        ).astype(np.float32)
-        return ImageLayout(rows, cols, patch, vision_has_cls=True, patch_boxes=boxes)
-
-    def image_token_patches(self, num_image_tokens: int, layout: ImageLayout) -> np.ndarray:
-        """Patch index (row-major) of each LM image token; -1 for a CLS token kept as a feature."""
-        patches = np.arange(num_image_tokens, dtype=np.int32)
-        if self._keeps_cls:
-            patches -= 1
-        if patches.max(initial=-1) >= layout.grid_rows * layout.grid_cols:
-            raise ValueError(
-                f"{num_image_tokens} image tokens do not fit a {layout.grid_rows}x"
-                f"{layout.grid_cols} patch grid; this LLaVA variant needs its own adapter"
+        box = (
+            offset_x / scale_x,
+            offset_y / scale_y,
+            (width + offset_x) / scale_x,
+            (height + offset_y) / scale_y,
+        )
+        builder = GeometryBuilder(images)
+        tile = builder.add_tile(0, box, rows, cols)
+        positions = self.image_positions(inputs["input_ids"][0])
+        patches = np.arange(len(positions)) - int(self._keeps_cls)
+        if patches.max(initial=-1) >= rows * cols:
+            raise UnsupportedModelError(
+                f"{len(positions)} image tokens do not fit a {rows}x{cols} patch grid; this "
+                "LLaVA variant needs its own adapter"
             )
-        return patches
+        for position, p in zip(positions, patches, strict=True):
+            if p >= 0:
+                builder.read(position, [builder.patch(tile, *divmod(int(p), cols))])
+        builder.add_vision_sequence(np.concatenate([[-1], builder.tile_patches(tile)]))
+        index = np.full(inputs["input_ids"].shape[1], -1, np.int32)
+        index[positions] = 0
+        return Placement(builder.build("cls"), index)
