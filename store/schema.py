@@ -389,12 +389,14 @@ class Summaries:
 
 
 class RecordingPolicy(str, enum.Enum):
-    """Which LM attention rows a trace keeps. A 7B-shaped LLaVA-NeXT trace (T ~ 2,900) holds
-    ~16 GB of fp16 attention in full; most views need only the answer rows. Costs per layer
-    and head, in values: full T*T; answer + image rows (N + I)*T; answer rows N*T."""
+    """Which LM attention query rows a trace keeps (all columns of each). A 7B-shaped
+    LLaVA-NeXT trace (T ~ 2,900, ~2,880 image tokens) holds ~17 GB of fp16 attention in full;
+    the answer's rows are what most views read. Values per layer and head: ``full`` T*T;
+    ``text_rows`` (T - I)*T, every row but the image tokens' (prompt words and answer);
+    ``answer_rows`` N*T. Lossy value encodings (``store.Precision``) combine with any."""
 
     FULL = "full"
-    ANSWER_AND_IMAGE_ROWS = "answer_and_image_rows"
+    TEXT_ROWS = "text_rows"
     ANSWER_ROWS = "answer_rows"
 
 
