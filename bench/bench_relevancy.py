@@ -29,7 +29,7 @@ from bench.seed_relevancy import seed_relevancy
 from engine.adapters import adapter_for
 from engine.demo.architecture import MID_SIZES, build_model, build_processor, build_tokenizer
 from engine.demo.world import ask, make_scene
-from engine.inputs import chat_text, load_image
+from engine.inputs import load_image
 from engine.loading import LoadedModel, load_model
 from engine.recorder import RecordOptions, record
 from store.schema import GenerationSettings
@@ -93,9 +93,7 @@ def compare(name: str, loaded: LoadedModel, max_new_tokens: int) -> dict:
     with PeakMemory() as ours_cost:
         trace = record(loaded, image, question.text, options, progress=progress)
     answer_length = trace.tokens.answer_length
-    inputs = loaded.processor(
-        images=scene.image, text=chat_text(loaded.processor, question.text), return_tensors="pt"
-    )
+    inputs = loaded.adapter.build_inputs([image], question.text)
     seed_timings: dict[str, float] = {}
     with PeakMemory() as seed_cost:
         sequence, seed_maps = seed_relevancy(

@@ -229,7 +229,7 @@ def agreement(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float, float
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from engine.demo.world import QUESTION_KINDS, ask, make_scene
-    from engine.inputs import chat_text, load_image
+    from engine.inputs import load_image
     from engine.loading import load_model
     from engine.recorder import RecordOptions, record
     from store import GenerationSettings, RelevancyMode
@@ -246,11 +246,10 @@ def main() -> None:
         scene = make_scene(100 + n)
         question = ask(scene, QUESTION_KINDS[n % len(QUESTION_KINDS)], random.Random(n))
         options = RecordOptions(GenerationSettings(max_new_tokens=args.max_new_tokens))
-        trace = record(loaded, load_image(scene.image, "scene.png"), question.text, options)
+        image = load_image(scene.image, "scene.png")
+        trace = record(loaded, image, question.text, options)
         image_positions = trace.tokens.image_positions
-        inputs = loaded.processor(
-            images=scene.image, text=chat_text(loaded.processor, question.text), return_tensors="pt"
-        )
+        inputs = loaded.adapter.build_inputs([image], question.text)
         for variant, quirks in VARIANTS.items():
             sequence, seed = seed_relevancy(
                 loaded.model,

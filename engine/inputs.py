@@ -139,14 +139,3 @@ def check_generation(settings: GenerationSettings) -> GenerationSettings:
     if not 0 <= settings.top_p <= 1:  # also refuses nan
         raise InputError(f"top_p must be 0-1, not {settings.top_p}.")
     return settings
-
-
-def chat_text(processor, prompt: str) -> str:
-    """The model's own chat template around one image and the prompt."""
-    if getattr(processor, "chat_template", None) is None:
-        raise PromptError(
-            "This processor has no chat template, so the image cannot be placed in the prompt. "
-            "Use a chat (instruction-tuned) checkpoint, or set processor.chat_template."
-        )
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)

@@ -107,8 +107,9 @@ class VlmAdapter:
             )
         except ValueError as error:  # e.g. "0 <image> tokens and 1 images"
             raise PromptError(
-                "The chat template did not place the image tokens the processor expects "
-                f"({error}). Check the processor's chat template and image token."
+                "The chat template placed no image token where the processor expects one, so "
+                f"the model would not see the image ({error}). Check the processor's chat "
+                "template and image token."
             ) from error
 
     @property

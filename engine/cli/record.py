@@ -1,4 +1,4 @@
-"""``lvlm-interpret record``: one image + one prompt -> one stored trace.
+"""``lvlm-interpret record``: one or more images + one prompt -> one stored trace.
 
 Every input is checked before the model loads (text, settings, image, checkpoint folder,
 device) and the store is opened next, so a mistake costs seconds, not a whole recording.
@@ -32,6 +32,12 @@ class Lossy(str, Enum):
     sparse = "sparse"
 
 
+class Policy(str, Enum):
+    full = "full"
+    text_rows = "text_rows"
+    answer_rows = "answer_rows"
+
+
 class Dtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
@@ -57,7 +63,10 @@ def store_causal(store: TraceStore, trace_id: str, layers: list[int] | None, lab
 
 def record(
     model: Annotated[str, typer.Option(help="Hub id or local checkpoint folder.")],
-    image: Annotated[Path, typer.Option(help="Image file (PNG, JPEG, WebP, ...).")],
+    image: Annotated[
+        list[Path],
+        typer.Option(help="Image file (PNG, JPEG, WebP, ...); repeat for a multi-image prompt."),
+    ],
     prompt: Annotated[str, typer.Option(help="Question about the image.")],
     store: StoreDir = Path("traces"),
     db: DbUrl = None,
@@ -75,6 +84,13 @@ def record(
     relevancy: Annotated[bool, typer.Option(help="Compute relevancy maps.")] = True,
     vision_attention: Annotated[bool, typer.Option(help="Store vision-tower attention.")] = True,
     lossy: Annotated[Lossy | None, typer.Option(help="Store attention lossily.")] = None,
+    policy: Annotated[
+        Policy | None,
+        typer.Option(
+            help="LM attention rows to keep: full, text_rows (all but image-token rows) or "
+            "answer_rows. Default: full when it fits in ~1 GiB, else the largest that does."
+        ),
+    ] = None,
     revision: Annotated[
         str | None, typer.Option(help="Hub revision (branch, tag, commit); hub ids only.")
     ] = None,
@@ -106,7 +122,7 @@ def record(
         load_image,
     )
     from store import StoreError, open_store
-    from store.schema import GenerationSettings
+    from store.schema import GenerationSettings, RecordingPolicy
 
     if max_new_tokens > MAX_NEW_TOKENS:
         note(f"note: --max-new-tokens {max_new_tokens} capped at {MAX_NEW_TOKENS}")
@@ -127,7 +143,7 @@ def record(
         check_text(str(store), "The --store path")
         if db is not None:
             check_text(db, "The --db URL")
-        picture = load_image(image)
+        pictures = [load_image(path) for path in image]
         source = check_model_source(model, revision=revision, allow_pickle=allow_pickle)
         if causal and causal_layers and source.language_layers is not None:
             check_layers(causal_layers, source.language_layers, "--causal-layers")
@@ -153,12 +169,16 @@ def record(
                 count = len(loaded.adapter.language_attention_modules())
                 check_layers(causal_layers, count, "--causal-layers")
             options = RecordOptions(
-                settings, relevancy=relevancy, vision_attention=vision_attention
+                settings,
+                relevancy=relevancy,
+                vision_attention=vision_attention,
+                policy=RecordingPolicy(policy.value) if policy else None,
             )
-            with recording_progress(picture.name) as progress:
+            label = " + ".join(picture.name for picture in pictures)
+            with recording_progress(label) as progress:
                 trace = record_trace(
                     loaded,
-                    picture,
+                    pictures,
                     question,
                     options,
                     reference_answer=reference,
@@ -167,7 +187,7 @@ def record(
                 )
             trace_id = opened.add(trace, lossy=lossy.value if lossy else False)
             if causal:
-                store_causal(opened, trace_id, causal_layers, picture.name)
+                store_causal(opened, trace_id, causal_layers, label)
     except (EngineError, StoreError) as error:
         fail(error)
     note(f"answer: {trace.info.answer!r}")

@@ -9,7 +9,7 @@ from PIL import Image
 
 from engine.demo.world import ask, make_scene
 from engine.errors import UnsupportedModelError
-from engine.inputs import chat_text, load_image
+from engine.inputs import load_image
 from engine.recorder import RecordOptions, record
 from store.schema import GenerationSettings, TokenRole
 
@@ -35,9 +35,7 @@ def trace(demo_model, scene_and_question):
 def test_answer_equals_plain_generate(demo_model, scene_and_question, trace):
     scene, question = scene_and_question
     processor = demo_model.processor
-    inputs = processor(
-        images=scene.image, text=chat_text(processor, question.text), return_tensors="pt"
-    )
+    inputs = demo_model.adapter.build_inputs([load_image(scene.image, "s.png")], question.text)
     plain = demo_model.model.generate(**inputs, max_new_tokens=32, do_sample=False)
     np.testing.assert_array_equal(trace.tokens.ids, plain[0].numpy())
     expected = processor.tokenizer.decode(
@@ -59,7 +57,8 @@ def test_attention_is_complete_row_stochastic_and_causal(demo_model, trace):
     )
     np.testing.assert_allclose(lm.sum(-1), 1.0, atol=2e-3)  # stored as float16
     assert np.all(np.triu(lm, k=1) == 0), "a query attended to a later token"
-    vision = trace.vision_attention.astype(np.float32)
+    (vision,) = trace.vision_attention  # one tile: one vision sequence
+    vision = vision.astype(np.float32)
     grid = config.vision_config.image_size // config.vision_config.patch_size
     assert vision.shape[-1] == grid * grid + 1  # CLS + patches
     np.testing.assert_allclose(vision.sum(-1), 1.0, atol=2e-3)
@@ -106,7 +105,8 @@ def test_top_k_and_summaries_are_consistent(trace):
     lm = trace.lm_attention.astype(np.float32)
     row = trace.tokens.prompt_length - 1
     image_share = lm[:, :, row, trace.tokens.image_positions].sum(-1)
-    np.testing.assert_allclose(shares[:, :, 0, 0], image_share, atol=1e-5)
+    # shares come from the float32 attention; the stored attention is float16
+    np.testing.assert_allclose(shares[:, :, 0, 0], image_share, atol=2e-3)
     np.testing.assert_allclose(trace.summaries.head_image_attention, shares[..., 0].mean(-1))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.demo.world import ask, make_scene
-from engine.inputs import chat_text, load_image
+from engine.inputs import load_image
 from engine.recorder import record
 from engine.relevancy import propagate_row
 from store import RelevancyMode
@@ -19,10 +19,8 @@ def test_relevancy_matches_reference(demo_model, seed, kind):
     scene = make_scene(seed)
     question = ask(scene, kind, random.Random(seed))
     trace = record(demo_model, load_image(scene.image, "scene.png"), question.text)
-    processor = demo_model.processor
-    pixels = processor(
-        images=scene.image, text=chat_text(processor, question.text), return_tensors="pt"
-    )["pixel_values"]
+    inputs = demo_model.adapter.build_inputs([load_image(scene.image, "s.png")], question.text)
+    pixels = inputs["pixel_values"]
     expected = reference_relevancy(
         demo_model.model,
         trace.tokens.ids,
