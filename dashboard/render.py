@@ -1,4 +1,9 @@
-"""Drawing maps on the trace's image: the single path from a patch grid to pixels on screen."""
+"""Drawing per-patch maps on the trace's images: the single path from values to pixels.
+
+Every map reaches this module as one value per patch ([G], see ``store.schema``); which
+pictures it becomes (each image with its tiles stitched, or one tile) is chosen once per page
+with :func:`choose_views` and drawn by :mod:`dashboard.components.stitch`.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,71 @@ from collections.abc import Sequence
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
-from dashboard.components import images, overlay, text
+from dashboard import state
+from dashboard.components import analysis, images, overlay, stitch, text
 from dashboard.components.overlay import OverlayStyle, Scale
-from store import StoredTrace
+from dashboard.components.stitch import View
+from store import ImageGeometry, StoredTrace
+
+STITCHED = "stitched"
+ONE_TILE = "one tile"
+GAP_PX = 8  # between the images of a multi-image map in a gallery cell
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def frame(trace_id: str, view: View, _geometry: ImageGeometry) -> stitch.Frame:
+    """The pixels a view is drawn on (``_geometry`` is not hashed: ``trace_id`` names it)."""
+    return stitch.frame(_geometry, view)
+
+
+def picture(
+    trace: StoredTrace,
+    values: np.ndarray,
+    view: View,
+    style: OverlayStyle,
+    scale: Scale,
+    marked: Sequence[int] = (),
+) -> Image.Image:
+    """One view of a per-patch map; ``marked`` patches are outlined."""
+    geometry = trace.image
+    base = frame(trace.trace_id, view, geometry)
+    grid = stitch.field(geometry, values, view, base.pixels.shape[:2], smooth=style.smooth)
+    boxes = [b for p in marked if (b := stitch.patch_fractions(geometry, view, p)) is not None]
+    return overlay.overlay(base.pixels, grid, style, scale, outlines=boxes)
+
+
+def side_by_side(pictures: Sequence[Image.Image]) -> Image.Image:
+    """Pictures in a row, top-aligned: one gallery cell for a map over several images."""
+    if len(pictures) == 1:
+        return pictures[0]
+    width = sum(p.width for p in pictures) + GAP_PX * (len(pictures) - 1)
+    row = Image.new("RGB", (width, max(p.height for p in pictures)), "white")
+    x = 0
+    for p in pictures:
+        row.paste(p, (x, 0))
+        x += p.width + GAP_PX
+    return row
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
 def overlay_url(
     trace_id: str,
-    grid: np.ndarray,
+    values: np.ndarray,
+    views: tuple[View, ...],
     style: OverlayStyle,
     scale: Scale,
-    _image: np.ndarray,
+    _trace: StoredTrace,
     legend: bool = False,
-    marked: int | None = None,
+    marked: tuple[int, ...] = (),
 ) -> str:
-    """One overlay (with its colour bar underneath when ``legend``) as an inline JPEG URL,
-    encoded once. Inline, the map arrives with the page's own message instead of one more
-    HTTP request per image after it (Streamlit would also re-encode a Pillow image at JPEG
-    quality 100 on every rerun). ``_image`` is the trace's processed image (not hashed:
-    ``trace_id`` names it). ``marked`` outlines one patch."""
-    picture = overlay.overlay(_image, grid, style, scale, marked=marked)
-    return images.data_url(
-        overlay.with_legend(picture, style, scale) if legend else picture, "JPEG"
-    )
+    """A map's views side by side (with its colour bar underneath when ``legend``) as an
+    inline JPEG URL, encoded once. Inline, the map arrives with the page's own message instead
+    of one more HTTP request per image after it (Streamlit would also re-encode a Pillow image
+    at JPEG quality 100 on every rerun). ``_trace`` is not hashed: ``trace_id`` names it."""
+    drawn = side_by_side([picture(_trace, values, v, style, scale, marked) for v in views])
+    return images.data_url(overlay.with_legend(drawn, style, scale) if legend else drawn, "JPEG")
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -38,34 +83,62 @@ def legend_url(style: OverlayStyle, scale: Scale) -> str:
     return images.data_url(overlay.legend(style, scale), "JPEG")
 
 
-def image_grid(trace: StoredTrace, row: np.ndarray) -> np.ndarray:
-    """[rows, cols] map of a length-T row's values on the image tokens."""
-    positions = trace.tokens.image_positions
+def choose_views(trace: StoredTrace, key: str = "tiles") -> tuple[View, ...]:
+    """Stitched images or one tile (URL parameter ``tile``); no control for one-tile traces.
+
+    Says how the stitched picture combines overlapping tiles, since that is a choice."""
     geometry = trace.image
-    return overlay.grid_values(
-        np.asarray(row)[positions],
-        trace.tokens.image_patch[positions],
-        geometry.grid_rows,
-        geometry.grid_cols,
+    stitched = tuple(stitch.stitched_views(geometry))
+    if len(geometry.tiles) == 1 or stitch.is_legacy(geometry):
+        return stitched
+    tiles = list(range(len(geometry.tiles)))
+    asked = state.get(state.TILE)
+    current = int(asked) if asked and asked.isdigit() and int(asked) in tiles else None
+    left, right = st.columns([1, 3])
+    mode = (
+        left.segmented_control(
+            "Tiles",
+            [STITCHED, ONE_TILE],
+            **state.widget(
+                f"{key}:mode:{trace.trace_id}",
+                STITCHED if current is None else ONE_TILE,
+                lambda v: state.put(state.TILE, "0" if v == ONE_TILE else None),
+            ),
+        )
+        or STITCHED
     )
+    if mode == STITCHED:
+        if stitch.has_overlaps(geometry):
+            right.caption(stitch.COMBINE_NOTE)
+        return stitched
+    tile = right.selectbox(
+        "Tile",
+        tiles,
+        format_func=lambda t: stitch.tile_label(geometry, t),
+        **state.widget(
+            f"{key}:tile:{trace.trace_id}", current or 0, lambda v: state.put(state.TILE, str(v))
+        ),
+    )
+    return (View(geometry.tiles[tile].image, tile),)
 
 
-def patch_grid(trace: StoredTrace, per_patch: np.ndarray) -> np.ndarray:
-    """[rows, cols] map of values given per patch in row-major order (length G)."""
+def token_values(trace: StoredTrace, row: np.ndarray) -> np.ndarray:
+    """[G]: a length-T row's values on the image tokens carried onto their patches."""
     geometry = trace.image
-    return np.asarray(per_patch, dtype=np.float64).reshape(geometry.grid_rows, geometry.grid_cols)
+    return analysis.spread(row, geometry.token_patches, geometry.num_patches)
 
 
 def gallery(
     trace: StoredTrace,
-    grids: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray],
     captions: Sequence[str],
     style: OverlayStyle,
     scale: Scale,
+    views: Sequence[View],
     columns: int = 4,
     key: str = "heatmaps",
 ) -> None:
-    """Overlays on one shared colour scale, with one legend for all of them.
+    """Per-patch maps on one shared colour scale, with one legend for all of them.
 
     A shared scale keeps the maps comparable; captions are Markdown-escaped because they
     carry token text.
@@ -73,37 +146,36 @@ def gallery(
     with st.container(key=key):
         st.image(legend_url(style, scale), caption=None)
         slots = st.columns(columns)
-        for i, (grid, caption) in enumerate(zip(grids, captions, strict=True)):
-            picture = overlay_url(trace.trace_id, grid, style, scale, trace.image.processed)
-            slots[i % columns].image(
-                picture, caption=text.markdown_literal(caption), width="stretch"
-            )
+        for i, (values, caption) in enumerate(zip(maps, captions, strict=True)):
+            url = overlay_url(trace.trace_id, values, tuple(views), style, scale, trace)
+            slots[i % columns].image(url, caption=text.markdown_literal(caption), width="stretch")
 
 
 def heatmap(
     trace: StoredTrace,
-    grid: np.ndarray,
+    values: np.ndarray,
     style: OverlayStyle,
     scale: Scale,
+    views: Sequence[View],
     key: str = "heatmap",
-    marked: int | None = None,
+    marked: Sequence[int] = (),
 ) -> None:
-    """One overlay with its own legend underneath; ``marked`` outlines one patch."""
+    """One per-patch map with its legend underneath; ``marked`` patches are outlined."""
     with st.container(key=key):
-        st.image(
-            overlay_url(
-                trace.trace_id,
-                grid,
-                style,
-                scale,
-                trace.image.processed,
-                legend=True,
-                marked=marked,
-            )
+        url = overlay_url(
+            trace.trace_id,
+            values,
+            tuple(views),
+            style,
+            scale,
+            trace,
+            legend=True,
+            marked=tuple(marked),
         )
+        st.image(url, caption=_views_caption(trace.image, views))
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def photo_url(trace_id: str, _image: np.ndarray) -> str:
-    """The processed image as an inline JPEG URL (for Vega charts drawn over the photo)."""
-    return images.data_url(images.thumbnail(_image, size=max(_image.shape[:2])), "JPEG")
+def _views_caption(geometry: ImageGeometry, views: Sequence[View]) -> str | None:
+    if len(geometry.images) == 1 and views[0].tile is None:
+        return None
+    return text.markdown_literal(", ".join(stitch.view_label(geometry, v) for v in views))

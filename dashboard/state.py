@@ -20,10 +20,11 @@ TOKENS = "tokens"
 UNIT = "unit"  # "token" or "word": how answer selections are made
 
 PATCHES = "patches"
+TILE = "tile"  # one tile drawn on its own; absent: every image with its tiles stitched
 _PREFIX = "url:"
-_TRACE_SCOPED = (TOKENS, PATCHES)  # meaningless once the trace changes
+_TRACE_SCOPED = (TOKENS, PATCHES, TILE)  # meaningless once the trace changes
 # Settings that hold on every page: a shared link names them once, whatever page it opens.
-SHARED = (TRACE, COMPARE, TOKENS, UNIT, PATCHES, "cmap", "alpha", "smooth", "fade", "hide")
+SHARED = (TRACE, COMPARE, TOKENS, UNIT, PATCHES, TILE, "cmap", "alpha", "smooth", "fade", "hide")
 
 
 def get(param: str) -> str | None:

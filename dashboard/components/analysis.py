@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from store.schema import PatchMap
+
 SHARE_CATEGORIES = ("image", "question", "earlier answer")  # order of Summaries.attention_shares
 
 
@@ -24,9 +26,43 @@ def token_shares(attention_shares: np.ndarray, answer_tokens: Sequence[int]) -> 
     return np.asarray(attention_shares, dtype=np.float64)[:, :, list(answer_tokens), :].mean(axis=2)
 
 
-def attention_to_patches(block: np.ndarray) -> np.ndarray:
-    """Attention each query row pays to a set of patch columns: [..., r, c] -> [..., r]."""
-    return np.asarray(block, dtype=np.float64).sum(axis=-1)
+def spread(values: np.ndarray, mapping: PatchMap, num_patches: int) -> np.ndarray:
+    """Values over rows (sequence positions, cross-attention keys) carried onto the patches
+    those rows read, by the map's weights: [..., R] -> [..., G]. A row's value is shared out
+    whole (its weights sum to 1), so an attention share stays a share of the same row.
+    Patches no row reads are NaN: nothing is known there, which is not zero."""
+    values = np.asarray(values, dtype=np.float64)
+    rows = np.unique(mapping.rows)
+    rows = rows[rows < values.shape[-1]]
+    weights = mapping.matrix(rows, num_patches).astype(np.float64)
+    out = values[..., rows] @ weights
+    read = weights.sum(axis=0) > 0
+    return np.where(read, out, np.nan)
+
+
+def patch_weights(mapping: PatchMap, patches: Sequence[int], length: int) -> np.ndarray:
+    """[length] how much of each row reads any of ``patches`` (0 for rows that read none):
+    the weights to sum attention columns with to get attention on those patches."""
+    weights = np.zeros(length, np.float64)
+    hit = np.isin(mapping.patches, list(patches)) & (mapping.rows < length)
+    np.add.at(weights, mapping.rows[hit], mapping.weights[hit])
+    return weights
+
+
+def attention_to_patches(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Attention each query row pays to a set of patches: [..., r, c] columns weighted by
+    how much of each column's token reads them ([c]) -> [..., r]."""
+    return np.asarray(block, dtype=np.float64) @ np.asarray(weights, dtype=np.float64)
+
+
+def vision_values(row: np.ndarray, sequence: np.ndarray, num_patches: int) -> np.ndarray:
+    """A vision-tower row over its sequence's tokens placed on their patches ([V] -> [G]);
+    NaN on patches the sequence does not hold (other tiles), CLS and padding left out."""
+    out = np.full(num_patches, np.nan)
+    sequence = np.asarray(sequence)
+    on_patch = sequence >= 0
+    out[sequence[on_patch]] = np.asarray(row, dtype=np.float64)[on_patch]
+    return out
 
 
 def rollout(layers: Iterable[np.ndarray], residual: float = 0.5) -> np.ndarray:

@@ -1,12 +1,13 @@
-"""Heatmap overlays on the processed image, composed with Pillow.
+"""Heatmap overlays on a picture, composed with Pillow.
 
-A map arrives as one value per LM image patch, laid out on the trace's own patch grid
-(``grid_rows x grid_cols``; nothing assumes a square or 24x24 grid). Each cell covers an
-equal share of the processed image, which is how the vision tower tiled it.
+A map arrives as a 2-D array stretched over the whole picture: one tile's patch grid (any
+shape; nothing assumes a square or 24x24 grid), or a field already drawn at the picture's
+size by :mod:`dashboard.components.stitch` when several tiles make up an image.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,32 +54,22 @@ class Scale:
         return cls(low, high if high > low else low + 1.0, title)
 
 
-def grid_values(values: np.ndarray, patch_index: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Scatter per-image-token ``values`` onto the [rows, cols] patch grid (row-major indices).
-
-    Patches no image token landed on stay NaN and draw in the lowest colour.
-    """
-    grid = np.full(rows * cols, np.nan, dtype=np.float64)
-    valid = (patch_index >= 0) & (patch_index < rows * cols)
-    grid[patch_index[valid]] = np.asarray(values, dtype=np.float64)[valid]
-    return grid.reshape(rows, cols)
-
-
 def overlay(
     image: np.ndarray,
     grid: np.ndarray,
     style: OverlayStyle,
     scale: Scale,
     min_side: int = 336,
-    marked: int | None = None,
+    outlines: Sequence[tuple[float, float, float, float]] = (),
 ) -> Image.Image:
-    """Blend a [rows, cols] map over an [h, w, 3] image, each cell covering its patch.
+    """Blend a [rows, cols] map over an [h, w, 3] image, the cells covering it evenly.
 
     Small images are first enlarged (keeping their aspect ratio) to ``min_side`` pixels on the
     longer side, so maps of small crops are still readable. With ``style.fade`` each cell's
     opacity grows with (the square root of) its value, so low values leave the photo as it
-    is instead of darkening it with the colour map's darkest colour. ``marked`` outlines one
-    patch (row-major index), e.g. the query patch of a vision-tower map.
+    is instead of darkening it with the colour map's darkest colour. ``outlines`` are boxes to
+    frame (fractions of the picture's width and height), e.g. the query patch of a
+    vision-tower map. NaN cells are left transparent.
     """
     base = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
     factor = min_side / max(base.size)
@@ -99,23 +90,25 @@ def overlay(
             level = (values - scale.vmin) / (span if span > 0 else 1.0)
         # square root: maps are peaked, so weak but real values must stay visible
         alpha = opacity * np.sqrt(np.clip(np.nan_to_num(level, nan=0.0), 0.0, 1.0))
+    alpha = np.where(np.isfinite(np.asarray(grid, dtype=np.float64)), alpha, 0.0)
     mask = Image.fromarray(np.round(alpha * 255).astype(np.uint8), mode="L")
     picture = Image.composite(heat, base, mask.resize(base.size, resample=resample))
-    if marked is not None:
-        _outline(picture, np.shape(grid), marked)
+    outline(picture, outlines)
     return picture
 
 
-def _outline(picture: Image.Image, shape: tuple[int, ...], patch: int) -> None:
-    rows, cols = shape[0], shape[1]
-    if not 0 <= patch < rows * cols:
-        return
+def outline(
+    picture: Image.Image,
+    boxes: Sequence[tuple[float, float, float, float]],
+    colour: str = "#00e5ff",
+) -> None:
+    """Frame each box (fractions of the picture's width and height) in place."""
     width, height = picture.size
-    x0, x1 = width * (patch % cols) / cols, width * (patch % cols + 1) / cols
-    y0, y1 = height * (patch // cols) / rows, height * (patch // cols + 1) / rows
     draw = ImageDraw.Draw(picture)
     line = max(2, round(min(width, height) / 120))
-    draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline="#00e5ff", width=line)
+    for fx0, fy0, fx1, fy1 in boxes:
+        box = (width * fx0, height * fy0, width * fx1 - 1, height * fy1 - 1)
+        draw.rectangle(box, outline=colour, width=line)
 
 
 LEGEND_FONT_PX = 13

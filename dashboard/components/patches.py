@@ -1,37 +1,32 @@
-"""Patch geometry on the processed image: where each LM image patch's pixels are.
+"""Patches cut out of, or picked out on, a picture.
 
-The vision tower tiles the processed image into ``grid_rows x grid_cols`` cells (any shape,
-not only square). Cell edges are rounded from exact fractions, so an image whose size is not
-a multiple of the grid still gets every pixel covered exactly once. The stored
-``patch_boxes`` give the same cells in the user's original file; they name patches for
-people ("x 0-21, y 0-21 px"), since the original pixels themselves are not stored.
+Where a patch lies on a picture comes from :func:`dashboard.components.stitch.patch_fractions`
+as fractions of the picture's width and height, so the same code serves a whole original
+image, one tile of it and the processed image of an old trace.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), pixels, x1/y1 exclusive
+Fractions = tuple[float, float, float, float]  # (x0, y0, x1, y1) as shares of width, height
 
 
-def cell_boxes(width: int, height: int, rows: int, cols: int) -> list[Box]:
-    """Row-major pixel boxes of every grid cell on a ``width x height`` image."""
-    xs = np.round(np.linspace(0, width, cols + 1)).astype(int)
-    ys = np.round(np.linspace(0, height, rows + 1)).astype(int)
-    return [
-        (int(xs[c]), int(ys[r]), int(xs[c + 1]), int(ys[r + 1]))
-        for r in range(rows)
-        for c in range(cols)
-    ]
+def pixel_box(fractions: Fractions, width: int, height: int) -> tuple[int, int, int, int]:
+    """A fractional box in whole pixels of a ``width x height`` picture (x1/y1 exclusive);
+    rounding the edges the same way for neighbours covers every pixel exactly once."""
+    x0, y0, x1, y1 = fractions
+    return (round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height))
 
 
-def crop(image: np.ndarray, rows: int, cols: int, patch: int, size: int = 40) -> Image.Image:
-    """Patch ``patch`` cut from the image and scaled to fit ``size`` pixels (nearest: crisp)."""
+def crop(image: np.ndarray, fractions: Fractions, size: int = 40) -> Image.Image:
+    """A patch cut from the picture and scaled to fit ``size`` pixels (nearest: crisp)."""
     picture = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-    cell = picture.crop(cell_boxes(picture.width, picture.height, rows, cols)[patch])
+    x0, y0, x1, y1 = pixel_box(fractions, picture.width, picture.height)
+    cell = picture.crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)))
     factor = size / max(cell.size)
     target = (max(1, round(cell.width * factor)), max(1, round(cell.height * factor)))
     return cell.resize(target, Image.Resampling.NEAREST)
@@ -39,13 +34,11 @@ def crop(image: np.ndarray, rows: int, cols: int, patch: int, size: int = 40) ->
 
 def highlight(
     image: np.ndarray,
-    rows: int,
-    cols: int,
-    colours: Mapping[int, str],
+    boxes: Sequence[tuple[Fractions, str]],
     min_side: int = 336,
     dim: float = 0.65,
 ) -> Image.Image:
-    """The image dimmed except the patches in ``colours``, each outlined in its colour.
+    """The picture dimmed except the given boxes, each outlined in its colour.
 
     Dimming the rest (rather than tinting the chosen cells) keeps the chosen patches' own
     pixels visible, which is what a reader checks an explanation against.
@@ -57,20 +50,11 @@ def highlight(
             (round(base.width * factor), round(base.height * factor)), Image.Resampling.LANCZOS
         )
     shaded = Image.blend(base, Image.new("RGB", base.size, "white"), dim)
-    boxes = cell_boxes(base.width, base.height, rows, cols)
+    pixels = [pixel_box(fractions, base.width, base.height) for fractions, _ in boxes]
     line = max(2, round(min(base.size) / 150))
-    for patch in colours:
-        if 0 <= patch < len(boxes):
-            shaded.paste(base.crop(boxes[patch]), boxes[patch][:2])
+    for box in pixels:
+        shaded.paste(base.crop(box), box[:2])
     draw = ImageDraw.Draw(shaded)
-    for patch, colour in colours.items():
-        if 0 <= patch < len(boxes):
-            x0, y0, x1, y1 = boxes[patch]
-            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=line)
+    for (x0, y0, x1, y1), (_, colour) in zip(pixels, boxes, strict=True):
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour, width=line)
     return shaded
-
-
-def original_label(boxes: np.ndarray, patch: int, cols: int) -> str:
-    """Where a patch sits, as grid cell and pixel box in the user's original image."""
-    x0, y0, x1, y1 = (round(float(v)) for v in np.asarray(boxes)[patch])
-    return f"row {patch // cols}, col {patch % cols} · x {x0}–{x1}, y {y0}–{y1} px"
