@@ -1,0 +1,218 @@
+"""LLaVA-NeXT and LLaVA-OneVision adapters: their geometry is what the tiny models do.
+
+The token -> patch map (patches and weights) must equal what the oracle reads from the model's
+own gradients, for images whose canvas is square, wide or tall, unpadded by rows or by
+columns, shrunk (OneVision) or not, and for several images in one prompt. Tile boxes in
+original pixels must put a painted square on the patches whose processed pixels change, and
+the vision sequences must be what the tower attends over (a gradient per vision token).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.adapters import adapter_for
+from engine.capture import capture_vision_attention
+from engine.inputs import load_image
+from tests.engine.families import oracle
+from tests.engine.families.builders import prompt_inputs
+from tests.engine.families.images import noise_image, painted
+
+FAMILIES = ("llava_next", "llava_onevision")
+# (height, width): a wide image on a square canvas (rows unpadded), a tall one on a 2x1
+# canvas, one exactly a tile, a small one upscaled, a square one (OneVision: shrunk 8x8 -> 5x5).
+SIZES = [(40, 56), (70, 30), (32, 32), (20, 20), (64, 64)]
+
+
+def _adapter(built):
+    return adapter_for(built.model.requires_grad_(False), built.processor)
+
+
+def _placement(built, images):
+    inputs = prompt_inputs(built, images)
+    inputs_for = [load_image(im, f"image{i}") for i, im in enumerate(images)]
+    return inputs, _adapter(built).geometry(inputs, inputs_for)
+
+
+def _global_patch(geometry, image: int, tile: int, box, patch: int) -> int:
+    """The geometry's patch for an oracle read: ``tile`` counts within ``image``."""
+    first = next(t for t, spec in enumerate(geometry.tiles) if spec.image == image)
+    spec = geometry.tiles[first + tile]
+    assert spec.image == image
+    start = geometry.tile_patches(first + tile).start
+    return start + (box[1] // patch) * spec.cols + box[0] // patch
+
+
+def _adapter_reads(geometry) -> dict[int, dict[int, float]]:
+    found: dict[int, dict[int, float]] = {}
+    m = geometry.token_patches
+    for row, p, w in zip(m.rows.tolist(), m.patches.tolist(), m.weights.tolist(), strict=True):
+        found.setdefault(row, {})[p] = w
+    return found
+
+
+def _assert_map_is_the_models(built, inputs, placement) -> None:
+    reads = oracle.token_patch_map(built.model, inputs, built.processor)
+    geometry, patch = placement.geometry, oracle.patch_size(built.model)
+    expected = {
+        position: {_global_patch(geometry, r.image, r.tile, r.box, patch): r.weight for r in rs}
+        for position, rs in reads.items()
+        if rs
+    }
+    got = _adapter_reads(geometry)
+    assert got.keys() == expected.keys()
+    for position, patches in expected.items():
+        assert got[position].keys() == patches.keys(), position
+        for p, weight in patches.items():
+            assert got[position][p] == pytest.approx(weight, abs=1e-5)
+    # every image token (newlines too) knows its image; text positions know none
+    image_tokens = set(reads)
+    index = placement.image_index
+    assert {int(i) for i in np.flatnonzero(index >= 0)} == image_tokens
+    for position, rs in reads.items():
+        assert {r.image for r in rs} <= {int(index[position])}
+    assert np.all(np.diff(index[sorted(image_tokens)]) >= 0)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_token_patch_map_is_the_models(build, name, size):
+    built = build(name)
+    inputs, placement = _placement(built, [noise_image(*size)])
+    _assert_map_is_the_models(built, inputs, placement)
+
+
+def test_onevision_shrinks_with_bilinear_weights(build):
+    """The map really is weighted where OneVision shrinks its grid (not a vacuous check)."""
+    _, placement = _placement(build("llava_onevision"), [noise_image(64, 64)])
+    weights = placement.geometry.token_patches.weights
+    assert weights.min() < 0.5
+    assert len(np.unique(placement.geometry.token_patches.rows)) < len(weights)
+
+
+def test_next_two_images_of_different_aspect_ratios(build):
+    built = build("llava_next")
+    images = [noise_image(40, 56, seed=1), noise_image(70, 30, seed=2)]
+    inputs, placement = _placement(built, images)
+    _assert_map_is_the_models(built, inputs, placement)
+    tiles = placement.geometry.tiles
+    assert [t.image for t in tiles] == [0] * 5 + [1] * 3  # base + 2x2 crops, base + 2x1 crops
+    assert [t.kind for t in tiles] == ["full", *["crop"] * 4, "full", *["crop"] * 2]
+
+
+def test_onevision_multi_image_group_is_one_square_tile_each(build):
+    """Images of one group (``batch_num_images`` 2) are padded squares, not tiled: G^2 tokens and
+    a newline each; painting an image changes exactly the tokens the map gives that image."""
+    built = build("llava_onevision")
+    images = [noise_image(40, 56, seed=1), noise_image(70, 30, seed=2)]
+    text = built.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}] * 2 + [{"type": "text", "text": "a"}]}],
+        add_generation_prompt=True,
+    )
+
+    def inputs_for(pictures):
+        return dict(built.processor(images=[pictures], text=[text], return_tensors="pt"))
+
+    before = inputs_for(images)
+    assert before["batch_num_images"].tolist() == [2]
+    placement = _adapter(built).geometry(before, [load_image(im) for im in images])
+    geometry = placement.geometry
+    assert [(t.image, t.kind, t.rows) for t in geometry.tiles] == [(0, "full", 4), (1, "full", 4)]
+    # the 40x56 image sits in a 56x56 square, 8 px of padding above; the 70x30 one 20 px left
+    assert geometry.tiles[0].box == (0, -8, 56, 48)
+    assert geometry.tiles[1].box == (-20, 0, 50, 70)
+    after = inputs_for([images[0], painted(images[1], (5, 30, 20, 45))])
+    changed = oracle.embedding_change(built.model, before, after)
+    square = geometry.patch_boxes
+    hit = np.flatnonzero(
+        (geometry.patch_tile == 1)
+        & (square[:, 0] < 21)
+        & (square[:, 2] > 5)
+        & (square[:, 1] < 46)
+        & (square[:, 3] > 30)
+    )
+    m = geometry.token_patches
+    assert changed == {int(r) for r, p in zip(m.rows, m.patches, strict=True) if p in set(hit)}
+    assert set(placement.image_index[sorted(changed)]) == {1}
+    assert (placement.image_index == 1).sum() == 16 + 1
+
+
+def _overlapping(boxes: np.ndarray, square, margin: float) -> set[int]:
+    x0, y0, x1, y1 = square
+    return set(
+        np.flatnonzero(
+            (boxes[:, 0] < x1 + 1 + margin)
+            & (boxes[:, 2] > x0 - margin)
+            & (boxes[:, 1] < y1 + 1 + margin)
+            & (boxes[:, 3] > y0 - margin)
+        ).tolist()
+    )
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("size", [(40, 56), (70, 30)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_tile_boxes_put_a_painted_square_where_the_pixels_change(build, name, size):
+    """Patches whose original-pixel box lies well inside the square change; patches well away
+    from it do not (the margin absorbs the resampling filter's reach, a few pixels)."""
+    built = build(name)
+    image = noise_image(*size)
+    square = (10, 12, 25, 27)
+    before, placement = _placement(built, [image])
+    after = prompt_inputs(built, [painted(image, square)])
+    diff = oracle.pixel_maps(
+        built.model, before, after["pixel_values"] - before["pixel_values"], built.processor
+    )
+    geometry, patch = placement.geometry, oracle.patch_size(built.model)
+    reads = oracle.patches_read({k: v > 1e-6 for k, v in diff.items()}, patch)
+    changed = {_global_patch(geometry, r.image, r.tile, r.box, patch) for r in reads}
+    boxes = geometry.patch_boxes
+    inside = _overlapping(boxes, (square[0] + 4, square[1] + 4, square[2] - 4, square[3] - 4), 0)
+    near = _overlapping(boxes, square, 4)
+    assert inside  # the check is not vacuous
+    assert inside <= changed <= near
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_vision_sequences_are_what_the_tower_reads(build, name):
+    """Token j of vision sequence s depends only on patch ``vision_sequences[s][j]`` (CLS: none)
+    with the tower's attention zeroed; the captured attention covers every sequence."""
+    built = build(name)
+    inputs, placement = _placement(built, [noise_image(40, 56)])
+    geometry, model = placement.geometry, built.model
+    patch = oracle.patch_size(model)
+    pixel_values = inputs["pixel_values"].clone().requires_grad_(True)
+    tower = model.model.vision_tower
+    with oracle.vision_attention_zeroed(model), torch.enable_grad():
+        hidden = tower(pixel_values[0]).last_hidden_state
+        direction = torch.randn(hidden.shape[-1], generator=torch.Generator().manual_seed(0))
+        assert len(geometry.vision_sequences) == hidden.shape[0]
+        for s, sequence in enumerate(geometry.vision_sequences):
+            assert len(sequence) == hidden.shape[1]
+            for j, expected in enumerate(sequence.tolist()):
+                (grad,) = torch.autograd.grad(
+                    hidden[s, j] @ direction, pixel_values, retain_graph=True
+                )
+                maps = oracle.pixel_maps(model, inputs, grad, built.processor)
+                read = oracle.patches_read(maps, patch)
+                got = [_global_patch(geometry, r.image, r.tile, r.box, patch) for r in read]
+                assert got == ([] if expected < 0 else [expected]), (s, j)
+    assert geometry.vision_summary == ("cls" if name == "llava_next" else "mean")
+    _check_pieces(_adapter(built), model, inputs, geometry)
+
+
+def _check_pieces(adapter, model, inputs, geometry) -> None:
+    with capture_vision_attention(model) as calls, torch.no_grad():
+        model(**inputs)
+    pieces = adapter.vision_pieces(calls, geometry)
+    layers = adapter.num_vision_layers()
+    assert {(p.layer, p.sequence) for p in pieces} == {
+        (layer, s) for layer in range(layers) for s in range(len(geometry.vision_sequences))
+    }
+    for piece in pieces:
+        probs = calls[piece.call][piece.batch]
+        length = len(geometry.vision_sequences[piece.sequence])
+        assert piece.tokens is None
+        assert probs.shape[-2:] == (length, length)
+        assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
