@@ -1,6 +1,8 @@
 """Model-family adapters, found by ``config.model_type``; importing registers them."""
 
 from engine.adapters import llava as _llava  # noqa: F401  (registers LlavaAdapter)
+from engine.adapters import llava_next as _llava_next  # noqa: F401  (registers LLaVA-NeXT)
+from engine.adapters import llava_onevision as _onevision  # noqa: F401  (registers OneVision)
 from engine.adapters.base import (
     ADD_A_FAMILY,
     Placement,
