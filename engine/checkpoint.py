@@ -17,7 +17,7 @@ import json
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.errors import InputError, ModelLoadError, UnsafeCheckpointError
@@ -39,6 +39,8 @@ class ModelSource:
     name: str = ""  # readable name of a local folder
     weights: tuple[Path, ...] = ()  # the files its identity hashes
     language_layers: int | None = None  # the LM's layer count, when config.json states it
+    model_type: str | None = None  # config.json's ``model_type``: which adapter serves it
+    commit: str | None = None  # a hub id's resolved commit (engine.loading.resolve_source)
 
 
 def check_model_source(
@@ -88,7 +90,25 @@ def _check_folder(model: str, folder: Path, allow_pickle: bool) -> ModelSource:
             _check_safetensors(path, model)
     named = config.get("_name_or_path")
     name = named if isinstance(named, str) and HUB_ID.fullmatch(named) else folder.resolve().name
-    return ModelSource(model, folder, name, tuple(weights), _language_layers(config))
+    return ModelSource(model, folder, name, tuple(weights), **_config_facts(config))
+
+
+def pinned(source: ModelSource, config_file: Path, commit: str) -> ModelSource:
+    """A hub ``source`` pinned to ``commit``, with what its ``config.json`` (downloaded at that
+    commit, see :func:`engine.loading.resolve_source`) says before any weights load."""
+    config = _read_json(config_file, source.text)
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{source.text}'s config.json is not a JSON object.")
+    return replace(source, commit=commit, **_config_facts(config))
+
+
+def _config_facts(config: dict) -> dict:
+    """What the checks before loading need from a config: the LM depth and the model type."""
+    model_type = config.get("model_type")
+    return {
+        "language_layers": _language_layers(config),
+        "model_type": model_type if isinstance(model_type, str) and model_type else None,
+    }
 
 
 def _language_layers(config: dict) -> int | None:
