@@ -91,7 +91,7 @@ def info(config: StoreConfig, trace_id: str) -> TraceInfo:
 def thumbnail_url(config: StoreConfig, trace_id: str) -> str | None:
     """A small inline image for the Browse table; ``None`` when the trace file is unreadable."""
     try:
-        picture = images.thumbnail(trace(config, trace_id).image.processed, size=64)
+        picture = images.thumbnail(trace(config, trace_id).image.images[0].pixels, size=64)
     except Exception:  # a broken file must not break the table
         return None
     return images.data_url(picture, "JPEG")
@@ -103,7 +103,7 @@ def layer_rows(
 ) -> np.ndarray:
     """[H, T] attention of the selected answer tokens at one layer, averaged over the tokens."""
     handle = trace(config, trace_id)
-    rows = [handle.tokens.prompt_length - 1 + k for k in answer_tokens]
+    rows = [handle.tokens.answer_row(k) for k in answer_tokens]
     return handle.attention_rows(rows, layers=[layer])[0].mean(axis=1)
 
 
@@ -111,29 +111,46 @@ def layer_rows(
 def answer_rows(config: StoreConfig, trace_id: str, answer_tokens: tuple[int, ...]) -> np.ndarray:
     """[L, H, T] attention of the selected answer tokens at every layer, averaged over tokens."""
     handle = trace(config, trace_id)
-    rows = [handle.tokens.prompt_length - 1 + k for k in answer_tokens]
+    rows = [handle.tokens.answer_row(k) for k in answer_tokens]
     return handle.attention_rows(rows).mean(axis=2)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def patch_attention(
-    config: StoreConfig, trace_id: str, rows: tuple[int, ...], cols: tuple[int, ...]
+    config: StoreConfig,
+    trace_id: str,
+    rows: tuple[int, ...],
+    cols: tuple[int, ...],
+    weights: tuple[float, ...],
 ) -> np.ndarray:
-    """[L, H, len(rows)]: how much each query row attends to the given image columns."""
-    return analysis.attention_to_patches(trace(config, trace_id).attention_block(rows, cols))
+    """[L, H, len(rows)]: how much each query row attends to chosen patches, through the
+    image columns ``cols`` weighted by how much of each column's token reads them."""
+    block = trace(config, trace_id).attention_block(rows, cols)
+    return analysis.attention_to_patches(block, np.asarray(weights))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def vision_layer(config: StoreConfig, trace_id: str, layer: int) -> np.ndarray | None:
-    """[Hv, V, V] attention of one vision-tower layer."""
-    return trace(config, trace_id).vision_attention_layer(layer)
+def vision_layer(config: StoreConfig, trace_id: str, layer: int, sequence: int) -> np.ndarray:
+    """[Hv, V, V] attention of one vision-tower layer over one vision sequence."""
+    return trace(config, trace_id).vision_attention_layer(layer, sequence=sequence)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def vision_rollout(config: StoreConfig, trace_id: str) -> np.ndarray | None:
+def vision_rollout(config: StoreConfig, trace_id: str, sequence: int) -> np.ndarray:
     """[V, V] attention rollout through the whole vision tower (read layer by layer)."""
     handle = trace(config, trace_id)
-    if not handle.has_vision_attention:
-        return None
     layers = handle.vision_shape[0]
-    return analysis.rollout(handle.vision_attention_layer(i) for i in range(layers))
+    return analysis.rollout(
+        handle.vision_attention_layer(i, sequence=sequence) for i in range(layers)
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cross_rows(
+    config: StoreConfig, trace_id: str, layer: int, answer_tokens: tuple[int, ...]
+) -> np.ndarray:
+    """[H, K] cross-attention of the selected answer tokens to the vision keys at the
+    ``layer``-th cross-attention layer, averaged over the tokens."""
+    handle = trace(config, trace_id)
+    rows = [handle.tokens.answer_row(k) for k in answer_tokens]
+    return handle.cross_attention_rows(layer, rows).mean(axis=1)

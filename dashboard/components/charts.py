@@ -170,60 +170,6 @@ def token_probabilities(
     )
 
 
-def patch_grid(
-    photo_url: str, width: int, height: int, rows: int, cols: int, selected: Sequence[int]
-) -> alt.LayerChart:
-    """The photo with its patch grid drawn over it; click cells to select patches.
-
-    ``photo_url`` is the processed image as a data URL, drawn at ``width x height`` pixels
-    under transparent cells (one per patch) that carry the clicks and outline the selection.
-    """
-    index = np.arange(rows * cols)
-    frame = pd.DataFrame(
-        {
-            "patch": index,
-            "row": index // cols,
-            "col": index % cols,
-            "row_end": index // cols + 1,
-            "col_end": index % cols + 1,
-        }
-    )
-    frame["selected"] = frame["patch"].isin(list(selected))
-    pick = alt.selection_point(name="patch", fields=["patch"], toggle=False)  # page toggles
-    # Pixel ranges fixed on both layers: the photo (a fixed-size mark) and the cells must
-    # stay aligned even where Vega would otherwise resize the plot area.
-    x_scale = alt.Scale(domain=[0, cols], range=[0, width], nice=False)
-    y_scale = alt.Scale(domain=[0, rows], range=[0, height], nice=False)
-    x = alt.X("col:Q", scale=x_scale, axis=None)
-    y = alt.Y("row:Q", scale=y_scale, axis=None)
-    photo = (
-        alt.Chart(pd.DataFrame({"url": [photo_url], "x": [cols / 2], "y": [rows / 2]}))
-        .mark_image(width=width, height=height)
-        .encode(
-            x=alt.X("x:Q", scale=x_scale, axis=None),
-            y=alt.Y("y:Q", scale=y_scale, axis=None),
-            url="url:N",
-        )
-    )
-    cells = (
-        alt.Chart(frame)
-        .mark_rect(fill="white", fillOpacity=0.01)
-        .encode(
-            x=x,
-            x2="col_end:Q",
-            y=y,
-            y2="row_end:Q",
-            stroke=alt.condition(alt.datum.selected, alt.value("#00e5ff"), alt.value("white")),
-            strokeWidth=alt.condition(alt.datum.selected, alt.value(3), alt.value(0.4)),
-            tooltip=["patch:Q", "row:Q", "col:Q"],
-        )
-        .add_params(pick)
-    )
-    return alt.layer(photo, cells, title="Image patches (click to select)").properties(
-        width=width, height=height, autosize=alt.AutoSizeParams(type="pad")
-    )
-
-
 def layer_divergence(divergence: np.ndarray) -> alt.Chart:
     """Jensen-Shannon divergence between two traces' attention maps, layer by layer."""
     frame = pd.DataFrame({"layer": np.arange(len(divergence)), "js": np.asarray(divergence, float)})

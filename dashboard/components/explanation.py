@@ -1,9 +1,9 @@
 """What a CLEANN explanation means on a trace: patches to highlight, graph nodes, table rows.
 
 A :class:`~engine.causal.CausalExplanation` speaks in token positions; the views need image
-patches (through the token table's ``image_patch``), token text and the PDS distance at
-which each token joined the explanation. This module does that translation once, without
-Streamlit, so it is tested on its own.
+patches (every patch a token reads, through the geometry's token -> patch map), token text
+and the PDS distance at which each token joined the explanation. This module does that
+translation once, without Streamlit, so it is tested on its own.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
-from dashboard.components import patches, text
+from dashboard.components import patches, stitch, text
 from dashboard.components.causal_graph import (
     OTHER_COLOUR,
     TARGET_COLOUR,
@@ -31,12 +32,36 @@ class TraceView:
     tokens: TokenTable
     image: ImageGeometry
 
-    def patch(self, position: int) -> int | None:
-        """The image patch of a token, or ``None`` for text (and a kept CLS feature)."""
+    def patches(self, position: int) -> list[int]:
+        """The image patches a token reads; none for text (and tokens such as row breaks)."""
         if self.tokens.roles[position] != TokenRole.IMAGE:
+            return []
+        mapping = self.image.token_patches
+        return mapping.patches[mapping.rows == position].tolist()
+
+    def crop(self, position: int, size: int) -> Image.Image | None:
+        """What a token reads, cut from its tile: the box around all its patches."""
+        read = self.patches(position)
+        if not read:
             return None
-        patch = int(self.tokens.image_patch[position])
-        return patch if 0 <= patch < self.image.grid_rows * self.image.grid_cols else None
+        tile = int(self.image.patch_tile[read[0]])
+        view = stitch.View(self.image.tiles[tile].image, tile)
+        boxes = [b for p in read if (b := stitch.patch_fractions(self.image, view, p))]
+        union = (
+            min(b[0] for b in boxes),
+            min(b[1] for b in boxes),
+            max(b[2] for b in boxes),
+            max(b[3] for b in boxes),
+        )
+        return patches.crop(stitch.frame(self.image, view).pixels, union, size)
+
+    def where(self, position: int) -> str:
+        """A token as a table names it: its text, or the patch(es) it reads."""
+        read = self.patches(position)
+        if not read:
+            return self.label(position)
+        more = f" (+{len(read) - 1} more patches)" if len(read) > 1 else ""
+        return stitch.patch_label(self.image, int(self.tokens.image_patch[position])) + more
 
     def label(self, position: int) -> str:
         return text.token_label(self.tokens.text[position])
@@ -62,7 +87,8 @@ def patch_colours(view: TraceView, explanation: CausalExplanation, up_to: int) -
     return {
         patch: radius_colour(radius)
         for position, radius in radius_of(explanation).items()
-        if radius <= up_to and (patch := view.patch(position)) is not None
+        if radius <= up_to
+        for patch in view.patches(position)
     }
 
 
@@ -72,7 +98,7 @@ def minimal_colours(view: TraceView, explanation: CausalExplanation) -> dict[int
     return {
         patch: radius_colour(radii.get(position, 1))
         for position in explanation.minimal_explanation
-        if (patch := view.patch(position)) is not None
+        for patch in view.patches(position)
     }
 
 
@@ -83,17 +109,9 @@ def graph(
     its explanation, since the whole graph of ~50 nodes is unreadable as one picture."""
     radii = radius_of(explanation)
     keep = set(explanation.nodes) if whole else {explanation.target, *radii}
-    geometry = view.image
     nodes = []
     for position in sorted(keep):
-        patch = view.patch(position)
-        picture = (
-            None
-            if patch is None
-            else patches.crop(
-                geometry.processed, geometry.grid_rows, geometry.grid_cols, patch, crop_size
-            )
-        )
+        picture = view.crop(position, crop_size)
         colour = (
             TARGET_COLOUR
             if position == explanation.target
@@ -119,21 +137,14 @@ def p_value_text(value: float | None) -> str:
 
 def rows(view: TraceView, explanation: CausalExplanation) -> list[dict[str, object]]:
     """One table row per explanation token: where it is, its distance and its p-value."""
-    geometry = view.image
     minimal = set(explanation.minimal_explanation)
     out: list[dict[str, object]] = []
     for position, radius in sorted(radius_of(explanation).items(), key=lambda p: (p[1], p[0])):
-        patch = view.patch(position)
-        where = (
-            view.label(position)
-            if patch is None
-            else patches.original_label(geometry.patch_boxes, patch, geometry.grid_cols)
-        )
         out.append(
             {
                 "position": position,
-                "kind": "text" if patch is None else "image patch",
-                "token or patch": where,
+                "kind": "image patch" if view.patches(position) else "text",
+                "token or patch": view.where(position),
                 "radius": radius,
                 "minimal": position in minimal,
                 "p-value": p_value_text(explanation.p_values.get(position)),

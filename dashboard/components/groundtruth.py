@@ -1,7 +1,7 @@
 """Ground truth that demo traces carry (``TraceInfo.extra["ground_truth"]``), drawn on the image.
 
-Boxes are given in the user's original image pixels; the processed image may be a resized
-or cropped part of it, so they are mapped through the patch grid's original-pixel boxes.
+Boxes are given in the user's original image pixels; the picture drawn on may be a resized
+or cropped part of it, so they are mapped through the region of the original it shows.
 Anything malformed in ``extra`` (it is free-form JSON) is skipped.
 """
 
@@ -50,10 +50,11 @@ def draw(
     patch_boxes: np.ndarray,
     min_side: int = 336,
 ) -> Image.Image:
-    """The processed image (enlarged to ``min_side``) with every object's box and name.
+    """The picture (enlarged to ``min_side``) with every object's box and name.
 
-    ``patch_boxes`` (the grid cells in original-image pixels) say which part of the
-    original the processed image shows, so boxes land right after a resize or a crop.
+    ``patch_boxes`` (boxes in original-image pixels, e.g. the region the picture shows or
+    its grid cells) say which part of the original the picture shows, so boxes land right
+    after a resize or a crop.
     """
     base = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
     factor = max(1.0, min_side / max(base.size))

@@ -4,29 +4,34 @@
   by how much they look at the image;
 * analysis: where attention goes (image / question / earlier answer), layer x head;
 * text -> image: which prompt and answer tokens attend to chosen image patches;
-* vision tower: one patch's attention inside the vision encoder, and its rollout.
+* vision tower: one token's attention inside the vision encoder, and its rollout, per
+  vision sequence (a tile, or a whole image);
+* cross-attention: where the answer looks in the image when the image is read through
+  cross-attention instead of tokens (Mllama).
+
+Maps are drawn on the original image(s), tiles stitched back or one tile at a time.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import streamlit as st
 
-from dashboard import context, data, render, state
-from dashboard.components import analysis, charts, text
+from dashboard import context, data, picker, render, state
+from dashboard.components import analysis, charts, needs, stitch, text
 from dashboard.components.overlay import Scale
-from dashboard.components.patches import original_label
 from dashboard.config import StoreConfig
-from store import StoredTrace, TokenRole
+from store import ImageGeometry, StoredTrace, TokenRole
 
-VIEWS = ("image → answer", "analysis", "text → image", "vision tower")
+VIEWS = ("image → answer", "analysis", "text → image", "vision tower", "cross-attention")
 WEIGHT = "attention weight (share of row)"
 
 
 def image_to_answer(config: StoreConfig, trace: StoredTrace, selected: list[int]) -> None:
+    if not _lm_reads_image(trace):
+        return
     style = context.overlay_style()
+    views = render.choose_views(trace)
     default_layer = int(np.argmax(trace.summaries.head_image_attention.mean(axis=1)))
     layer = context.layer_slider("Layer", "layer", trace.num_layers, default_layer)
     rows = data.layer_rows(config, trace.trace_id, layer, tuple(selected))
@@ -36,7 +41,7 @@ def image_to_answer(config: StoreConfig, trace: StoredTrace, selected: list[int]
         "Heads shown (ranked by attention on the image)", 1, len(order), min(8, len(order))
     )
     heads = order[: int(shown)]
-    grids = [render.image_grid(trace, rows[h]) for h in heads]
+    maps = [render.token_values(trace, rows[h]) for h in heads]
     answer = trace.tokens.text[trace.tokens.prompt_length :]
     st.text(
         f"Layer {layer}, attention of answer token(s) "
@@ -45,12 +50,24 @@ def image_to_answer(config: StoreConfig, trace: StoredTrace, selected: list[int]
     )
     render.gallery(
         trace,
-        grids,
+        maps,
         [f"head {h} · {shares[h]:.1%} on image" for h in heads],
         style,
-        Scale.of(np.stack(grids), WEIGHT, zero=True),
+        Scale.of(np.stack(maps), WEIGHT, zero=True),
+        views,
     )
     st.altair_chart(charts.head_image_bars(shares, layer), width="stretch")
+
+
+def _lm_reads_image(trace: StoredTrace) -> bool:
+    """Whether the image is in the LM's own sequence; says where to look when it is not."""
+    if trace.image.token_patches.rows.size:
+        return True
+    st.info(
+        "This model's image never enters the language model's sequence (it reads the image "
+        "through cross-attention): see the cross-attention view."
+    )
+    return False
 
 
 def attention_analysis(trace: StoredTrace, selected: list[int]) -> None:
@@ -61,76 +78,42 @@ def attention_analysis(trace: StoredTrace, selected: list[int]) -> None:
     st.altair_chart(charts.share_matrix(shares))
 
 
-def _patch_labels(trace: StoredTrace) -> list[str]:
-    """Grid cell and the patch's box in the user's original image (from ``patch_boxes``)."""
-    geometry = trace.image
-    count = geometry.grid_rows * geometry.grid_cols
-    return [original_label(geometry.patch_boxes, p, geometry.grid_cols) for p in range(count)]
-
-
-def _patches_from_chart(key: str) -> None:
-    """A click toggles the clicked patch in the selection (like the token bars)."""
-    points = st.session_state[key].selection.get("patch", [])
-    clicked = {int(p["patch"]) for p in points if "patch" in p}
-    state.put_ints(state.PATCHES, set(state.ints(state.PATCHES)) ^ clicked)
-
-
-def _patch_picker(trace: StoredTrace) -> list[int]:
-    """Patches picked on the photo (click) or from the list; both write the same state."""
-    geometry = trace.image
-    labels = _patch_labels(trace)
-    chosen = [p for p in state.ints(state.PATCHES) if 0 <= p < len(labels)]
-    key = f"attn:grid:{trace.trace_id}"
-    height, width = geometry.processed.shape[:2]
-    scale = 280 / max(width, height)
-    st.altair_chart(
-        charts.patch_grid(
-            render.photo_url(trace.trace_id, geometry.processed),
-            round(width * scale),
-            round(height * scale),
-            geometry.grid_rows,
-            geometry.grid_cols,
-            chosen,
-        ),
-        key=key,
-        on_select=lambda: _patches_from_chart(key),
-        selection_mode="patch",
-        width="content",  # the photo has a fixed size in pixels: the grid must keep it too
-    )
-    st.multiselect(
-        "Image patches",
-        list(range(len(labels))),
-        format_func=labels.__getitem__,
-        **state.widget(
-            f"attn:patches:{trace.trace_id}", chosen, lambda v: state.put_ints(state.PATCHES, v)
-        ),
-    )
-    return [p for p in state.ints(state.PATCHES) if 0 <= p < len(labels)]
-
-
 def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
+    if not _lm_reads_image(trace):
+        return
+    geometry = trace.image
+    tokens = trace.tokens
     left, right = st.columns([1, 2])
     with left:
-        patches = _patch_picker(trace)
+        views = render.choose_views(trace, key="t2i:tiles")
+        patches = picker.pick(trace, views, key="t2i")
         hide_template = context.hide_template_toggle()
-    tokens = trace.tokens
-    columns = np.flatnonzero(
-        np.isin(tokens.image_patch, patches) & (tokens.roles == TokenRole.IMAGE)
-    )
+    weights = analysis.patch_weights(geometry.token_patches, patches, len(tokens.text))
+    columns = np.flatnonzero(weights > 0)
     with right:
         if len(columns) == 0:
             st.info(
                 "Click image patches (or pick them in the list) to see which tokens attend to them."
             )
             return
+        # every text and answer row: a prompt may attend both ways (Gemma 3, PaliGemma)
         queries = np.flatnonzero(tokens.roles != TokenRole.IMAGE)
-        queries = queries[queries > columns.min()]  # causal: earlier rows cannot see the patches
         if hide_template:
             queries = np.setdiff1d(queries, sorted(context.template_positions(trace)))
+        absent = needs.missing(trace.lm_rows, queries)
+        if absent:
+            st.caption(
+                needs.rows_note(
+                    tokens, trace.lm_rows, "text → image attention of the prompt", "its rows"
+                )
+            )
+            queries = np.setdiff1d(queries, absent)
         if len(queries) == 0:
-            st.info("No text token comes after these patches, so none can attend to them.")
+            st.info("No text token's attention is kept in this trace.")
             return
-        to_patches = data.patch_attention(config, trace.trace_id, tuple(queries), tuple(columns))
+        to_patches = data.patch_attention(
+            config, trace.trace_id, tuple(queries), tuple(columns), tuple(weights[columns])
+        )
         labels = [text.token_label(tokens.text[q]) for q in queries]
         layer = context.layer_slider("Layer", "layer", trace.num_layers, trace.num_layers - 1)
         head = st.selectbox("Head", ["mean of heads", *range(trace.num_heads)], key="attn:t2i:head")
@@ -155,69 +138,106 @@ def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
     )
 
 
-def _vision_grid(trace: StoredTrace, patches: int) -> tuple[int, int] | None:
-    """How the tower's patches tile the image: the LM grid when counts agree, else a square."""
-    geometry = trace.image
-    if patches == geometry.grid_rows * geometry.grid_cols:
-        return geometry.grid_rows, geometry.grid_cols
-    side = math.isqrt(patches)
-    return (side, side) if side * side == patches else None
+def _token_label(geometry: ImageGeometry, patch: int, position: int) -> str:
+    if patch < 0:
+        return f"token {position} (reads no patch: CLS, register or padding)"
+    return stitch.patch_label(geometry, patch)
 
 
 def vision_tower(config: StoreConfig, trace: StoredTrace) -> None:
     if not trace.has_vision_attention:
         st.info("Vision-tower attention was not recorded for this trace.")
         return
-    layers, heads, length, _ = trace.vision_shape
-    offset = 1 if trace.image.vision_has_cls else 0
-    grid = _vision_grid(trace, length - offset)
-    if grid is None:
-        st.info(f"The vision tower's {length - offset} patches don't form a known grid.")
-        return
+    geometry = trace.image
+    sequences = geometry.vision_sequences
     style = context.overlay_style()
-    rows, cols = grid
-    options = (["CLS"] if offset else []) + [
-        f"row {p // cols}, col {p % cols}" for p in range(rows * cols)
-    ]
-    picked = [p for p in state.ints(state.PATCHES) if 0 <= p < rows * cols]
+    sequence = 0
+    if len(sequences) > 1:
+        sequence = st.selectbox(
+            "Vision sequence (what the tower attended over at once)",
+            range(len(sequences)),
+            format_func=lambda s: stitch.view_label(geometry, stitch.sequence_view(geometry, s)),
+            key=f"attn:vseq:{trace.trace_id}",
+        )
+    tokens = np.asarray(sequences[sequence])
+    view = stitch.sequence_view(geometry, sequence)
+    picked = [p for p in picker.selected(geometry) if p in set(tokens.tolist())]
+    seed = int(np.flatnonzero(tokens == picked[0])[0]) if picked else 0
     query = st.selectbox(
-        "Query patch",
-        range(len(options)),
-        index=offset + picked[0] if picked else 0,
-        format_func=options.__getitem__,
-        key=f"attn:vq:{trace.trace_id}",
+        "Query token",
+        range(len(tokens)),
+        index=seed,
+        format_func=lambda i: _token_label(geometry, int(tokens[i]), i),
+        key=f"attn:vq:{trace.trace_id}:{sequence}",
     )
-    marked = query - offset if query >= offset else None  # the CLS token has no patch
+    marked = [int(tokens[query])] if tokens[query] >= 0 else []
+    layers, heads = trace.vision_shape[:2]
     left, right = st.columns(2)
     with left:
         layer = context.layer_slider("Vision layer", "vlayer", layers, layers - 1)
         head = st.selectbox("Vision head", ["mean of heads", *range(heads)], key="attn:vhead")
-        attention = data.vision_layer(config, trace.trace_id, layer)
+        attention = data.vision_layer(config, trace.trace_id, layer, sequence)
         matrix = attention.mean(axis=0) if head == "mean of heads" else attention[int(head)]
-        values = matrix[query, offset:].reshape(rows, cols)
-        st.caption(f"Attention of {options[query]} at vision layer {layer} (query outlined)")
+        values = analysis.vision_values(matrix[query], tokens, geometry.num_patches)
+        st.caption(f"Attention of query token {query} at vision layer {layer} (query outlined)")
         render.heatmap(
             trace,
             values,
             style,
             Scale.of(values, WEIGHT, zero=True),
+            [view],
             key="vision-heatmap",
             marked=marked,
         )
     with right:
-        flow = data.vision_rollout(config, trace.trace_id)
-        values = flow[query, offset:].reshape(rows, cols)
+        flow = data.vision_rollout(config, trace.trace_id, sequence)
+        values = analysis.vision_values(flow[query], tokens, geometry.num_patches)
         st.caption(
-            f"Attention rollout (Abnar & Zuidema) of {options[query]} through all {layers} layers"
+            f"Attention rollout (Abnar & Zuidema) of query token {query} through all "
+            f"{layers} layers"
         )
         render.heatmap(
             trace,
             values,
             style,
             Scale.of(values, "rollout weight (share of flow)", zero=True),
+            [view],
             key="rollout-heatmap",
             marked=marked,
         )
+
+
+def cross_attention(config: StoreConfig, trace: StoredTrace, selected: list[int]) -> None:
+    """Mllama: the answer tokens' cross-attention to the vision keys, carried onto the photo
+    through ``key_patches`` (keys that read no patch, such as a tile's CLS, drop out)."""
+    geometry = trace.image
+    layers = trace.cross_layers
+    if not layers or geometry.key_patches is None:
+        st.info(
+            "This trace has no cross-attention: its model reads the image as tokens in its "
+            "sequence (see image → answer)."
+        )
+        return
+    style = context.overlay_style()
+    views = render.choose_views(trace, key="cross:tiles")
+    index = st.select_slider(
+        "Cross-attention layer",
+        range(len(layers)),
+        format_func=lambda i: f"LM layer {layers[i]}",
+        key=f"attn:xlayer:{trace.trace_id}",
+    )
+    keys = data.cross_rows(config, trace.trace_id, index, tuple(selected))  # [H, K]
+    head = st.selectbox("Head", ["mean of heads", *range(len(keys))], key="attn:xhead")
+    row = keys.mean(axis=0) if head == "mean of heads" else keys[int(head)]
+    values = analysis.spread(row, geometry.key_patches, geometry.num_patches)
+    answer = trace.tokens.text[trace.tokens.prompt_length :]
+    st.text(
+        f"LM layer {layers[index]}, cross-attention of answer token(s) "
+        + ", ".join(f"{k}: {text.token_label(answer[k])}" for k in selected)
+    )
+    render.heatmap(
+        trace, values, style, Scale.of(values, WEIGHT, zero=True), views, key="cross-heatmap"
+    )
 
 
 def render_page() -> None:
@@ -235,7 +255,7 @@ def render_page() -> None:
         )
         or VIEWS[0]
     )
-    if view in VIEWS[:2]:
+    if view in (VIEWS[0], VIEWS[1], VIEWS[4]):
         selected = context.answer_selection(trace)
     if view == VIEWS[0]:
         image_to_answer(config, trace, selected)
@@ -243,8 +263,10 @@ def render_page() -> None:
         attention_analysis(trace, selected)
     elif view == VIEWS[2]:
         text_to_image(config, trace)
-    else:
+    elif view == VIEWS[3]:
         vision_tower(config, trace)
+    else:
+        cross_attention(config, trace, selected)
 
 
 render_page()

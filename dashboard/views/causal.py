@@ -15,15 +15,16 @@ from dataclasses import asdict, fields
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from dashboard import context, data, render, state
-from dashboard.components import causal_graph, charts, explanation, patches, text
+from dashboard.components import causal_graph, charts, explanation, patches, stitch, text
 from dashboard.components.overlay import Scale
 from dashboard.config import StoreConfig
 from engine.causal import CausalExplanation
 from engine.causal.nodes import MIN_IMAGE_TOKENS
 from engine.causal.trace import KIND, CausalParams, cached_explanations, head_ranking, result_key
-from store import StoredTrace, StoreError, TraceStore
+from store import ImageGeometry, StoredTrace, StoreError, TraceStore
 
 ALL_HEADS = "all heads, ranked"
 PARAMS = "causal:params"  # session key: parameters survive page switches
@@ -163,7 +164,7 @@ def explanations(
 
 def explanation_images(view: explanation.TraceView, result: CausalExplanation) -> None:
     """(a) The explanation's patches on the image at each radius, then the minimal set."""
-    if not any(view.patch(p) is not None for p in result.explanation):
+    if not any(view.patches(p) for p in result.explanation):
         st.info(
             "No image patch is in this head's explanation: within the largest radius the "
             "token's graph reaches text only (it may barely attend to the image). Try another "
@@ -171,6 +172,7 @@ def explanation_images(view: explanation.TraceView, result: CausalExplanation) -
         )
         return
     geometry = view.image
+    shown = stitch.stitched_views(geometry)
     radius = result.params.max_radius
     pictures = [
         (explanation.patch_colours(view, result, r), f"radius ≤ {r}") for r in range(1, radius + 1)
@@ -181,12 +183,20 @@ def explanation_images(view: explanation.TraceView, result: CausalExplanation) -
         slots = st.columns(len(pictures))
         for slot, (colours, name) in zip(slots, pictures, strict=True):
             slot.image(
-                patches.highlight(
-                    geometry.processed, geometry.grid_rows, geometry.grid_cols, colours
-                ),
+                render.side_by_side([_highlight(geometry, v, colours) for v in shown]),
                 caption=f"{name}: {len(colours)} patches",
                 width="stretch",
             )
+
+
+def _highlight(geometry: ImageGeometry, view: stitch.View, colours: dict[int, str]) -> Image.Image:
+    """One image with the coloured patches it shows (all its tiles' patches)."""
+    boxes = [
+        (box, colour)
+        for patch, colour in colours.items()
+        if (box := stitch.patch_fractions(geometry, view, patch)) is not None
+    ]
+    return patches.highlight(stitch.frame(geometry, view).pixels, boxes)
 
 
 def graph_image(view: explanation.TraceView, result: CausalExplanation) -> None:
@@ -255,10 +265,10 @@ def show_payload(trace: StoredTrace, payload: dict) -> None:
     """Draw each field of another tool's causal result by what it looks like: a value per
     image patch becomes a map, a value per answer token a bar chart, numbers become
     metrics, anything else is shown as JSON. Field names come from a file: shown as text."""
-    geometry = trace.image
-    count = geometry.grid_rows * geometry.grid_cols
+    count = trace.image.num_patches
     answer = [text.token_label(t) for t in trace.tokens.text[trace.tokens.prompt_length :]]
     style = None  # the sidebar's heatmap controls, drawn once for all maps
+    views: tuple[stitch.View, ...] = ()
     rest: dict = {}
     for index, (name, value) in enumerate(payload.items()):
         array = np.asarray(value) if isinstance(value, list) else None
@@ -268,9 +278,15 @@ def show_payload(trace: StoredTrace, payload: dict) -> None:
         elif numeric and array.size == count:
             st.text(f"{name} (per image patch)")
             style = style or context.overlay_style()
-            grid = render.patch_grid(trace, array.ravel())
+            views = views or render.choose_views(trace, key="causal:tiles")
+            values = array.ravel().astype(np.float64)
             render.heatmap(
-                trace, grid, style, Scale.of(grid, f"{name} (score)"), key=f"causal-map-{index}"
+                trace,
+                values,
+                style,
+                Scale.of(values, f"{name} (score)"),
+                views,
+                key=f"causal-map-{index}",
             )
         elif numeric and array.ndim == 1 and array.size == len(answer):
             st.altair_chart(

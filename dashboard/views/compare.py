@@ -10,11 +10,11 @@ import numpy as np
 import streamlit as st
 
 from dashboard import context, data, render, state
-from dashboard.components import analysis, charts, html, text
+from dashboard.components import analysis, charts, html, stitch, text
 from dashboard.components.colormap import DIVERGING
 from dashboard.components.overlay import OverlayStyle, Scale
 from dashboard.config import StoreConfig
-from store import StoredTrace, TraceQuery
+from store import ImageGeometry, StoredTrace, TraceQuery
 
 SOURCES = ("attention (mean of heads)", "relevancy (llm)")
 
@@ -43,7 +43,8 @@ def _pick_second(config: StoreConfig, first: str) -> None:
 
 def _side(trace: StoredTrace, where: st.delta_generator.DeltaGenerator) -> None:
     info = trace.info
-    where.image(trace.image.processed, width=240)
+    for view in stitch.stitched_views(trace.image):
+        where.image(render.frame(trace.trace_id, view, trace.image).pixels, width=240)
     where.text(
         f"{info.model_id} @ {info.model_revision}\n{text.short_time(info.created_at)}"
         f" · id {text.short_id(info.trace_id)}"
@@ -55,7 +56,7 @@ def _side(trace: StoredTrace, where: st.delta_generator.DeltaGenerator) -> None:
 def _image_distribution(trace: StoredTrace, rows: np.ndarray) -> np.ndarray:
     """[L, G] head-averaged attention over the image patches, per layer."""
     return np.stack(
-        [np.nan_to_num(render.image_grid(trace, layer.mean(axis=0)).ravel()) for layer in rows]
+        [np.nan_to_num(render.token_values(trace, layer.mean(axis=0))) for layer in rows]
     )
 
 
@@ -63,10 +64,17 @@ def _maps(
     config: StoreConfig, trace: StoredTrace, source: str, tokens: tuple[int, ...], layer: int
 ) -> np.ndarray:
     if source == SOURCES[1]:
-        return render.image_grid(trace, trace.relevancy.llm[list(tokens)].mean(axis=0))
-    return render.image_grid(
+        return render.token_values(trace, trace.relevancy.llm[list(tokens)].mean(axis=0))
+    return render.token_values(
         trace, data.layer_rows(config, trace.trace_id, layer, tokens).mean(axis=0)
     )
+
+
+def same_layout(first: ImageGeometry, second: ImageGeometry) -> bool:
+    """Whether two traces' patches line up one to one: same images' sizes, same tiles."""
+    return [i.size for i in first.images] == [i.size for i in second.images] and [
+        (t.image, tuple(t.box), t.rows, t.cols) for t in first.tiles
+    ] == [(t.image, tuple(t.box), t.rows, t.cols) for t in second.tiles]
 
 
 def render_page() -> None:
@@ -85,10 +93,7 @@ def render_page() -> None:
 
     common = min(first.tokens.answer_length, second.tokens.answer_length)
     selected = tuple(k for k in context.answer_selection(first) if k < common) or (0,)
-    same_grid = (first.image.grid_rows, first.image.grid_cols) == (
-        second.image.grid_rows,
-        second.image.grid_cols,
-    )
+    same_grid = same_layout(first.image, second.image)
     same_image = first.info.image_sha256 == second.info.image_sha256
     if not same_image:
         st.warning(
@@ -113,6 +118,7 @@ def render_page() -> None:
         context.layer_slider("Layer", "layer", layers, layers - 1) if source == SOURCES[0] else 0
     )
     style = context.overlay_style()
+    views = render.choose_views(first) if same_grid else ()
     maps = [_maps(config, t, source, selected, layer) for t in (first, second)]
     scale = Scale.of(
         np.stack(maps) if same_grid else maps[0],
@@ -125,7 +131,8 @@ def render_page() -> None:
     ):
         with column:
             st.caption(f"{name}: answer tokens {', '.join(map(str, selected))}")
-            render.heatmap(trace, grid, style, scale, key=f"cmp-{name}")
+            shown = views or tuple(stitch.stitched_views(trace.image))
+            render.heatmap(trace, grid, style, scale, shown, key=f"cmp-{name}")
     with columns[2]:
         if same_grid:
             difference = maps[1] - maps[0]
@@ -136,10 +143,14 @@ def render_page() -> None:
                 difference,
                 diverging,
                 Scale.of(difference, "difference (right − left)", symmetric=True),
+                views,
                 key="cmp-diff",
             )
         else:
-            st.info("The two images use different patch grids, so there is no difference map.")
+            st.info(
+                "The two traces' patches do not line up (other image sizes or tiles), "
+                "so there is no difference map."
+            )
     if same_grid:
         distributions = [
             _image_distribution(t, data.answer_rows(config, t.trace_id, selected))

@@ -6,11 +6,12 @@ the selection holds for every other view.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import context, state
-from dashboard.components import charts, groundtruth, text
+from dashboard import context, render, state
+from dashboard.components import charts, groundtruth, stitch, text
 from store import StoredTrace
 
 
@@ -22,19 +23,28 @@ def _pick_from_chart(key: str) -> None:
 
 
 def _image(trace: StoredTrace, where: st.delta_generator.DeltaGenerator) -> None:
-    """The processed image, with the ground-truth boxes when the trace carries them."""
+    """The image(s) of the prompt, with the ground-truth boxes when the trace carries them
+    (given in the first image's pixels)."""
+    geometry = trace.image
     truths = groundtruth.objects(trace.info.extra)
-    if not truths:
-        where.image(trace.image.processed, caption="Processed image (as the vision tower saw it)")
-        return
-    where.image(
-        groundtruth.draw(trace.image.processed, truths, trace.image.patch_boxes),
-        caption="Processed image with the scene's ground-truth boxes",
-    )
-    where.text("Ground truth: " + "; ".join(t.label for t in truths))
+    legacy = stitch.is_legacy(geometry)
+    for view in stitch.stitched_views(geometry):
+        base = render.frame(trace.trace_id, view, geometry)
+        caption = (
+            "Processed image (as the vision tower saw it)"
+            if legacy
+            else stitch.view_label(geometry, view)
+        )
+        if truths and view.image == 0:
+            picture = groundtruth.draw(base.pixels, truths, np.array([base.box]))
+            where.image(picture, caption=text.markdown_literal(caption + ", ground-truth boxes"))
+        else:
+            where.image(base.pixels, caption=text.markdown_literal(caption))
+    if truths:
+        where.text("Ground truth: " + "; ".join(t.label for t in truths))
 
 
-def render() -> None:
+def render_page() -> None:
     _, trace = context.trace_page("Generation")
     image_col, answer_col = st.columns([1, 2])
     _image(trace, image_col)
@@ -75,4 +85,4 @@ def render() -> None:
     )
 
 
-render()
+render_page()

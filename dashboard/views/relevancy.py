@@ -19,12 +19,9 @@ SCORE = "relevancy (normalised score)"
 
 
 def mode_maps(trace: StoredTrace, mode: RelevancyMode) -> np.ndarray:
-    """[N, rows, cols] relevancy maps of every answer token in ``mode`` (a held mode), per
-    patch as ``store relevancy`` prints them (``Relevancy.on_patches``)."""
-    geometry = trace.image
-    rows, cols = geometry.grid_rows, geometry.grid_cols
-    per_patch = trace.relevancy.on_patches(mode, trace.tokens, rows * cols)
-    return np.asarray(per_patch, np.float64).reshape(-1, rows, cols)
+    """[N, G] relevancy maps of every answer token in ``mode`` (a held mode), per patch as
+    ``store relevancy`` prints them (``Relevancy.on_patches``)."""
+    return np.asarray(trace.relevancy.on_patches(mode, trace.image), np.float64)
 
 
 def text_relevancy(trace: StoredTrace, selected: list[int], hide_template: bool) -> None:
@@ -115,6 +112,7 @@ def render_page() -> None:
         )
         return
     style = context.overlay_style()
+    views = render.choose_views(trace)
     hide_template = context.hide_template_toggle()
     selected = context.answer_selection(trace)
     mode = choose_mode(trace.relevancy)
@@ -124,7 +122,7 @@ def render_page() -> None:
     left, right = st.columns(2)
     with left:
         st.text(f"Mode {mode.label} · " + ", ".join(f"{k}: {answer[k]}" for k in selected))
-        render.heatmap(trace, maps[selected].mean(axis=0), style, scale)
+        render.heatmap(trace, maps[selected].mean(axis=0), style, scale, views)
         closeness = all_vs_vision(trace.relevancy, selected)
         if closeness:
             st.caption(closeness)
@@ -146,6 +144,7 @@ def render_page() -> None:
         [f"token {k}: {t}" for k, t in enumerate(answer)],
         style,
         scale,
+        views,
         columns=6,
         key="gallery",
     )

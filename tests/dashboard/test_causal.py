@@ -17,32 +17,39 @@ def synthetic():
 
 
 def test_cells_cover_images_whose_size_is_not_a_grid_multiple():
-    boxes = patches.cell_boxes(width=50, height=31, rows=3, cols=4)
-    assert len(boxes) == 12 and boxes[0][:2] == (0, 0) and boxes[-1][2:] == (50, 31)
+    rows, cols = 3, 4
+    cells = [
+        (c / cols, r / rows, (c + 1) / cols, (r + 1) / rows)
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    boxes = [patches.pixel_box(f, 50, 31) for f in cells]
+    assert boxes[0][:2] == (0, 0) and boxes[-1][2:] == (50, 31)
     area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes)
     assert area == 50 * 31  # every pixel in exactly one cell
 
 
 def test_highlight_keeps_chosen_patch_pixels_and_dims_the_rest():
     image = np.zeros((40, 60, 3), np.uint8)  # 2 x 3 patches of 20 px
-    picture = np.asarray(patches.highlight(image, 2, 3, {5: "#ff0000"}, min_side=60))
+    patch_5 = (2 / 3, 1 / 2, 1.0, 1.0)
+    picture = np.asarray(patches.highlight(image, [(patch_5, "#ff0000")], min_side=60))
     assert picture.shape == (40, 60, 3)
     assert tuple(picture[30, 50]) == (0, 0, 0)  # inside patch 5: the image itself
     assert tuple(picture[40 - 1, 59]) == (255, 0, 0)  # its outline
     assert picture[5, 5].min() > 100  # elsewhere: dimmed towards white
-    assert patches.crop(image, 2, 3, 5, size=40).size == (40, 40)
+    assert patches.crop(image, patch_5, size=40).size == (40, 40)
 
 
 def test_explanation_maps_tokens_to_patches_and_graph_nodes(synthetic):
     result = explain_token(synthetic, layer=3, head=0, token=2)
     view = explanation.TraceView(synthetic.tokens, synthetic.image)
     radii = explanation.radius_of(result)
-    image_members = [p for p in radii if view.patch(p) is not None]
+    image_members = [p for p in radii if synthetic.tokens.roles[p] == 1]
     colours = explanation.patch_colours(view, result, result.params.max_radius)
-    assert sorted(colours) == sorted(view.patch(p) for p in image_members)
+    assert sorted(colours) == sorted(int(synthetic.tokens.image_patch[p]) for p in image_members)
     nodes, edges = explanation.graph(view, result)
     assert {n.position for n in nodes} == {result.target, *radii}
-    assert all((n.picture is not None) == (view.patch(n.position) is not None) for n in nodes)
+    assert all((n.picture is not None) == bool(view.patches(n.position)) for n in nodes)
     assert all(e.mark_a in causal_graph.MARKS and e.mark_b in causal_graph.MARKS for e in edges)
     whole, _ = explanation.graph(view, result, whole=True)
     assert len(whole) == len(result.nodes)

@@ -37,13 +37,17 @@ def test_colormap_ends_and_nan():
 
 def test_overlay_honours_non_square_grid():
     image = np.zeros((40, 60, 3), np.uint8)  # 2 rows x 3 cols of 20 px patches
-    grid = overlay.grid_values(np.array([1.0, 0.0]), np.array([5, 0]), rows=2, cols=3)
-    assert grid.shape == (2, 3) and grid[1, 2] == 1.0 and np.isnan(grid[0, 1])
+    grid = np.array([[0.0, np.nan, 0.5], [0.5, 0.5, 1.0]])
     style = OverlayStyle(colormap="viridis", opacity=1.0, fade=False)
-    picture = np.asarray(overlay.overlay(image, grid, style, Scale(0.0, 1.0, "w"), min_side=60))
+    picture = overlay.overlay(
+        image, grid, style, Scale(0.0, 1.0, "w"), min_side=60, outlines=[(0, 0, 1 / 3, 1 / 2)]
+    )
+    picture = np.asarray(picture)
     assert picture.shape == (40, 60, 3)
     assert tuple(picture[30, 50]) == (253, 231, 37)  # bottom-right patch is the maximum
     assert tuple(picture[5, 5]) == (68, 1, 84)
+    assert tuple(picture[5, 30]) == (0, 0, 0)  # NaN: unknown, the photo shows through
+    assert tuple(picture[0, 10]) == (0, 229, 255)  # the outlined patch's top edge
 
 
 def test_overlay_enlarges_small_images_keeping_aspect():
