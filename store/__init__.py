@@ -24,13 +24,14 @@ from .errors import (
     InvalidName,
     InvalidQuery,
     InvalidTraceId,
+    MissingData,
     StoreError,
     StoreFull,
     StoreOpenError,
     StoreReadOnly,
     TraceNotFound,
 )
-from .policy import PolicyCost, choose_policy, policy_costs, policy_rows
+from .policy import PolicyCost, choose_policy, policy_costs, policy_of, policy_rows
 from .schema import (
     FORMAT_VERSION,
     CrossAttention,
@@ -69,6 +70,7 @@ __all__ = [
     "InvalidName",
     "InvalidQuery",
     "InvalidTraceId",
+    "MissingData",
     "Page",
     "PatchMap",
     "PolicyCost",
@@ -100,6 +102,7 @@ __all__ = [
     "new_trace_id",
     "open_store",
     "policy_costs",
+    "policy_of",
     "policy_rows",
     "reindex_store",
     "utc_now",

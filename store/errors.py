@@ -51,3 +51,8 @@ class StoreReadOnly(StoreError, PermissionError):
 
 class StoreFull(StoreError, OSError):
     """The disk (or a file size limit) ran out while adding; nothing was added."""
+
+
+class MissingData(StoreError, LookupError):
+    """The trace lacks what was asked for: attention rows its recording policy did not keep,
+    a vision tower or cross-attention it did not record. The message says how to record it."""

@@ -86,8 +86,22 @@ def policy_rows(policy: RecordingPolicy | str, tokens: TokenTable) -> np.ndarray
     policy = RecordingPolicy(policy)
     if policy is RecordingPolicy.FULL:
         return None
-    answers = np.array([answer_row(tokens.prompt_length, k) for k in range(tokens.answer_length)])
+    answers = np.array(
+        [answer_row(tokens.prompt_length, k) for k in range(tokens.answer_length)], np.int32
+    )
     if policy is RecordingPolicy.ANSWER_ROWS:
-        return answers.astype(np.int32)
+        return answers
     text = np.flatnonzero(np.asarray(tokens.roles) != TokenRole.IMAGE)
     return np.union1d(text, answers).astype(np.int32)
+
+
+def policy_of(rows: np.ndarray | None, tokens: TokenTable) -> RecordingPolicy | None:
+    """The policy that keeps exactly ``rows`` of ``tokens`` (None rows: full); None when no
+    named policy keeps exactly those rows."""
+    for policy in RecordingPolicy:
+        kept = policy_rows(policy, tokens)
+        if (kept is None) == (rows is None) and (
+            kept is None or np.array_equal(kept, np.asarray(rows))
+        ):
+            return policy
+    return None

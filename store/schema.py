@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .views import AttentionView
+
 # 2: relevancy holds the seed tool's "all" and ours as ``llm_through_vision`` (1 had only ours,
 # named "all"). 3: model-agnostic image geometry (images, tiles, weighted token -> patch map),
 # vision attention per vision sequence, cross-attention, recording policies. Formats 1 and 2
@@ -428,3 +430,18 @@ class Trace:
     summaries: Summaries
     lm_rows: np.ndarray | None = None  # [R] int32 sorted query rows kept (RecordingPolicy)
     cross_attention: CrossAttention | None = None
+
+    @property
+    def policy(self) -> RecordingPolicy | None:
+        """The policy whose rows ``lm_rows`` are (None: rows of no named policy)."""
+        from .policy import policy_of  # store.policy builds on this module
+
+        return policy_of(self.lm_rows, self.tokens)
+
+    @property
+    def lm_view(self) -> AttentionView:
+        """``lm_attention`` indexed by absolute query rows, as a stored trace's view is:
+        ``trace.lm_view[layer, head, rows, cols]`` (float32; see :mod:`store.views`)."""
+        policy = self.policy
+        name = policy.value if policy is not None else "custom"
+        return AttentionView.of_array(self.lm_attention, self.lm_rows, name)
