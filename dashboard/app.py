@@ -3,14 +3,15 @@
 Run it through ``lvlm-interpret serve --store DIR`` (see :mod:`dashboard.serve`). Two things
 hold for every page, so they live here: the URL's shared settings are remembered before
 the page runs (a link keeps its colour map on a page without heatmaps), and a trace file
-that fails while a page reads it ends in one line, not a traceback.
+that fails while a page reads it, or lacks a part a view reads, ends in one line, not a
+traceback.
 """
 
 import streamlit as st
 
 from dashboard import context, icon, state
 from dashboard.components import text
-from store import CorruptTrace, StoreError
+from store import CorruptTrace, MissingData, StoreError
 
 # The icon is an in-memory picture served by this server: an emoji or Material icon would
 # make every page load fetch it from the internet (and fail offline).
@@ -37,5 +38,7 @@ try:
     page.run()
 except (CorruptTrace, OSError) as error:
     context.damaged(error)
+except MissingData as error:  # a part the recording policy left out: what to record instead
+    st.info(text.markdown_literal(str(error).splitlines()[0]))
 except StoreError as error:  # the index failed (locked, unreachable): one line, no traceback
     st.error(f"The store cannot be read: {text.markdown_literal(str(error).splitlines()[0])}")

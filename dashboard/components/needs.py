@@ -11,23 +11,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from store.policy import policy_rows
+from store import policy_of
 from store.schema import RecordingPolicy, TokenTable
 
 _KEPT = {
     RecordingPolicy.TEXT_ROWS: "the rows of prompt words and answer tokens",
     RecordingPolicy.ANSWER_ROWS: "only the answer tokens' rows",
 }
-
-
-def policy_of(tokens: TokenTable, kept: np.ndarray | None) -> RecordingPolicy | None:
-    """The policy whose rows are ``kept`` (``None`` kept rows: full); None if none matches."""
-    if kept is None:
-        return RecordingPolicy.FULL
-    for policy in (RecordingPolicy.ANSWER_ROWS, RecordingPolicy.TEXT_ROWS):
-        if np.array_equal(policy_rows(policy, tokens), np.asarray(kept)):
-            return policy
-    return None
 
 
 def missing(kept: np.ndarray | None, rows: Iterable[int]) -> list[int]:
@@ -44,7 +34,7 @@ def rows_note(tokens: TokenTable, kept: np.ndarray | None, what: str, needs: str
     e.g. "This trace kept only the answer tokens' rows (policy answer_rows): text → image
     attention of the prompt needs the prompt's rows; record with --policy text_rows or full."
     """
-    policy = policy_of(tokens, kept)
+    policy = policy_of(kept, tokens)
     name = policy.value if policy else "custom"
     kept_text = _KEPT.get(policy, f"{0 if kept is None else len(kept)} attention rows")
     record = (

@@ -35,6 +35,11 @@ class DemoStore:
     bare: str  # no vision attention, no relevancy, no causal results
     broken: str  # indexed, but its file was deleted
     legacy: str  # trace format 1: its "all" relevancy is today's llm_through_vision
+    tiled: str  # LLaVA-NeXT-like: a whole-image view plus 2x2 crops, each 4x6 patches
+    images: str  # two images of different patch grids (two vision sequences)
+    merged: str  # Qwen-VL-like: each token reads a 2x2 block of patches; tower without CLS
+    cross: str  # Mllama-like: no image tokens, cross-attention keys -> patches
+    policy: str  # recorded under the answer_rows policy: only the answer's attention rows
 
 
 def _xss_trace(seed: int):
@@ -99,11 +104,20 @@ def demo_store_at(directory: Path) -> DemoStore:
         store.put_result(xss, "causal", MD_IMAGE, {MD_IMAGE: patches, f"**{XSS_IMG}**": 0.5})
         store.tag(main, "demo")
         legacy = store.add(make_synthetic_trace(seed=6, grid=(4, 6)))
+        tiled = store.add(make_synthetic_trace(seed=7, grid=(4, 6), crops=(2, 2), prompt_len=140))
+        images = store.add(make_synthetic_trace(seed=8, grid=[(4, 6), (2, 4)], prompt_len=48))
+        merged = store.add(
+            make_synthetic_trace(seed=9, grid=(4, 6), merge=2, vision_has_cls=False)
+        )
+        cross = store.add(make_synthetic_trace(seed=10, grid=(4, 6), cross_attention=True))
+        policy = store.add(make_synthetic_trace(seed=11, grid=(4, 6), policy="answer_rows"))
     for path in directory.rglob(f"{broken}*.h5"):
         path.unlink()
     for path in directory.rglob(f"{legacy}*.h5"):
         _as_format_1(path)
-    return DemoStore(directory, main, second, xss, bare, broken, legacy)
+    return DemoStore(
+        directory, main, second, xss, bare, broken, legacy, tiled, images, merged, cross, policy
+    )
 
 
 @pytest.fixture(scope="session")
