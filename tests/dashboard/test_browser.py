@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from tests.dashboard.browser import SCREENSHOTS, chromium, running_dashboard
@@ -199,3 +200,36 @@ def test_new_user_defects_in_a_real_browser(site, page, demo_store):
     assert icons and all(icon.startswith(site) for icon in icons), icons
     hosts = {url.split("/")[2] for url in requests if url.startswith(("http:", "https:", "ws"))}
     assert hosts == {site.split("/")[2]}, hosts
+
+
+PHOTO = "iframe[title='streamlit_image_coordinates.streamlit_image_coordinates']"
+
+
+def _boxes(demo_store, trace_id: str):
+    from store import open_store
+
+    with open_store(demo_store.directory) as store, store.open(trace_id) as trace:
+        return trace.image.patch_boxes.copy(), trace.image.images[0].size
+
+
+def test_clicking_the_photo_picks_the_patches_under_the_click(site, page, demo_store):
+    """Text -> image: a click on the photo selects every patch whose box holds the point (the
+    global view's and the crop's where they overlap); a second click there deselects them."""
+    boxes, (width, height) = _boxes(demo_store, demo_store.tiled)
+    x, y = 0.3 * width, 0.7 * height  # a point of the original image
+    under = np.flatnonzero(
+        (boxes[:, 0] <= x) & (x < boxes[:, 2]) & (boxes[:, 1] <= y) & (y < boxes[:, 3])
+    )
+    assert len(under) == 2  # the global view and one crop
+    expected = "%2C".join(str(p) for p in under)
+    page.goto(f"{site}/attention?trace={demo_store.tiled}&view=text+%E2%86%92+image")
+    photo = page.frame_locator(PHOTO).first.locator("img")
+    photo.wait_for()
+    page.wait_for_timeout(500)  # the frame sizes itself to the image
+    shown = photo.bounding_box()
+    photo.click(position={"x": 0.3 * shown["width"], "y": 0.7 * shown["height"]})
+    page.wait_for_url(re.compile(rf"patches=({expected}|{expected.replace('%2C', ',')})(&|$)"))
+    page.locator(CHART).first.wait_for()  # the tokens attending to them
+    _shot(page, "attention-photo-picker")
+    photo.click(position={"x": 0.3 * shown["width"], "y": 0.7 * shown["height"]})
+    page.wait_for_url(lambda url: "patches=" not in url)
