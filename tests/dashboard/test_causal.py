@@ -146,3 +146,16 @@ def test_2_explained_node_is_named_by_its_answer_token(synthetic):
     assert result.target == tokens.prompt_length - 1 + 2
     assert target.label == tokens.text[tokens.prompt_length + 2]
     assert target.label != tokens.text[result.target]
+
+
+def test_a_token_reading_a_2x2_block_highlights_and_crops_all_four_patches():
+    trace = make_synthetic_trace(seed=9, grid=(4, 6), merge=2)
+    view = explanation.TraceView(trace.tokens, trace.image)
+    first = int(trace.tokens.image_positions[0])
+    read = view.patches(first)
+    assert len(read) == 4
+    boxes = trace.image.patch_boxes[read]
+    block = (boxes[:, 2].max() - boxes[:, 0].min(), boxes[:, 3].max() - boxes[:, 1].min())
+    assert block[0] == pytest.approx(2 * (boxes[0, 2] - boxes[0, 0]))  # two patches wide
+    assert view.crop(first, size=40).size == (40, 40)  # the square block, scaled
+    assert "(+3 more patches)" in view.where(first)
