@@ -1,0 +1,253 @@
+"""The Gemma 3 and PaliGemma adapters against the tiny models' own behaviour.
+
+Tiny sizes (builders): both towers see a 32 px square. Gemma 3: 4 px patches (8x8) pooled 2x2
+into 4x4 tokens; pan & scan (minimum crop 8 px here, 256 in the real processor) cuts a 120x40
+(w x h) image into three 40 px strips. PaliGemma: 8 px patches (4x4), one token each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.adapters import adapter_for
+from engine.adapters.gemma3 import Gemma3Adapter, PanAndScan
+from engine.capture import capture_attention, capture_vision_attention
+from engine.errors import PromptError
+from engine.inputs import ImageInput, load_image
+from tests.engine.families import oracle
+from tests.engine.families.images import noise_image, painted
+
+PROMPT = "what is in the image ?"
+PAN_AND_SCAN = PanAndScan(min_crop_size=8)
+# (height, width) of each image of a prompt; whether Gemma 3 pans and scans it.
+CASES = {
+    "gemma3": {
+        "wide": ([(40, 56)], None),
+        "wide pan & scan": ([(40, 120)], PAN_AND_SCAN),
+        "tall pan & scan + square": ([(120, 40), (40, 44)], PAN_AND_SCAN),
+    },
+    "paligemma": {"wide": ([(40, 56)], None), "tall": ([(90, 30)], None)},
+}
+CASE_IDS = [(name, case) for name, cases in CASES.items() for case in cases]
+
+
+def sources(pictures: list[Image.Image]) -> list[ImageInput]:
+    return [load_image(p, f"image{i}") for i, p in enumerate(pictures)]
+
+
+def adapter_of(built, pan_and_scan: PanAndScan | None):
+    if built.spec.name == "gemma3":
+        return Gemma3Adapter(built.model, built.processor, pan_and_scan)
+    return adapter_for(built.model, built.processor)
+
+
+def setup(build, name: str, case: str):
+    sizes, pan_and_scan = CASES[name][case]
+    built = build(name)
+    images = sources([noise_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)])
+    adapter = adapter_of(built, pan_and_scan)
+    inputs = adapter.build_inputs(images, PROMPT)
+    return built, adapter, images, inputs
+
+
+def reads_by_tile(geometry) -> dict[int, dict[tuple[int, int, int], float]]:
+    """Position -> {(tile, row, col): weight} from the adapter's token -> patch map."""
+    out: dict[int, dict] = {}
+    token_map = geometry.token_patches
+    for row, patch, weight in zip(
+        token_map.rows, token_map.patches, token_map.weights, strict=True
+    ):
+        tile = int(geometry.patch_tile[patch])
+        local = int(patch) - geometry.tile_patches(tile).start
+        key = (tile, *divmod(local, geometry.tiles[tile].cols))
+        out.setdefault(int(row), {})[key] = float(weight)
+    return out
+
+
+@pytest.mark.parametrize(("name", "case"), CASE_IDS)
+def test_token_patch_map_is_what_the_model_reads(build, name, case):
+    """Every image token's patches and weights equal the gradient oracle's; each view of
+    ``pixel_values`` is one tile, in order; the oracle's processed-pixel boxes, carried through
+    the tile's box, are the geometry's patch boxes in original pixels."""
+    built, adapter, images, inputs = setup(build, name, case)
+    placement = adapter.geometry(inputs, images)
+    geometry = placement.geometry
+    model = built.model.requires_grad_(False)
+    reads = oracle.token_patch_map(model, inputs, built.processor)
+    patch = oracle.patch_size(model)
+    side = inputs["pixel_values"].shape[-1]
+
+    expected = {
+        p: {(r.image, r.box[1] // patch, r.box[0] // patch): r.weight for r in rs}
+        for p, rs in reads.items()
+    }
+    got = reads_by_tile(geometry)
+    assert got.keys() == expected.keys()
+    for position, patches in got.items():
+        assert patches.keys() == expected[position].keys(), position
+        for key, weight in patches.items():
+            assert weight == pytest.approx(expected[position][key], abs=1e-5)
+
+    for position, rs in reads.items():
+        for r in rs:
+            tile = geometry.tiles[r.image]
+            x0, y0, x1, y1 = tile.box
+            sx, sy = (x1 - x0) / side, (y1 - y0) / side
+            box = (x0 + r.box[0] * sx, y0 + r.box[1] * sy, x0 + r.box[2] * sx, y0 + r.box[3] * sy)
+            local = (r.box[1] // patch) * tile.cols + r.box[0] // patch
+            index = geometry.tile_patches(r.image).start + local
+            np.testing.assert_allclose(geometry.patch_boxes[index], box, rtol=1e-6)
+            assert placement.image_index[position] == tile.image
+    text = np.setdiff1d(np.arange(inputs["input_ids"].shape[1]), list(reads))
+    assert (placement.image_index[text] == -1).all()
+
+
+def test_pan_and_scan_views(build):
+    """The wide image is the global view then three 40 px strips; the tall one three strips
+    top to bottom; the near-square one (ratio 1.1) stays whole."""
+    _, adapter, images, inputs = setup(build, "gemma3", "tall pan & scan + square")
+    tiles = adapter.geometry(inputs, images).geometry.tiles
+    assert [(t.image, t.kind, t.box) for t in tiles] == [
+        (0, "global", (0, 0, 40, 120)),
+        (0, "crop", (0, 0, 40, 40)),
+        (0, "crop", (0, 40, 40, 80)),
+        (0, "crop", (0, 80, 40, 120)),
+        (1, "full", (0, 0, 44, 40)),
+    ]
+    _, adapter, images, inputs = setup(build, "gemma3", "wide pan & scan")
+    tiles = adapter.geometry(inputs, images).geometry.tiles
+    assert [t.box for t in tiles] == [
+        (0, 0, 120, 40),
+        (0, 0, 40, 40),
+        (40, 0, 80, 40),
+        (80, 0, 120, 40),
+    ]
+
+
+# A red square on black, on patch boundaries of every view of CASES (boxes inclusive).
+SQUARES = {"wide pan & scan": (30, 10, 59, 19), "tall pan & scan + square": (10, 30, 19, 59)}
+SQUARES_PALIGEMMA = {"wide": (14, 10, 41, 29), "tall": (15, 45, 29, 89)}
+
+
+def red_share(pixel_values: torch.Tensor, patch: int) -> np.ndarray:
+    """[views, rows, cols]: how red each processed patch is (0 black, 1 red), from the red
+    channel normalised with mean 0.5 and std 0.5 (-1 black, +1 red)."""
+    red = (pixel_values[:, 0].numpy() + 1) / 2
+    views, h, w = red.shape
+    return red.reshape(views, h // patch, patch, w // patch, patch).mean(axis=(2, 4))
+
+
+@pytest.mark.parametrize(
+    ("name", "case", "square"),
+    [("gemma3", c, s) for c, s in SQUARES.items()]
+    + [("paligemma", c, s) for c, s in SQUARES_PALIGEMMA.items()],
+)
+def test_painted_square_is_red_where_the_boxes_say(build, name, case, square):
+    """A patch is red in the processed pixels exactly when its box in original pixels (from the
+    geometry) has its centre inside the painted square: the crops' boxes are where the
+    processor cut."""
+    sizes, pan_and_scan = CASES[name][case]
+    built = build(name)
+    pictures = [Image.new("RGB", (w, h)) for h, w in sizes]
+    pictures[0] = painted(pictures[0], square)
+    images = sources(pictures)
+    adapter = adapter_of(built, pan_and_scan)
+    inputs = adapter.build_inputs(images, PROMPT)
+    geometry = adapter.geometry(inputs, images).geometry
+    patch = oracle.patch_size(built.model)
+
+    centre = (geometry.patch_boxes[:, :2] + geometry.patch_boxes[:, 2:]) / 2
+    x0, y0, x1, y1 = square[0], square[1], square[2] + 1, square[3] + 1
+    inside = (
+        (centre[:, 0] > x0)
+        & (centre[:, 0] < x1)
+        & (centre[:, 1] > y0)
+        & (centre[:, 1] < y1)
+        & (np.array([geometry.tiles[t].image for t in geometry.patch_tile]) == 0)
+    )
+    red = red_share(inputs["pixel_values"], patch).reshape(-1) > 0.5
+    assert inside.any()
+    np.testing.assert_array_equal(red, inside)
+
+
+@pytest.mark.parametrize(("name", "case"), CASE_IDS)
+def test_vision_pieces_cover_each_view(build, name, case):
+    """One captured call per vision layer, one batch row per view: each piece is the whole
+    [V, V] attention of its sequence, rows summing to 1, every (layer, sequence) once."""
+    built, adapter, images, inputs = setup(build, name, case)
+    geometry = adapter.geometry(inputs, images).geometry
+    with torch.no_grad(), capture_vision_attention(built.model) as calls:
+        built.model(**inputs)
+    pieces = adapter.vision_pieces(calls, geometry)
+    seen = sorted((p.layer, p.sequence) for p in pieces)
+    layers, sequences = adapter.num_vision_layers(), len(geometry.vision_sequences)
+    assert seen == [(layer, s) for layer in range(layers) for s in range(sequences)]
+    assert sequences == inputs["pixel_values"].shape[0] == len(geometry.tiles)
+    for piece in pieces:
+        values = calls[piece.call][piece.batch]
+        length = len(geometry.vision_sequences[piece.sequence])
+        assert piece.tokens is None and values.shape[-2:] == (length, length)
+        torch.testing.assert_close(values.sum(-1), torch.ones(values.shape[:-1]))
+        tile = geometry.tile_patches(piece.sequence)
+        sequence = geometry.vision_sequences[piece.sequence]
+        np.testing.assert_array_equal(sequence, np.arange(tile.start, tile.stop))
+    assert geometry.vision_summary == "mean"  # SigLIP has no CLS
+
+
+@pytest.mark.parametrize(
+    ("name", "case"), [("gemma3", "tall pan & scan + square"), ("paligemma", "wide")]
+)
+def test_teacher_forced_pass_is_what_generation_saw(build, name, case):
+    """The forced pass over prompt + answer (side inputs grown as the adapter says) gives the
+    logits generation gave, and its LM attention has the mask the adapter names: Gemma 3's
+    image blocks and PaliGemma's prefix attend both ways, everything else causally."""
+    built, adapter, _, inputs = setup(build, name, case)
+    with torch.no_grad():
+        out = built.model.generate(
+            **inputs,
+            max_new_tokens=4,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    sequence = out.sequences[0]
+    prompt_length = inputs["input_ids"].shape[1]
+    forced = adapter.forced_inputs(inputs, sequence)
+    modules = adapter.language_attention_modules()
+    with torch.no_grad(), capture_attention(modules) as captured:
+        logits = built.model(**forced).logits[0, prompt_length - 1 : -1]
+    torch.testing.assert_close(logits, torch.cat(out.logits), rtol=1e-4, atol=1e-4)
+
+    attention = captured[0][0].sum(0)  # [T, T] over heads
+    length = len(sequence)
+    image = (sequence == adapter.image_token_id).numpy()
+    both_ways = np.zeros((length, length), bool)
+    if adapter.lm_mask == "prefix":
+        both_ways[:prompt_length, :prompt_length] = True
+    else:  # image blocks: each run of image tokens
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], image.astype(int), [0]])))
+        for start, end in edges.reshape(-1, 2):
+            both_ways[start:end, start:end] = True
+    future = np.triu(np.ones((length, length), bool), k=1)
+    reads_future = (attention > 0).numpy() & future
+    np.testing.assert_array_equal(reads_future, both_ways & future)
+
+
+def test_paligemma_prompt_is_the_processors_convention(build):
+    """Image tokens first, then BOS, the user's text unchanged, a newline; no labels."""
+    built = build("paligemma")
+    adapter = adapter_for(built.model, built.processor)
+    images = sources([noise_image()])
+    inputs = adapter.build_inputs(images, PROMPT)
+    assert "labels" not in inputs
+    tokenizer = built.processor.tokenizer
+    ids = inputs["input_ids"][0].tolist()
+    assert ids[:16] == [adapter.image_token_id] * 16
+    assert ids[16] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids[17:]).split() == PROMPT.split()
+    assert inputs["token_type_ids"].eq(0).all()  # the whole prompt is the prefix
+    with pytest.raises(PromptError, match="one image"):
+        adapter.build_inputs(images * 2, PROMPT)
