@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from dashboard.components import analysis, images, overlay  # noqa: E402
+from dashboard.components import analysis, images, overlay, stitch  # noqa: E402
 from store import TraceQuery, open_store  # noqa: E402
 from store.synthetic import make_synthetic_trace  # noqa: E402
 from tests.dashboard.browser import chromium, running_dashboard  # noqa: E402
@@ -80,22 +80,24 @@ def server_path(directory: Path, trace_id: str) -> dict[str, float]:
         tokens, geometry, summaries = trace.tokens, trace.image, trace.summaries
         lap("open")
         layer = int(np.argmax(summaries.head_image_attention.mean(axis=1)))
-        rows = trace.attention_rows([tokens.prompt_length - 1], layers=[layer])[0][:, 0]
+        rows = trace.attention_rows([tokens.answer_row(0)], layers=[layer])[0][:, 0]
         lap("read_slices")
         positions = tokens.image_positions
         heads = analysis.rank_heads(analysis.image_share(rows, positions))[:HEADS_SHOWN]
-        grids = [
-            overlay.grid_values(
-                rows[h][positions],
-                tokens.image_patch[positions],
-                geometry.grid_rows,
-                geometry.grid_cols,
-            )
-            for h in heads
+        maps = [
+            analysis.spread(rows[h], geometry.token_patches, geometry.num_patches) for h in heads
         ]
-        scale = overlay.Scale.of(np.stack(grids), "attention")
+        scale = overlay.Scale.of(np.stack(maps), "attention")
+        view = stitch.View(0)
+        base = stitch.frame(geometry, view)
         pictures = [
-            overlay.overlay(geometry.processed, g, overlay.OverlayStyle(), scale) for g in grids
+            overlay.overlay(
+                base.pixels,
+                stitch.field(geometry, values, view, base.pixels.shape[:2]),
+                overlay.OverlayStyle(),
+                scale,
+            )
+            for values in maps
         ]
         lap("overlays")
         for picture in pictures:
