@@ -4,6 +4,7 @@ from engine.adapters import gemma3 as _gemma3  # noqa: F401  (registers Gemma3Ad
 from engine.adapters import llava as _llava  # noqa: F401  (registers LlavaAdapter)
 from engine.adapters import llava_next as _llava_next  # noqa: F401  (registers LLaVA-NeXT)
 from engine.adapters import llava_onevision as _onevision  # noqa: F401  (registers OneVision)
+from engine.adapters import mllama as _mllama  # noqa: F401  (registers MllamaAdapter)
 from engine.adapters import paligemma as _paligemma  # noqa: F401  (registers PaliGemma)
 from engine.adapters.base import (
     ADD_A_FAMILY,
