@@ -16,7 +16,9 @@ layers call it once per window, over a permuted sequence (see :class:`Qwen25VlAd
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -46,7 +48,7 @@ class Qwen2VlAdapter(VlmAdapter):
     language_layers_path = "model.language_model.layers"
     vision_blocks_path = "model.visual.blocks"
     # The LM's rope positions come from mm_token_type_ids (1 = image); answers are text.
-    grown_inputs = {"mm_token_type_ids": 0}
+    grown_inputs: ClassVar[dict[str, int | None]] = {"mm_token_type_ids": 0}
     multi_image = True
 
     @property
@@ -135,7 +137,7 @@ class Qwen25VlAdapter(Qwen2VlAdapter):
 
         def chunks(bounds: np.ndarray) -> list[tuple[int, np.ndarray]]:
             out = []
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            for a, b in itertools.pairwise(bounds):
                 image = int(np.searchsorted(starts, a, side="right")) - 1
                 out.append((image, order[a:b] - starts[image]))
             return out
