@@ -6,6 +6,7 @@ from engine.adapters import llava_next as _llava_next  # noqa: F401  (registers 
 from engine.adapters import llava_onevision as _onevision  # noqa: F401  (registers OneVision)
 from engine.adapters import mllama as _mllama  # noqa: F401  (registers MllamaAdapter)
 from engine.adapters import paligemma as _paligemma  # noqa: F401  (registers PaliGemma)
+from engine.adapters import qwen_vl as _qwen_vl  # noqa: F401  (registers the Qwen-VL adapters)
 from engine.adapters.base import (
     ADD_A_FAMILY,
     Placement,
