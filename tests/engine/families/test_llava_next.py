@@ -106,7 +106,7 @@ def test_onevision_multi_image_group_is_one_square_tile_each(build):
     """Images of one group (``batch_num_images`` 2) are padded squares, not tiled: G^2 tokens and
     a newline each; painting an image changes exactly the tokens the map gives that image."""
     built = build("llava_onevision")
-    images = [noise_image(40, 56, seed=1), noise_image(70, 30, seed=2)]
+    images = [noise_image(41, 56, seed=1), noise_image(70, 31, seed=2)]
     text = built.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}] * 2 + [{"type": "text", "text": "a"}]}],
         add_generation_prompt=True,
@@ -120,9 +120,10 @@ def test_onevision_multi_image_group_is_one_square_tile_each(build):
     placement = _adapter(built).geometry(before, [load_image(im) for im in images])
     geometry = placement.geometry
     assert [(t.image, t.kind, t.rows) for t in geometry.tiles] == [(0, "full", 4), (1, "full", 4)]
-    # the 40x56 image sits in a 56x56 square, 8 px of padding above; the 70x30 one 20 px left
-    assert geometry.tiles[0].box == (0, -8, 56, 48)
-    assert geometry.tiles[1].box == (-20, 0, 50, 70)
+    # centred in a square, the odd pixel of padding after: 7 px above the 41x56 image, 19 px
+    # left of the 70x31 one
+    assert geometry.tiles[0].box == (0, -7, 56, 49)
+    assert geometry.tiles[1].box == (-19, 0, 51, 70)
     after = inputs_for([images[0], painted(images[1], (5, 30, 20, 45))])
     changed = oracle.embedding_change(built.model, before, after)
     square = geometry.patch_boxes
