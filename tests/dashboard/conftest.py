@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.config import STORE_ENV
-from store import open_store
+from store import open_store, reindex_store
 from store.synthetic import make_synthetic_trace
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+# Written by lvlm-interpret 0.1 (make_synthetic_trace(seed=6, grid=(4, 6)), format 1).
+FORMAT_1 = Path(__file__).with_name("fixtures") / "66666666666666666666666666666666.h5"
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=window.__xss=1>"
 # Markdown that must show as text: an image fetch (the port is closed), a colour directive, bold.
@@ -71,17 +73,21 @@ def _with_truth(trace):
     return dataclasses.replace(trace, info=info)
 
 
-def _as_format_1(path: Path) -> None:
-    """Rewrite a trace file as format 1 wrote it: relevancy "all" held today's
-    llm_through_vision, and the seed's "all" did not exist."""
-    with h5py.File(path, "r+") as f:
-        group = f["relevancy"]
-        del group["all"]
-        group.move("llm_through_vision", "all")
-        f.attrs["format_version"] = 1
+def _with_format_1_trace(directory: Path) -> str:
+    """A store holding a trace file lvlm-interpret 0.1 wrote (format 1: one grid, the
+    processed image, relevancy "all" holding today's llm_through_vision), indexed the way
+    old files are: by ``reindex``."""
+    open_store(directory, mode="a").close()
+    trace_id = FORMAT_1.stem
+    target = directory / "data" / trace_id[:2] / FORMAT_1.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(FORMAT_1, target)
+    reindex_store(directory)
+    return trace_id
 
 
 def demo_store_at(directory: Path) -> DemoStore:
+    legacy = _with_format_1_trace(directory)
     with open_store(directory, mode="a") as store:
         main = store.add(_with_truth(make_synthetic_trace(seed=1, grid=(4, 6))))
         second = store.add(make_synthetic_trace(seed=2, grid=(4, 6)))
@@ -103,18 +109,13 @@ def demo_store_at(directory: Path) -> DemoStore:
         )
         store.put_result(xss, "causal", MD_IMAGE, {MD_IMAGE: patches, f"**{XSS_IMG}**": 0.5})
         store.tag(main, "demo")
-        legacy = store.add(make_synthetic_trace(seed=6, grid=(4, 6)))
         tiled = store.add(make_synthetic_trace(seed=7, grid=(4, 6), crops=(2, 2), prompt_len=140))
         images = store.add(make_synthetic_trace(seed=8, grid=[(4, 6), (2, 4)], prompt_len=48))
-        merged = store.add(
-            make_synthetic_trace(seed=9, grid=(4, 6), merge=2, vision_has_cls=False)
-        )
+        merged = store.add(make_synthetic_trace(seed=9, grid=(4, 6), merge=2, vision_has_cls=False))
         cross = store.add(make_synthetic_trace(seed=10, grid=(4, 6), cross_attention=True))
         policy = store.add(make_synthetic_trace(seed=11, grid=(4, 6), policy="answer_rows"))
     for path in directory.rglob(f"{broken}*.h5"):
         path.unlink()
-    for path in directory.rglob(f"{legacy}*.h5"):
-        _as_format_1(path)
     return DemoStore(
         directory, main, second, xss, bare, broken, legacy, tiled, images, merged, cross, policy
     )

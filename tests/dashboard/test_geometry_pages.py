@@ -16,7 +16,7 @@ ATTENTION = ("image → answer", "analysis", "text → image", "vision tower", "
 
 
 def _images(at) -> list:
-    return [img for e in at.get("imgs") for img in e.proto.imgs]
+    return [img for e in at.get("image") for img in e.proto.imgs]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -57,7 +57,7 @@ def test_two_images_are_two_pictures_and_two_vision_sequences(app, demo_store):
     _ok(at)
     with open_store(demo_store.directory) as store, store.open(demo_store.images) as trace:
         names = [i.name for i in trace.image.images]
-    captions = " ".join(str(img.caption) for img in _images(at))
+    captions = " ".join(str(img.caption) for img in _images(at)).replace("\\", "")  # escapes
     assert all(name in captions for name in names)
     at = app("attention", trace=demo_store.images, view="vision tower")
     _ok(at)
@@ -69,7 +69,7 @@ def test_policy_limited_trace_says_what_text_to_image_needs(app, demo_store):
     at = app("attention", trace=demo_store.policy, view="text → image", patches="3,4")
     _ok(at)
     assert "policy answer_rows" in _texts(at) and "--policy" in _texts(at)
-    assert at.get("arrow_vega_lite_chart")  # the answer rows it kept still draw
+    assert at.get("vega_lite_chart")  # the answer rows it kept still draw
 
 
 def test_cross_attention_is_drawn_on_the_photo_and_absent_elsewhere(app, demo_store):
@@ -93,4 +93,5 @@ def test_the_patch_list_is_the_keyboard_way_to_pick(app, demo_store):
     listing.set_value([first_crop]).run()
     _ok(at)
     assert at.query_params["patches"] in ("24", ["24"])
-    assert "Tokens attending to the selected patches" in str(at.get("arrow_vega_lite_chart"))
+    charts = " ".join(c.proto.spec for c in at.get("vega_lite_chart"))
+    assert "Tokens attending to the selected patches" in charts
