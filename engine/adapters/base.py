@@ -24,7 +24,7 @@ from engine.errors import PromptError, UnsupportedModelError
 from engine.inputs import ImageInput
 from store.schema import ImageGeometry
 
-ADD_A_FAMILY = "README.md, section 'Add a model family'"
+ADD_A_FAMILY = "docs/add-a-family.md"
 
 
 @dataclass(frozen=True)
