@@ -14,11 +14,14 @@ import huggingface_hub.constants
 import pytest
 import torch
 import transformers.dynamic_module_utils
+from PIL import Image
 from transformers import AutoModelForImageTextToText
 from transformers.quantizers.quantizers_utils import should_convert_module
+from typer.testing import CliRunner
 
 from engine.adapters import ADD_A_FAMILY
 from engine.checkpoint import ModelSource, check_model_source
+from engine.cli import app
 from engine.errors import InputError, ModelLoadError, UnsupportedModelError
 from engine.loading import (
     Quantization,
@@ -96,6 +99,18 @@ def test_unknown_model_type_is_refused_before_loading(tmp_path):
         load_model(str(folder))
     assert "'fancy_vlm'" in str(error.value) and ADD_A_FAMILY in str(error.value)
     assert "llava" in str(error.value)  # names what is supported
+
+
+def test_record_refuses_an_unknown_model_type_in_one_line(tmp_path):
+    """Through the console command: the one-line error of every bad input, exit code 2."""
+    folder = _unloadable_folder(tmp_path / "fancy", {"model_type": "fancy_vlm"})
+    image = tmp_path / "image.png"
+    Image.new("RGB", (8, 8), "red").save(image)
+    args = ["record", "--model", str(folder), "--image", str(image), "--prompt", "Colour?"]
+    result = CliRunner().invoke(app, [*args, "--store", str(tmp_path / "store")])
+    assert result.exit_code == 2, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "'fancy_vlm'" in line and "docs/add-a-family.md" in line
 
 
 def test_config_without_a_model_type_is_refused(tmp_path):
