@@ -1,0 +1,280 @@
+"""Idefics3 / SmolVLM, InternVL and Aya Vision adapters against the models' own behaviour.
+
+Each family's tiny random model (tests/engine/families/builders.py) is asked, through gradients
+(oracle.py), which patches every LM image token and every vision token reads; the adapter's
+geometry must say exactly the same, for single and multi-image prompts whose images are cut
+into different grids (wide, tall, square, one tile). Tile boxes in original pixels are checked
+with a painted square: patches over it must be the ones whose processed pixels change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.adapters import adapter_for
+from engine.adapters.base import Placement
+from engine.capture import capture_vision_attention
+from engine.inputs import ImageInput, load_image
+from tests.engine.families import oracle
+from tests.engine.families.builders import prompt_inputs
+from tests.engine.families.images import noise_image, painted
+
+FAMILIES = ("idefics3", "smolvlm", "internvl", "aya_vision")
+# (height, width) of each image of a prompt: wide, very wide (one row of crops), tall, square
+# (one tile for the canvas families), and two images cut differently.
+PROMPTS = {
+    "wide": [(40, 56)],
+    "strip": [(20, 64)],
+    "tall": [(30, 20)],
+    "square": [(40, 40)],
+    "two images": [(40, 56), (30, 20)],
+}
+Patch = tuple[int, int, int, int]  # image, tile of that image, row, col
+
+
+def images_of(sizes: list[tuple[int, int]]) -> list[ImageInput]:
+    return [load_image(noise_image(h, w, seed=i), f"noise{i}") for i, (h, w) in enumerate(sizes)]
+
+
+def placed(built, images: list[ImageInput]) -> tuple[dict, Placement]:
+    inputs = prompt_inputs(built, [im.image for im in images])
+    return inputs, adapter_for(built.model, built.processor).geometry(inputs, images)
+
+
+def tile_names(placement: Placement) -> list[tuple[int, int]]:
+    """(image, tile of that image) of each tile of the geometry, the oracle's tile names."""
+    counts: dict[int, int] = {}
+    names = []
+    for tile in placement.geometry.tiles:
+        names.append((tile.image, counts.get(tile.image, 0)))
+        counts[tile.image] = counts.get(tile.image, 0) + 1
+    return names
+
+
+def patch_names(placement: Placement) -> list[Patch]:
+    geometry = placement.geometry
+    names = tile_names(placement)
+    out = []
+    for tile_index, tile in enumerate(geometry.tiles):
+        start = geometry.tile_patches(tile_index).start
+        for p in range(tile.rows * tile.cols):
+            out.append((*names[tile_index], *divmod(p, tile.cols)))
+            assert start + p == len(out) - 1
+    return out
+
+
+def read_name(read: oracle.Read, patch: int) -> Patch:
+    return (read.image, read.tile, read.box[1] // patch, read.box[0] // patch)
+
+
+@pytest.fixture(scope="module")
+def family(build, request):
+    built = build(request.param)
+    built.model.requires_grad_(False)
+    return built
+
+
+@pytest.mark.parametrize("family", FAMILIES, indirect=True)
+@pytest.mark.parametrize("prompt", list(PROMPTS))
+def test_token_patch_map_is_what_the_model_reads(family, prompt):
+    images = images_of(PROMPTS[prompt])
+    inputs, placement = placed(family, images)
+    truth = oracle.token_patch_map(family.model, inputs, family.processor)
+    size = oracle.patch_size(family.model)
+    names = patch_names(placement)
+    pmap = placement.geometry.token_patches
+    got = {
+        int(row): sorted(
+            (names[int(p)], float(w))
+            for r, p, w in zip(pmap.rows, pmap.patches, pmap.weights, strict=True)
+            if r == row
+        )
+        for row in np.unique(pmap.rows)
+    }
+    expected = {
+        pos: sorted((read_name(r, size), r.weight) for r in reads) for pos, reads in truth.items()
+    }
+    assert got.keys() == expected.keys()
+    for position, reads in expected.items():
+        assert [n for n, _ in got[position]] == [n for n, _ in reads], position
+        assert [w for _, w in got[position]] == pytest.approx([w for _, w in reads], abs=1e-6)
+    # which image each token reads, and tiles per image as the prompt's layout says
+    index = placement.image_index
+    assert {int(p) for p in np.flatnonzero(index >= 0)} == set(truth)
+    assert all(index[p] == reads[0].image for p, reads in truth.items())
+    counts = [sum(t.image == i for t in placement.geometry.tiles) for i in range(len(images))]
+    assert counts == oracle.tiles_per_image(family.model, inputs, family.processor)
+
+
+@pytest.mark.parametrize("family", FAMILIES, indirect=True)
+@pytest.mark.parametrize("prompt", ["wide", "tall", "two images"])
+def test_tile_kinds_and_boxes_cover_each_image(family, prompt):
+    _, placement = placed(family, images_of(PROMPTS[prompt]))
+    geometry = placement.geometry
+    for image, source in enumerate(geometry.images):
+        tiles = [t for t in geometry.tiles if t.image == image]
+        width, height = source.size
+        whole = (0.0, 0.0, float(width), float(height))
+        if len(tiles) == 1:
+            assert tiles[0].kind == "full" and tiles[0].box == pytest.approx(whole)
+            continue
+        *crops, last = tiles
+        assert last.kind == "global" and last.box == pytest.approx(whole)
+        assert {t.kind for t in crops} == {"crop"}
+        # the crops tile the image exactly: their areas add up to it and none overlap
+        boxes = np.array([t.box for t in crops])
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sum()
+        assert area == pytest.approx(width * height)
+        assert boxes[:, :2].min(0) == pytest.approx([0, 0])
+        assert boxes[:, 2:].max(0) == pytest.approx([width, height])
+
+
+# A red square in original pixels on the wide image (2x2 crops for every family here), in the
+# top-right crop: a column-major tile order would put it bottom-left.
+SQUARE = (36, 5, 45, 14)  # x0, y0, x1, y1 inclusive: inside the top-right crop
+
+
+@pytest.mark.parametrize("family", FAMILIES, indirect=True)
+def test_painted_square_lands_on_the_patches_over_it(family):
+    """Patches whose original-pixel box overlaps the square must have changed processed
+    pixels; patches farther away than the resampling kernel reaches must not."""
+    model = family.model
+    before = noise_image(40, 56)
+    after = painted(before, SQUARE)
+    inputs_before, placement = placed(family, [load_image(before, "before")])
+    inputs_after = prompt_inputs(family, [after])
+    diff = inputs_after["pixel_values"] - inputs_before["pixel_values"]
+    maps = oracle.pixel_maps(model, inputs_before, diff, family.processor)
+    changed = {
+        read_name(r, oracle.patch_size(model))
+        for r in oracle.patches_read(
+            {k: v for k, v in maps.items() if v.any()}, oracle.patch_size(model)
+        )
+    }
+    geometry = placement.geometry
+    names = patch_names(placement)
+    sx0, sy0, sx1, sy1 = SQUARE[0], SQUARE[1], SQUARE[2] + 1, SQUARE[3] + 1
+    over, far = set(), set()
+    for g, (x0, y0, x1, y1) in enumerate(geometry.patch_boxes):
+        tile = geometry.tiles[int(geometry.patch_tile[g])]
+        # How far resampling spreads the square, in original pixels: Lanczos reaches 3 source
+        # pixels, Idefics3 resizes twice (longest edge, then tile multiples), and a tile that
+        # shrinks the image widens the reach by the shrink factor.
+        scale_x = (tile.box[2] - tile.box[0]) / (tile.cols * oracle.patch_size(model))
+        scale_y = (tile.box[3] - tile.box[1]) / (tile.rows * oracle.patch_size(model))
+        mx, my = 7 * max(1.0, scale_x), 7 * max(1.0, scale_y)
+        if x0 < sx1 - 1 and x1 > sx0 + 1 and y0 < sy1 - 1 and y1 > sy0 + 1:
+            over.add(names[g])
+        if x1 + mx <= sx0 or x0 - mx >= sx1 or y1 + my <= sy0 or y0 - my >= sy1:
+            far.add(names[g])
+    assert over and far
+    assert over <= changed
+    assert not far & changed
+    # the square is seen in a crop and in the global view (the last tile)
+    tiles = {tile for _, tile, _, _ in over}
+    assert len(geometry.tiles) - 1 in tiles and min(tiles) < len(geometry.tiles) - 1
+
+
+@pytest.mark.parametrize("family", FAMILIES, indirect=True)
+def test_vision_sequences_are_what_each_vision_token_reads(family):
+    """With the vision attention zeroed, each output token of the tower depends on its own
+    patch only (CLS on none): its gradient names the patch ``vision_sequences`` must list."""
+    model = family.model
+    images = images_of(PROMPTS["two images"])
+    inputs, placement = placed(family, images)
+    geometry = placement.geometry
+    names = tile_names(placement)
+    tower = oracle.vision_tower(model)
+    seen: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        seen.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    pixel_values = inputs["pixel_values"].detach().clone().requires_grad_(True)
+    handle = tower.register_forward_hook(keep)
+    try:
+        with oracle.vision_attention_zeroed(model), torch.enable_grad():
+            model(**{**inputs, "pixel_values": pixel_values})
+    finally:
+        handle.remove()
+    (hidden,) = seen
+    assert hidden.shape[0] == len(geometry.vision_sequences) == len(geometry.tiles)
+    assert {len(s) for s in geometry.vision_sequences} == {hidden.shape[1]}
+    direction = torch.randn(hidden.shape[-1], generator=torch.Generator().manual_seed(0))
+    size = oracle.patch_size(model)
+    patch_of = {name: g for g, name in enumerate(patch_names(placement))}
+    for v in range(hidden.shape[1]):
+        (grad,) = torch.autograd.grad(
+            (hidden[:, v] @ direction).sum(), pixel_values, retain_graph=True
+        )
+        maps = oracle.pixel_maps(model, inputs, grad, family.processor)
+        for sequence, tile in enumerate(names):
+            reads = oracle.patches_read({tile: maps[tile]} if maps[tile].any() else {}, size)
+            got = [patch_of[read_name(r, size)] for r in reads]
+            assert got == (
+                []
+                if geometry.vision_sequences[sequence][v] < 0
+                else [geometry.vision_sequences[sequence][v]]
+            )
+    expected_summary = "cls" if family.spec.name == "internvl" else "mean"
+    assert geometry.vision_summary == expected_summary
+
+
+@pytest.mark.parametrize("family", FAMILIES, indirect=True)
+def test_vision_pieces_cover_every_sequence_at_every_layer(family):
+    images = images_of(PROMPTS["two images"])
+    inputs, placement = placed(family, images)
+    adapter = adapter_for(family.model, family.processor)
+    with capture_vision_attention(family.model) as calls, torch.no_grad():
+        family.model(**inputs)
+    pieces = adapter.vision_pieces(calls, placement.geometry)
+    sequences = placement.geometry.vision_sequences
+    layers = adapter.num_vision_layers()
+    assert sorted((p.layer, p.sequence) for p in pieces) == [
+        (layer, s) for layer in range(layers) for s in range(len(sequences))
+    ]
+    for piece in pieces:
+        assert piece.tokens is None
+        weights = calls[piece.call][piece.batch]
+        length = len(sequences[piece.sequence])
+        assert weights.shape[-2:] == (length, length)
+        assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["internvl", "aya_vision"])
+@pytest.mark.parametrize("feature_layer", [-1, -2, 1])  # 0: the models themselves fail
+def test_vision_layers_feeding_lm_match_the_features(build, name, feature_layer):
+    """Changing the weights of a vision layer the adapter says the LM does not read must leave
+    the LM's image rows unchanged; changing any layer it says it reads must change them."""
+    built = build(name)
+    model = built.model.requires_grad_(False)
+    config = model.config
+    saved = config.vision_feature_layer
+    config.vision_feature_layer = feature_layer
+    try:
+        adapter = adapter_for(model, built.processor)
+        depth = adapter.vision_layers_feeding_lm()
+        inputs = prompt_inputs(built, [noise_image()])
+        layers = next(
+            m
+            for n, m in oracle.vision_tower(model).named_modules()
+            if n.endswith(("layers", "layer")) and isinstance(m, torch.nn.ModuleList)
+        )
+        assert len(layers) == adapter.num_vision_layers()
+        base, _ = oracle.lm_image_rows(model, inputs)
+        for layer, module in enumerate(layers):
+            saved_weights = [p.clone() for p in module.parameters()]
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.add_(0.5)
+            try:
+                rows, _ = oracle.lm_image_rows(model, inputs)
+            finally:
+                with torch.no_grad():
+                    for p, w in zip(module.parameters(), saved_weights, strict=True):
+                        p.copy_(w)
+            assert (not torch.equal(rows, base)) == (layer < depth), (layer, depth)
+    finally:
+        config.vision_feature_layer = saved
