@@ -8,19 +8,25 @@ resized to 32x64 (shrunk in y, stretched in x: 4x8 patches), 70x30 to 64x32 (8x4
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
 from engine.capture import capture_vision_attention
+from engine.cli import app as cli
 from engine.errors import UnsupportedModelError
 from engine.inputs import ImageInput, load_image
+from engine.loading import load_model
+from store import RelevancyMode, open_store
 from tests.engine.families import oracle
 from tests.engine.families.builders import QWEN_TOKENS, prompt_inputs
 from tests.engine.families.images import noise_image, painted
+from tests.engine.families.relevancy_reference import reference_relevancy
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 PATCH = 8  # the builders' vision patch size
@@ -246,3 +252,57 @@ def test_image_count_mismatch_is_refused(build):
     source = ImageInput(image, "image", "0" * 64)
     with pytest.raises(UnsupportedModelError, match="image tokens"):
         adapter.geometry(inputs, [source])
+
+
+PROMPT = "what is in the image ?"
+
+
+@pytest.fixture(scope="module")
+def two_image_files(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("qwen-images")
+    paths = [folder / f"image{i}.png" for i in range(2)]
+    for path, image in zip(paths, images_of(SIZES["two images"]), strict=True):
+        image.save(path)
+    return paths
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_two_image_trace_through_the_cli(build, tmp_path, two_image_files, name):
+    """``lvlm-interpret record`` with two images of different sizes: the stored trace keeps
+    both images, each image token's image, one vision sequence per image (rows summing to 1,
+    windows included), and relevancy in every mode equal to the slow reference."""
+    built = build(name)
+    store_dir = tmp_path / "store"
+    images = [arg for path in two_image_files for arg in ("--image", str(path))]
+    result = CliRunner().invoke(
+        cli,
+        ["record", "--model", str(built.folder), *images, "--prompt", PROMPT,
+         "--store", str(store_dir), "--max-new-tokens", "3"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trace_id = result.stdout.strip().splitlines()[-1]
+
+    loaded = load_model(str(built.folder))
+    sources = [load_image(path) for path in two_image_files]
+    inputs = loaded.adapter.build_inputs(sources, PROMPT)
+    placement = loaded.adapter.geometry(inputs, sources)
+    with open_store(store_dir) as store, store.open(trace_id) as trace:
+        geometry, tokens = trace.image, trace.tokens
+        assert [image.size for image in geometry.images] == [(56, 40), (80, 48)]
+        prompt = tokens.prompt_length
+        assert tokens.image_index[:prompt].tolist() == placement.image_index.tolist()
+        assert (tokens.image_index[prompt:] == -1).all()
+        for field in ("rows", "patches", "weights"):
+            stored = getattr(geometry.token_patches, field)
+            assert stored.tolist() == getattr(placement.geometry.token_patches, field).tolist()
+        assert len(geometry.vision_sequences) == 2
+        for s, sequence in enumerate(geometry.vision_sequences):
+            for layer in range(loaded.adapter.num_vision_layers()):
+                attention = trace.vision_attention_layer(layer, s)
+                assert attention.shape[-2:] == (len(sequence), len(sequence))
+                assert attention.sum(-1) == pytest.approx(1.0, abs=1e-2)
+        expected = reference_relevancy(loaded, inputs, tokens.ids, geometry)
+        for mode, reference in zip(RelevancyMode, expected, strict=True):
+            ours = trace.relevancy.map(mode)
+            scale = max(float(np.abs(reference).max()), 1.0)
+            np.testing.assert_allclose(ours, reference, atol=1e-5 * scale, err_msg=mode)
