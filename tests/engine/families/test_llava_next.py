@@ -12,10 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
 from engine.capture import capture_vision_attention
+from engine.cli import app as cli
 from engine.inputs import load_image
+from store import TokenRole, open_store
 from tests.engine.families import oracle
 from tests.engine.families.builders import prompt_inputs
 from tests.engine.families.images import noise_image, painted
@@ -217,3 +220,44 @@ def _check_pieces(adapter, model, inputs, geometry) -> None:
         assert piece.tokens is None
         assert probs.shape[-2:] == (length, length)
         assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_two_images_recorded_through_the_cli(build, tmp_path, name):
+    """``lvlm-interpret record`` with two images of different aspect ratios stores both, every
+    tile's vision attention, and image tokens that know their image: repainting the second
+    image changes only LM rows the trace assigns to it."""
+    built = build(name)
+    images = [noise_image(40, 56, seed=1), noise_image(70, 30, seed=2)]
+    paths = []
+    for i, im in enumerate(images):
+        paths += ["--image", str(tmp_path / f"image{i}.png")]
+        im.save(tmp_path / f"image{i}.png")
+    store_dir = tmp_path / "store"
+    result = CliRunner().invoke(
+        cli,
+        ["record", "--model", str(built.folder), *paths, "--prompt", "what is in the image ?",
+         "--store", str(store_dir), "--max-new-tokens", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with open_store(store_dir) as store, store.open(result.stdout.strip().splitlines()[-1]) as t:
+        geometry, tokens, relevancy = t.image, t.tokens, t.relevancy
+        vision_shapes = t.vision_shapes
+    assert [im.size for im in geometry.images] == [(56, 40), (30, 70)]
+    assert [tile.image for tile in geometry.tiles] == [0] * 5 + [1] * 3
+    cls = 1 if name == "llava_next" else 0
+    assert [shape[2:] for shape in vision_shapes] == [(16 + cls, 16 + cls)] * 8
+    on_image = tokens.roles == TokenRole.IMAGE
+    assert np.all((tokens.image_index >= 0) == on_image)
+    assert relevancy.vision.shape[1] == geometry.num_patches
+    assert np.isfinite(relevancy.llm_through_vision).all()
+
+    adapter = _adapter(built)
+    before = adapter.build_inputs([load_image(im) for im in images], "what is in the image ?")
+    after_images = [images[0], painted(images[1], (0, 0, 29, 69))]
+    after = adapter.build_inputs([load_image(im) for im in after_images], "what is in the image ?")
+    changed = oracle.embedding_change(built.model, before, after)
+    second = set(np.flatnonzero(tokens.image_index == 1).tolist())
+    newlines = second - set(geometry.token_patches.rows.tolist())
+    assert changed == second - newlines
+    assert newlines  # the second image's rows end in newline tokens, still its own
