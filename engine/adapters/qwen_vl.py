@@ -22,7 +22,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from transformers.vision_utils import get_vision_window_index
 
 from engine.adapters.base import Placement, VisionPiece, VlmAdapter, register_adapter, resolve
 from engine.errors import UnsupportedModelError
@@ -108,14 +107,25 @@ class Qwen2VlAdapter(VlmAdapter):
         ]
 
 
+def windows(rows: int, cols: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Qwen2.5-VL's attention windows over one image's ``rows x cols`` merge blocks: windows of
+    ``side x side`` blocks cut from the top left (short at the bottom and right edges), in
+    raster order, each window's blocks in raster order. Returns the blocks in that order and
+    each window's size in blocks."""
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    window = (r // side) * -(-cols // side) + c // side
+    return np.argsort(window, kind="stable"), np.bincount(window)
+
+
 @register_adapter
 class Qwen25VlAdapter(Qwen2VlAdapter):
-    """Qwen2.5-VL: window attention in every layer but ``fullatt_block_indexes``.
+    """Qwen2.5-VL: window attention in every vision layer but ``fullatt_block_indexes``.
 
-    The tower permutes its packed sequence once, merge block by merge block (``window_index``),
-    so each window is a contiguous run; windowed layers attend per window, full layers per
-    image, both over the permuted order. Each piece names the tokens of its image's sequence
-    (merge order, as :meth:`geometry` lays it out) that its rows and columns are.
+    The tower permutes each image's tokens once, merge block by merge block, into window order
+    (:func:`windows`; transformers' ``window_index``), so each window is a contiguous run:
+    windowed layers attend per window, full layers per image, both in the permuted order. Each
+    piece names the tokens of its image's sequence (merge order, as :meth:`geometry` lays it
+    out) that its rows and columns are.
     """
 
     name = "qwen2_5_vl"
@@ -127,38 +137,29 @@ class Qwen25VlAdapter(Qwen2VlAdapter):
         vision = self.model.config.vision_config
         merge = self._merge
         group = merge * merge
-        grid = torch.tensor([[1, t.rows, t.cols] for t in geometry.tiles])
-        window_index, window_bounds = get_vision_window_index(
-            grid, merge, vision.window_size, vision.patch_size
-        )
-        # token (merge order, all images packed) at each position of the permuted sequence
-        order = (window_index.numpy()[:, None] * group + np.arange(group)).reshape(-1)
-        starts = np.cumsum([0, *(t.rows * t.cols for t in geometry.tiles)])
-
-        def chunks(bounds: np.ndarray) -> list[tuple[int, np.ndarray]]:
-            out = []
-            for a, b in itertools.pairwise(bounds):
-                image = int(np.searchsorted(starts, a, side="right")) - 1
-                out.append((image, order[a:b] - starts[image]))
-            return out
-
-        windowed, full = chunks(window_bounds.numpy()), chunks(starts)
+        side = vision.window_size // merge // vision.patch_size  # merge blocks a window side
+        whole, windowed = [], []
+        for image, tile in enumerate(geometry.tiles):
+            blocks, sizes = windows(tile.rows // merge, tile.cols // merge, side)
+            order = (blocks[:, None] * group + np.arange(group)).reshape(-1)
+            whole.append((image, order))
+            bounds = np.cumsum([0, *(sizes * group)])
+            windowed += [(image, order[a:b]) for a, b in itertools.pairwise(bounds)]
         layers = [
-            full if layer in vision.fullatt_block_indexes else windowed
+            whole if layer in vision.fullatt_block_indexes else windowed
             for layer in range(self.num_vision_layers())
         ]
-        expected = sum(len(c) for c in layers)
+        expected = sum(len(chunks) for chunks in layers)
         if len(calls) != expected:
             raise UnsupportedModelError(
                 f"{self.name}: expected {expected} vision attention calls (windows and images "
                 f"over {len(layers)} layers), captured {len(calls)}"
             )
-        pieces, call = [], 0
-        for layer, layer_chunks in enumerate(layers):
-            for image, tokens in layer_chunks:
-                pieces.append(VisionPiece(call, 0, layer, image, tokens))
-                call += 1
-        return pieces
+        chunks = [(layer, *chunk) for layer, chunks in enumerate(layers) for chunk in chunks]
+        return [
+            VisionPiece(call, 0, layer, image, tokens)
+            for call, (layer, image, tokens) in enumerate(chunks)
+        ]
 
 
 @register_adapter
