@@ -12,11 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
 from engine.adapters.base import Placement
 from engine.capture import capture_vision_attention
+from engine.cli import app as cli
 from engine.inputs import ImageInput, load_image
+from engine.loading import load_model
+from store import RelevancyMode, open_store
+from store.schema import TokenRole
 from tests.engine.families import oracle
 from tests.engine.families.builders import prompt_inputs
 from tests.engine.families.images import noise_image, painted
@@ -278,3 +283,50 @@ def test_vision_layers_feeding_lm_match_the_features(build, name, feature_layer)
             assert (not torch.equal(rows, base)) == (layer < depth), (layer, depth)
     finally:
         config.vision_feature_layer = saved
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_two_image_prompt_recorded_through_the_cli(build, tmp_path, name):
+    """``lvlm-interpret record --image a --image b`` stores both images, the geometry the
+    adapter gives for the same inputs, the image each token reads, one vision attention block
+    per tile, and relevancy over every patch."""
+    built = build(name)
+    files = []
+    for i, (h, w) in enumerate(PROMPTS["two images"]):
+        files.append(tmp_path / f"noise{i}.png")
+        noise_image(h, w, seed=i).save(files[-1])
+    store_dir = tmp_path / "store"
+    prompt = "what is in the image ?"
+    args = ["record", "--model", str(built.folder), "--prompt", prompt]
+    args += ["--store", str(store_dir), "--max-new-tokens", "2"]
+    for file in files:
+        args += ["--image", str(file)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    trace_id = result.stdout.strip().splitlines()[-1]
+
+    loaded = load_model(str(built.folder))
+    images = [load_image(file) for file in files]
+    expected = loaded.adapter.geometry(loaded.adapter.build_inputs(images, prompt), images)
+    with open_store(store_dir) as store, store.open(trace_id) as trace:
+        geometry, tokens, relevancy = trace.image, trace.tokens, trace.relevancy
+        vision_shapes = trace.vision_shapes
+        vision = [trace.vision_attention_layer(0, s) for s in range(len(vision_shapes))]
+    assert [im.size for im in geometry.images] == [(w, h) for h, w in PROMPTS["two images"]]
+    assert geometry.tiles == expected.geometry.tiles
+    for field in ("rows", "patches", "weights"):
+        got = getattr(geometry.token_patches, field)
+        np.testing.assert_array_equal(got, getattr(expected.geometry.token_patches, field))
+    prompt_index = tokens.image_index[: tokens.prompt_length]
+    np.testing.assert_array_equal(prompt_index, expected.image_index)
+    assert set(prompt_index[tokens.roles[: tokens.prompt_length] == TokenRole.IMAGE]) == {0, 1}
+    layers = loaded.adapter.num_vision_layers()
+    lengths = [len(s) for s in geometry.vision_sequences]
+    assert [(shape[0], shape[2], shape[3]) for shape in vision_shapes] == [
+        (layers, v, v) for v in lengths
+    ]
+    assert len(vision_shapes) == len(geometry.tiles)
+    for heads in vision:
+        np.testing.assert_allclose(heads.sum(-1), 1.0, atol=2e-3)
+    for mode in (RelevancyMode.VISION, RelevancyMode.LLM_THROUGH_VISION):
+        assert relevancy.map(mode).shape == (tokens.answer_length, geometry.num_patches)
