@@ -7,16 +7,23 @@ into 4x4 tokens; pan & scan (minimum crop 8 px here, 256 in the real processor) 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
 from engine.adapters.gemma3 import Gemma3Adapter, PanAndScan
 from engine.capture import capture_attention, capture_vision_attention
+from engine.cli import app as cli
 from engine.errors import PromptError
 from engine.inputs import ImageInput, load_image
+from engine.loading import load_model
+from engine.recorder import RecordOptions, record
+from store import GenerationSettings, open_store
 from tests.engine.families import oracle
 from tests.engine.families.images import noise_image, painted
 
@@ -251,3 +258,54 @@ def test_paligemma_prompt_is_the_processors_convention(build):
     assert inputs["token_type_ids"].eq(0).all()  # the whole prompt is the prefix
     with pytest.raises(PromptError, match="one image"):
         adapter.build_inputs(images * 2, PROMPT)
+
+
+def test_two_images_recorded_through_the_cli(build, tmp_path):
+    """``record`` with two ``--image``: two tiles, each image token knows its image, one vision
+    sequence per image, relevancy on all 128 patches; read back from the store."""
+    built = build("gemma3")
+    paths = []
+    for i, (h, w) in enumerate([(40, 56), (48, 48)]):
+        paths += ["--image", str(tmp_path / f"image{i}.png")]
+        noise_image(h, w, seed=i).save(paths[-1])
+    store = tmp_path / "store"
+    args = ["record", "--model", str(built.folder), *paths, "--prompt", PROMPT]
+    result = CliRunner().invoke(cli, [*args, "--store", str(store), "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    with open_store(store) as opened, opened.open(result.stdout.strip().splitlines()[-1]) as trace:
+        geometry, tokens = trace.image, trace.tokens
+        assert [(t.image, t.kind, t.box) for t in geometry.tiles] == [
+            (0, "full", (0, 0, 56, 40)),
+            (1, "full", (0, 0, 48, 48)),
+        ]
+        on_image = tokens.image_index[tokens.image_positions]
+        np.testing.assert_array_equal(on_image, np.repeat([0, 1], 16))
+        for sequence in range(2):
+            assert trace.vision_attention_layer(1, sequence).shape == (2, 64, 64)
+        for mode in trace.relevancy.modes:
+            assert trace.relevancy.on_patches(mode, geometry).shape == (3, 128)
+        assert trace.info.extra["recording"]["lm_mask"] == "image blocks"
+
+
+def test_pan_and_scan_recorded_and_read_back(build, tmp_path):
+    """The recorder with a pan & scan adapter: the global view and its three crops are four
+    tiles and four vision sequences of the one image, and every relevancy mode covers them."""
+    built = build("gemma3")
+    loaded = load_model(str(built.folder))
+    loaded = dataclasses.replace(
+        loaded, adapter=Gemma3Adapter(loaded.model, loaded.processor, PAN_AND_SCAN)
+    )
+    image = load_image(noise_image(40, 120), "wide.png")
+    trace = record(loaded, image, PROMPT, RecordOptions(GenerationSettings(max_new_tokens=2)))
+    with open_store(tmp_path / "store") as opened:
+        trace_id = opened.add(trace)
+        with opened.open(trace_id) as stored:
+            geometry = stored.image
+            assert [t.kind for t in geometry.tiles] == ["global", "crop", "crop", "crop"]
+            assert {t.image for t in geometry.tiles} == {0}
+            assert len(geometry.vision_sequences) == 4
+            assert stored.vision_attention_layer(0, 3).shape == (2, 64, 64)
+            relevancy = stored.relevancy
+            for mode in relevancy.modes:
+                maps = relevancy.on_patches(mode, geometry)
+                assert maps.shape == (2, 4 * 64) and np.isfinite(maps).all()
