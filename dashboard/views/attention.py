@@ -161,7 +161,8 @@ def vision_tower(config: StoreConfig, trace: StoredTrace) -> None:
         )
     tokens = np.asarray(sequences[sequence])
     view = stitch.sequence_view(geometry, sequence)
-    picked = [p for p in picker.selected(geometry) if p in set(tokens.tolist())]
+    held = set(tokens.tolist())
+    picked = [p for p in picker.selected(geometry) if p in held]
     seed = int(np.flatnonzero(tokens == picked[0])[0]) if picked else 0
     query = st.selectbox(
         "Query token",

@@ -36,8 +36,16 @@ class DemoStore:
     xss: str  # prompt, answer, tokens and a causal result carry HTML/JS/Markdown payloads
     bare: str  # no vision attention, no relevancy, no causal results
     broken: str  # indexed, but its file was deleted
-    legacy: str  # trace format 1: its "all" relevancy is today's llm_through_vision
-    tiled: str  # LLaVA-NeXT-like: a whole-image view plus 2x2 crops, each 4x6 patches
+    legacy: str  # trace format 1 (a file lvlm-interpret 0.1 wrote): one grid, processed image
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyStore:
+    """One trace per image geometry beyond LLaVA-1.5's single grid (a store of its own, so
+    the demo store's Browse table stays as its tests know it)."""
+
+    directory: Path
+    tiled: str  # LLaVA-NeXT-like: a global view plus 2x2 crops, each 4x6 patches
     images: str  # two images of different patch grids (two vision sequences)
     merged: str  # Qwen-VL-like: each token reads a 2x2 block of patches; tower without CLS
     cross: str  # Mllama-like: no image tokens, cross-attention keys -> patches
@@ -109,21 +117,35 @@ def demo_store_at(directory: Path) -> DemoStore:
         )
         store.put_result(xss, "causal", MD_IMAGE, {MD_IMAGE: patches, f"**{XSS_IMG}**": 0.5})
         store.tag(main, "demo")
-        tiled = store.add(make_synthetic_trace(seed=7, grid=(4, 6), crops=(2, 2), prompt_len=140))
-        images = store.add(make_synthetic_trace(seed=8, grid=[(4, 6), (2, 4)], prompt_len=48))
-        merged = store.add(make_synthetic_trace(seed=9, grid=(4, 6), merge=2, vision_has_cls=False))
-        cross = store.add(make_synthetic_trace(seed=10, grid=(4, 6), cross_attention=True))
-        policy = store.add(make_synthetic_trace(seed=11, grid=(4, 6), policy="answer_rows"))
     for path in directory.rglob(f"{broken}*.h5"):
         path.unlink()
-    return DemoStore(
-        directory, main, second, xss, bare, broken, legacy, tiled, images, merged, cross, policy
-    )
+    return DemoStore(directory, main, second, xss, bare, broken, legacy)
+
+
+def family_store_at(directory: Path) -> FamilyStore:
+    with open_store(directory, mode="a") as store:
+        return FamilyStore(
+            directory,
+            tiled=store.add(
+                make_synthetic_trace(seed=7, grid=(4, 6), crops=(2, 2), prompt_len=140)
+            ),
+            images=store.add(make_synthetic_trace(seed=8, grid=[(4, 6), (2, 4)])),
+            merged=store.add(
+                make_synthetic_trace(seed=9, grid=(4, 6), merge=2, vision_has_cls=False)
+            ),
+            cross=store.add(make_synthetic_trace(seed=10, grid=(4, 6), cross_attention=True)),
+            policy=store.add(make_synthetic_trace(seed=11, grid=(4, 6), policy="answer_rows")),
+        )
 
 
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
     return demo_store_at(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="session")
+def family_store(tmp_path_factory: pytest.TempPathFactory) -> FamilyStore:
+    return family_store_at(tmp_path_factory.mktemp("families"))
 
 
 @pytest.fixture
