@@ -1,20 +1,31 @@
 """One trace <-> one HDF5 file. Writes a complete file; reads lazily with a sized chunk cache.
 
-Layout (format version in the root attributes; see "File layout" in README.md):
+Layout of format 3 (format version in the root attributes; see "File layout" in README.md):
 
-    /                 attrs: format_version, trace_id, precision, info (JSON of TraceInfo)
-    /tokens/          ids, text, roles, word_ids, image_patch; attr prompt_length
-    /image/           processed, patch_boxes; attrs grid_rows, grid_cols, original_size,
-                      vision_has_cls
+    /                 attrs: format_version, trace_id, precision, policy, info (JSON of
+                      TraceInfo), info_crc32
+    /tokens/          ids, text, roles, word_ids, image_patch, image_index; attr prompt_length
+    /image/           attrs: layout (JSON: images' name/sha256/size, tiles, vision_summary),
+                      layout_crc32
+                      pixels/<i> [h, w, 3] uint8 per image; patch_tile [G], patch_boxes [G, 4]
+                      token_rows, token_patches, token_weights (the token -> patch map)
+                      key_rows, key_patches, key_weights (cross-attention keys, when any)
+                      vision_sequence_patches [sum V], vision_sequence_lengths [S]
     /top_k/           ids, probs, text, chosen_prob
     /summaries/       attention_shares, head_image_attention
-    /relevancy/       llm, vision, all, llm_through_vision (absent when not recorded;
-                      format 1: llm, vision, all = today's llm_through_vision)
-    /lm_attention     [L, H, T, T]; attr encoding = "fp16" | "log8"
-    /lm_attention_row_max      [L, H, T] float32           (log8 only)
-    /vision_attention [Lv, Hv, V, V], same encodings       (absent when not recorded)
-    /vision_attention_row_max  [Lv, Hv, V] float32         (log8 only)
+    /relevancy/       llm, vision, all, llm_through_vision (absent when not recorded)
+    /lm_attention     [L, H, R, T]; attr encoding = "fp16" | "log8"
+    /lm_rows          [R] int32: the query rows kept (absent when R = T, policy "full")
+    /vision_attention/<s>  [Lv, Hv, V, V] per vision sequence, same encodings (absent when
+                      not recorded)
+    /cross_attention  [Lx, H, T, K], same encodings; attr layers (absent when none)
+    /<attention>_row_max       [..., rows] float32 beside each log8 attention
     /<attention>_blocks        [L, row chunks, H, 2] int64  (see store/_blocks)
+
+Formats 1 and 2 (one image, one grid: /image/processed, patch_boxes, attrs grid_rows,
+grid_cols, original_size, vision_has_cls; /vision_attention one dataset) are read as one
+image of one tile: the processed image is the displayed one and patch boxes are its grid's
+cells (their original-image boxes do not match the processed pixels shown).
 
 Attention is chunked (1, H, 16, T): 16 query rows of every head of one layer. Reading a
 heatmap, one token's row across all layers, or an answer x image block each touch few
@@ -41,8 +52,13 @@ from .errors import CorruptTrace, FormatTooNew
 from .schema import (
     FORMAT_VERSION,
     ImageGeometry,
+    PatchMap,
+    RecordingPolicy,
     Relevancy,
+    SourceImage,
     Summaries,
+    Tile,
+    TokenRole,
     TokenTable,
     TopK,
     Trace,
@@ -76,13 +92,29 @@ def _text_crc(text: object) -> int:
     return zlib.crc32(json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
+def _put_json(node: h5py.Group | h5py.File, name: str, value: object) -> None:
+    """A JSON attribute and the CRC-32 of its UTF-8 bytes beside it (``<name>_crc32``)."""
+    node.attrs[name] = text = json.dumps(value)
+    node.attrs[f"{name}_crc32"] = zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+
+def _get_json(node: h5py.Group | h5py.File, name: str, what: str) -> Any:
+    text = node.attrs[name]
+    crc = node.attrs.get(f"{name}_crc32")
+    if crc is not None and int(crc) != zlib.crc32(text.encode("utf-8", "surrogatepass")):
+        raise CorruptTrace(
+            f"{node.file.filename}: its {what} fails its checksum; the file is damaged"
+        )
+    return json.loads(text)
+
+
 def _put_text(group: h5py.Group, name: str, text: list[str] | list[list[str]]) -> None:
     """Text takes no HDF5 filters: a CRC-32 of its JSON form is kept as an attribute."""
     ds = group.create_dataset(name, data=np.array(text, dtype=object), dtype=_STR)
     ds.attrs["crc32"] = _text_crc(np.array(text, dtype=object).tolist())
 
 
-def _put_attention(f: h5py.File, name: str, att: np.ndarray, precision: Precision) -> None:
+def _put_attention(f: h5py.Group, name: str, att: np.ndarray, precision: Precision) -> None:
     """Write [L, H, R, C] attention one layer at a time (bounded memory for lossy encodings).
 
     The dataset declares the Blosc2 filter (so plain h5py reads it); its chunks are written
@@ -213,12 +245,13 @@ def write_trace(fd: int, trace: Trace, precision: Precision) -> None:
 
 
 def _fill(f: h5py.File, trace: Trace, precision: Precision) -> None:
-    tok, img, top = trace.tokens, trace.image, trace.top_k
+    tok, top = trace.tokens, trace.top_k
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["trace_id"] = trace.info.trace_id
     f.attrs["precision"] = precision.value
-    f.attrs["info"] = info = json.dumps(trace.info.to_dict())
-    f.attrs["info_crc32"] = zlib.crc32(info.encode("utf-8", "surrogatepass"))
+    policy = trace.policy
+    f.attrs["policy"] = policy.value if policy is not None else "custom"
+    _put_json(f, "info", trace.info.to_dict())
 
     g = f.create_group("tokens")
     g.attrs["prompt_length"] = tok.prompt_length
@@ -227,14 +260,9 @@ def _fill(f: h5py.File, trace: Trace, precision: Precision) -> None:
     _put(g, "roles", np.asarray(tok.roles, np.int8))
     _put(g, "word_ids", np.asarray(tok.word_ids, np.int32))
     _put(g, "image_patch", np.asarray(tok.image_patch, np.int32))
+    _put(g, "image_index", np.asarray(tok.image_index, np.int32))
 
-    g = f.create_group("image")
-    g.attrs["grid_rows"] = img.grid_rows
-    g.attrs["grid_cols"] = img.grid_cols
-    g.attrs["original_size"] = np.asarray(img.original_size, np.int64)
-    g.attrs["vision_has_cls"] = bool(img.vision_has_cls)
-    _put(g, "processed", np.asarray(img.processed, np.uint8))
-    _put(g, "patch_boxes", np.asarray(img.patch_boxes, np.float32))
+    _put_image(f.create_group("image"), trace.image)
 
     g = f.create_group("top_k")
     _put(g, "ids", np.asarray(top.ids, np.int64))
@@ -255,8 +283,46 @@ def _fill(f: h5py.File, trace: Trace, precision: Precision) -> None:
             g[mode.value].attrs["definition"] = mode.definition
 
     _put_attention(f, "lm_attention", trace.lm_attention, precision)
+    if trace.lm_rows is not None:
+        _put(f, "lm_rows", np.asarray(trace.lm_rows, np.int32))
     if trace.vision_attention is not None:
-        _put_attention(f, "vision_attention", trace.vision_attention, precision)
+        g = f.create_group("vision_attention")
+        for s, att in enumerate(trace.vision_attention):
+            _put_attention(g, str(s), att, precision)
+    if trace.cross_attention is not None:
+        _put_attention(f, "cross_attention", trace.cross_attention.weights, precision)
+        f["cross_attention"].attrs["layers"] = np.asarray(trace.cross_attention.layers, np.int64)
+
+
+def _put_map(g: h5py.Group, prefix: str, patch_map: PatchMap) -> None:
+    _put(g, f"{prefix}_rows", np.asarray(patch_map.rows, np.int32))
+    _put(g, f"{prefix}_patches", np.asarray(patch_map.patches, np.int32))
+    _put(g, f"{prefix}_weights", np.asarray(patch_map.weights, np.float32))
+
+
+def _put_image(g: h5py.Group, geo: ImageGeometry) -> None:
+    layout = {
+        "images": [
+            {"name": im.name, "sha256": im.sha256, "size": list(im.size)} for im in geo.images
+        ],
+        "tiles": [
+            {"image": t.image, "box": list(t.box), "rows": t.rows, "cols": t.cols, "kind": t.kind}
+            for t in geo.tiles
+        ],
+        "vision_summary": geo.vision_summary,
+    }
+    _put_json(g, "layout", layout)
+    pixels = g.create_group("pixels")
+    for i, im in enumerate(geo.images):
+        _put(pixels, str(i), np.asarray(im.pixels, np.uint8))
+    _put(g, "patch_tile", np.asarray(geo.patch_tile, np.int32))
+    _put(g, "patch_boxes", np.asarray(geo.patch_boxes, np.float32))
+    _put_map(g, "token", geo.token_patches)
+    if geo.key_patches is not None:
+        _put_map(g, "key", geo.key_patches)
+    sequences = [np.asarray(s, np.int32) for s in geo.vision_sequences]
+    _put(g, "vision_sequence_lengths", np.array([len(s) for s in sequences], np.int32))
+    _put(g, "vision_sequence_patches", np.concatenate(sequences or [np.zeros(0, np.int32)]))
 
 
 def open_file(path: str) -> h5py.File:
@@ -286,11 +352,7 @@ def open_file(path: str) -> h5py.File:
 
 
 def read_info(f: h5py.File) -> TraceInfo:
-    text = f.attrs["info"]
-    crc = f.attrs.get("info_crc32")
-    if crc is not None and int(crc) != zlib.crc32(text.encode("utf-8", "surrogatepass")):
-        raise CorruptTrace(f"{f.filename}: its metadata fails its checksum; the file is damaged")
-    return TraceInfo.from_dict(json.loads(text))
+    return TraceInfo.from_dict(_get_json(f, "info", "metadata"))
 
 
 def read_text(ds: h5py.Dataset) -> list:
@@ -310,20 +372,81 @@ def read_tokens(f: h5py.File) -> TokenTable:
         word_ids=g["word_ids"][()],
         image_patch=g["image_patch"][()],
         prompt_length=int(g.attrs["prompt_length"]),
+        image_index=g["image_index"][()] if "image_index" in g else None,
     )
+
+
+def read_policy(f: h5py.File) -> RecordingPolicy | None:
+    """The file's recording policy; None for rows of no named policy."""
+    value = str(f.attrs.get("policy", RecordingPolicy.FULL.value))
+    return RecordingPolicy(value) if value in RecordingPolicy._value2member_map_ else None
+
+
+def read_lm_rows(f: h5py.File) -> np.ndarray | None:
+    return f["lm_rows"][()] if "lm_rows" in f else None
+
+
+def _read_map(g: h5py.Group, prefix: str) -> PatchMap:
+    return PatchMap(g[f"{prefix}_rows"][()], g[f"{prefix}_patches"][()], g[f"{prefix}_weights"][()])
 
 
 def read_image(f: h5py.File) -> ImageGeometry:
+    if int(f.attrs["format_version"]) < 3:
+        return _read_one_grid_image(f)
     g = f["image"]
-    size = g.attrs["original_size"]
+    layout = _get_json(g, "layout", "image layout")
+    images = [
+        SourceImage(im["name"], im["sha256"], tuple(im["size"]), g["pixels"][str(i)][()])
+        for i, im in enumerate(layout["images"])
+    ]
+    tiles = [
+        Tile(t["image"], tuple(t["box"]), t["rows"], t["cols"], t["kind"]) for t in layout["tiles"]
+    ]
+    ends = np.cumsum(g["vision_sequence_lengths"][()])
+    sequences = np.split(g["vision_sequence_patches"][()], ends[:-1]) if len(ends) else []
     return ImageGeometry(
-        grid_rows=int(g.attrs["grid_rows"]),
-        grid_cols=int(g.attrs["grid_cols"]),
-        processed=g["processed"][()],
-        original_size=(int(size[0]), int(size[1])),
+        images=images,
+        tiles=tiles,
+        patch_tile=g["patch_tile"][()],
         patch_boxes=g["patch_boxes"][()],
-        vision_has_cls=bool(g.attrs["vision_has_cls"]),
+        token_patches=_read_map(g, "token"),
+        vision_sequences=list(sequences),
+        vision_summary=layout["vision_summary"],
+        key_patches=_read_map(g, "key") if "key_rows" in g else None,
     )
+
+
+def _read_one_grid_image(f: h5py.File) -> ImageGeometry:
+    """Formats 1-2: one image of one tile, drawn as the processed image it was recorded with
+    (patch boxes become that image's grid cells, so old traces still draw correctly)."""
+    g = f["image"]
+    rows, cols = int(g.attrs["grid_rows"]), int(g.attrs["grid_cols"])
+    processed = g["processed"][()]
+    h, w = processed.shape[:2]
+    info = read_info(f)
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    cw, ch = w / cols, h / rows
+    boxes = np.stack([c * cw, r * ch, (c + 1) * cw, (r + 1) * ch], axis=1).astype(np.float32)
+    tokens = f["tokens"]
+    on_image = np.flatnonzero(tokens["roles"][()] == TokenRole.IMAGE)
+    cls = bool(g.attrs["vision_has_cls"])
+    patches = np.arange(rows * cols, dtype=np.int32)
+    return ImageGeometry(
+        images=[SourceImage(info.image_name, info.image_sha256, (w, h), processed)],
+        tiles=[Tile(0, (0.0, 0.0, float(w), float(h)), rows, cols, "full")],
+        patch_tile=np.zeros(rows * cols, np.int32),
+        patch_boxes=boxes,
+        token_patches=PatchMap.one_to_one(on_image, tokens["image_patch"][()][on_image]),
+        vision_sequences=[np.concatenate([[-1], patches]).astype(np.int32) if cls else patches],
+        vision_summary="cls" if cls else "mean",
+        processed=processed,
+    )
+
+
+def read_cross_layers(f: h5py.File) -> list[int] | None:
+    if "cross_attention" not in f:
+        return None
+    return [int(n) for n in f["cross_attention"].attrs["layers"]]
 
 
 def read_top_k(f: h5py.File) -> TopK:
@@ -378,9 +501,20 @@ def read_attention(
 
 
 def attention_datasets(
-    f: h5py.File, name: str
+    f: h5py.File | h5py.Group, name: str
 ) -> tuple[_blocks.BlockedDataset, h5py.Dataset | None]:
     """The attention dataset ``name`` with its block table and, when log8, its row maxima."""
     ds = f[name]
     log8 = ds.attrs.get("encoding", "fp16") == "log8"
     return _blocks.BlockedDataset(ds), (f[f"{name}_row_max"] if log8 else None)
+
+
+def vision_datasets(f: h5py.File) -> list[tuple[_blocks.BlockedDataset, h5py.Dataset | None]]:
+    """Each vision sequence's attention (format 1-2 files hold one), [] when not recorded."""
+    if "vision_attention" not in f:
+        return []
+    node = f["vision_attention"]
+    if isinstance(node, h5py.Dataset):
+        return [attention_datasets(f, "vision_attention")]
+    count = sum(1 for name in node if name.isdigit())
+    return [attention_datasets(node, str(s)) for s in range(count)]

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import h5py
-import numpy as np
 import sqlalchemy as sa
 
 from . import _codec, _h5
@@ -42,6 +41,7 @@ from ._paths import (
 from ._stored import StoredTrace
 from .errors import CorruptTrace, StoreError, StoreOpenError, StoreReadOnly
 from .schema import Trace, TraceInfo, new_trace_id
+from .validation import check_trace
 
 Mode = Literal["r", "a"]
 
@@ -146,31 +146,6 @@ def _write_durably(path: Path, trace: Trace, precision: Precision) -> tuple[str,
     finally:
         os.close(fd)
     return digest, size
-
-
-def _check_trace(trace: Trace) -> None:
-    """Reject traces whose arrays disagree with each other, before anything is written."""
-    att = (
-        np.asarray(trace.lm_attention)
-        if not hasattr(trace.lm_attention, "shape")
-        else trace.lm_attention
-    )
-    t = len(trace.tokens.text)
-    if att.ndim != 4 or att.shape[2] != t or att.shape[3] != t:
-        raise ValueError(f"lm_attention must be [L, H, T, T] with T={t} tokens, got {att.shape}")
-    if not 0 < trace.tokens.prompt_length <= t:
-        raise ValueError(f"prompt_length {trace.tokens.prompt_length} outside 1..{t}")
-    for name, arr in (
-        ("ids", trace.tokens.ids),
-        ("roles", trace.tokens.roles),
-        ("word_ids", trace.tokens.word_ids),
-        ("image_patch", trace.tokens.image_patch),
-    ):
-        if len(arr) != t:
-            raise ValueError(f"tokens.{name} has {len(arr)} entries, expected {t}")
-    vis = trace.vision_attention
-    if vis is not None and (vis.ndim != 4 or vis.shape[2] != vis.shape[3]):
-        raise ValueError(f"vision_attention must be [Lv, Hv, V, V], got {vis.shape}")
 
 
 def _normalised(info: TraceInfo) -> TraceInfo:
@@ -315,7 +290,10 @@ class TraceStore:
 
     def _writable(self) -> None:
         if self.mode != "a":
-            raise StoreReadOnly(f"store {self.root} was opened with mode='r'; reopen with mode='a'")
+            raise StoreReadOnly(
+                f"store {self.root} was opened read-only; open it with open_store(..., "
+                "writable=True) to change it"
+            )
 
     # -- adding ------------------------------------------------------------------------------
     def add(self, trace: Trace, *, lossy: bool | str | Precision = False) -> str:
@@ -330,7 +308,7 @@ class TraceStore:
             trace = replace(trace, info=replace(trace.info, trace_id=new_trace_id()))
         trace = replace(trace, info=_normalised(trace.info))
         trace_id = trace.info.trace_id
-        _check_trace(trace)
+        check_trace(trace)
         with guard(f"adding trace {trace_id}"):
             if self._index.exists(trace_id):
                 raise StoreError(f"trace {trace_id} is already in the store; delete it first")
@@ -709,12 +687,16 @@ def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexRe
             return store._reindex(old)
 
 
-def open_store(directory: str | Path, db_url: str | None = None, mode: Mode = "a") -> TraceStore:
-    """Open (mode "a": create if needed) the store in ``directory``.
+def open_store(
+    directory: str | Path, db_url: str | None = None, *, writable: bool = False
+) -> TraceStore:
+    """Open the store in ``directory`` to read it, or with ``writable=True`` to add and edit
+    (creating it if needed).
 
-    ``db_url``: any SQLAlchemy URL for the index; default is ``index.sqlite`` inside the
-    directory. Mode "r" never writes; "a" reads, adds and edits. Every problem with the
+    Read-only is the default so that viewers and reports can never change a store by
+    accident: every write on it raises :class:`StoreReadOnly`. ``db_url``: any SQLAlchemy URL
+    for the index; default is ``index.sqlite`` inside the directory. Every problem with the
     directory or the URL raises :class:`StoreOpenError` (or :class:`StoreReadOnly`,
     :class:`FormatTooNew`, :class:`IndexSchemaTooOld`); all are :class:`StoreError`.
     """
-    return TraceStore(directory, db_url=db_url, mode=mode)
+    return TraceStore(directory, db_url=db_url, mode="a" if writable else "r")

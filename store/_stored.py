@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,34 +12,33 @@ import numpy as np
 
 from . import _blocks, _h5
 from ._codec import Precision
-from .errors import CorruptTrace, StoreError
-from .schema import ImageGeometry, Relevancy, Summaries, TokenTable, TopK, Trace, TraceInfo
+from .errors import CorruptTrace, MissingData, StoreError
+from .schema import (
+    CrossAttention,
+    ImageGeometry,
+    RecordingPolicy,
+    Relevancy,
+    Summaries,
+    TokenTable,
+    TopK,
+    Trace,
+    TraceInfo,
+    answer_row,
+)
+from .views import AttentionView
 
 Indices = Sequence[int] | np.ndarray | range | slice
 T = TypeVar("T")
+Attention = tuple[_blocks.BlockedDataset, h5py.Dataset | None]
 
 
-def _selector(idx: Indices, size: int, what: str) -> tuple[slice | np.ndarray, np.ndarray | None]:
-    """Turn requested positions into an h5py selector plus the reorder that restores them.
-
-    h5py wants increasing, unique index lists (and reads a slice fastest), so a contiguous
-    run becomes a slice and anything else a sorted unique array; the second value maps the
-    read back to the order (and duplicates) the caller asked for.
-    """
-    if isinstance(idx, slice):
-        idx = range(*idx.indices(size))
-    arr = np.asarray(idx, dtype=np.int64).reshape(-1)
-    if arr.size == 0:
+def _positions(idx: Indices, what: str) -> Sequence[int] | np.ndarray | slice:
+    """``idx`` as the view takes it; an empty request is an error (it is always a bug)."""
+    if isinstance(idx, range):
+        idx = np.arange(idx.start, idx.stop, idx.step)
+    if not isinstance(idx, slice) and np.size(idx) == 0:
         raise IndexError(f"no {what} requested")
-    arr = np.where(arr < 0, arr + size, arr)
-    if arr.min() < 0 or arr.max() >= size:
-        raise IndexError(f"{what} out of range 0..{size - 1}: {idx}")
-    if arr.size == arr[-1] - arr[0] + 1 and np.all(np.diff(arr) == 1):
-        return slice(int(arr[0]), int(arr[-1]) + 1), None
-    uniq, inverse = np.unique(arr, return_inverse=True)
-    if uniq.size == uniq[-1] - uniq[0] + 1:
-        return slice(int(uniq[0]), int(uniq[-1]) + 1), inverse
-    return uniq, inverse
+    return idx
 
 
 def _check(i: int, size: int, what: str) -> int:
@@ -47,6 +46,13 @@ def _check(i: int, size: int, what: str) -> int:
     if not -size <= i < size:
         raise IndexError(f"{what} {i} out of range 0..{size - 1}")
     return i % size
+
+
+def _view(attention: Attention, rows: np.ndarray | None = None, policy: str = "full"):
+    """The :class:`AttentionView` of a stored attention tensor (reads checked, float32)."""
+    return AttentionView(
+        partial(_h5.read_attention, *attention), attention[0].values.shape, rows, policy
+    )
 
 
 class StoredTrace:
@@ -62,7 +68,7 @@ class StoredTrace:
         self.format_version = int(self._f.attrs["format_version"])
         self._lm = _h5.attention_datasets(self._f, "lm_attention")
         shape = self._lm[0].values.shape
-        self.num_layers, self.num_heads, self.seq_len = (int(n) for n in shape[:3])
+        self.num_layers, self.num_heads, self.seq_len = (int(shape[i]) for i in (0, 1, 3))
         if info is not None:
             self.info = info
 
@@ -91,14 +97,52 @@ class StoredTrace:
         return Precision(str(self._f.attrs.get("precision", "lossless")))
 
     @cached_property
-    def _vision(self) -> tuple[_blocks.BlockedDataset, h5py.Dataset | None] | None:
-        if "vision_attention" not in self._f:
-            return None
-        return _h5.attention_datasets(self._f, "vision_attention")
+    def policy(self) -> RecordingPolicy | None:
+        """The recording policy (formats 1-2: full); None for rows of no named policy."""
+        return self._part(_h5.read_policy)
 
     @cached_property
+    def lm_rows(self) -> np.ndarray | None:
+        """The query rows kept, sorted; None when every row is (policy full)."""
+        return self._part(_h5.read_lm_rows)
+
+    @cached_property
+    def lm_attention(self) -> AttentionView:
+        """``[layer, head, rows, cols]`` over the [L, H, T, T] LM attention, rows absolute
+        whatever the policy kept (see :mod:`store.views`); float32."""
+        policy = self.policy.value if self.policy is not None else "custom"
+        return _view(self._lm, self.lm_rows, policy)
+
+    def has_rows(self, rows: int | Indices) -> bool:
+        """Whether the LM attention holds every query row in ``rows``."""
+        return self.lm_attention.has_rows(rows)
+
+    @cached_property
+    def _vision(self) -> list[Attention]:
+        return self._part(_h5.vision_datasets)
+
+    @cached_property
+    def vision_shapes(self) -> list[tuple[int, int, int, int]]:
+        """[Lv, Hv, V, V] of each vision sequence's attention ([] when not recorded)."""
+        return [tuple(int(n) for n in blocked.values.shape) for blocked, _ in self._vision]
+
+    @property
     def vision_shape(self) -> tuple[int, int, int, int] | None:
-        return None if self._vision is None else tuple(int(n) for n in self._vision[0].values.shape)
+        """The first vision sequence's shape (every sequence has the same Lv and Hv)."""
+        return self.vision_shapes[0] if self.vision_shapes else None
+
+    @cached_property
+    def cross_layers(self) -> list[int] | None:
+        """The LM layers holding cross-attention (Mllama), None when the trace has none."""
+        return self._part(_h5.read_cross_layers)
+
+    @cached_property
+    def cross_attention(self) -> AttentionView | None:
+        """``[i, head, rows, keys]`` over the [Lx, H, T, K] cross-attention (``i`` indexes
+        :attr:`cross_layers`), or None."""
+        if self.cross_layers is None:
+            return None
+        return _view(_h5.attention_datasets(self._f, "cross_attention"))
 
     # -- context manager -------------------------------------------------------------------
     def close(self) -> None:
@@ -133,7 +177,7 @@ class StoredTrace:
 
     @property
     def has_vision_attention(self) -> bool:
-        return self.vision_shape is not None
+        return bool(self._vision)
 
     @cached_property
     def prompt_length(self) -> int:
@@ -143,82 +187,77 @@ class StoredTrace:
     def answer_length(self) -> int:
         return self.seq_len - self.prompt_length
 
-    # -- language-model attention -------------------------------------------------------------
+    # -- language-model attention (float32, through the view) ----------------------------------
     def attention(self, layer: int, head: int) -> np.ndarray:
-        """[T, T] heatmap of one LM head."""
+        """[T, T] heatmap of one LM head (every row: a policy other than full lacks some)."""
         layer = _check(layer, self.num_layers, "layer")
         head = _check(head, self.num_heads, "head")
-        return _h5.read_attention(*self._lm, (layer, head, slice(None), slice(None)))
+        return self.lm_attention[layer, head]
 
     def attention_heads(self, layer: int, heads: Indices) -> np.ndarray:
         """[len(heads), T, T]: heatmaps of chosen heads of one LM layer, read together (a
         contiguous run of heads reads only those heads' blocks)."""
         layer = _check(layer, self.num_layers, "layer")
-        head_sel, head_inv = _selector(heads, self.num_heads, "heads")
-        out = _h5.read_attention(*self._lm, (layer, head_sel, slice(None), slice(None)))
-        return out if head_inv is None else out[head_inv]
+        return self.lm_attention[layer, _positions(heads, "heads")]
 
     def answer_attention(self, k: int) -> np.ndarray:
-        """[L, H, T]: the row that produced answer token ``k`` (row P-1+k), every layer/head."""
+        """[L, H, T]: the row that produced answer token ``k``, every layer and head."""
         k = _check(k, self.answer_length, "answer token")
-        row = self.prompt_length - 1 + k
-        return _h5.read_attention(*self._lm, (slice(None), slice(None), row, slice(None)))
+        return self.lm_attention[:, :, answer_row(self.prompt_length, k)]
 
     def attention_rows(self, rows: Indices, layers: Indices | None = None) -> np.ndarray:
         """[l, H, len(rows), T]: chosen query rows of every head, for all or chosen layers."""
-        row_sel, row_inv = _selector(rows, self.seq_len, "rows")
-        layer_ids = range(self.num_layers) if layers is None else layers
-        layer_sel, layer_inv = _selector(layer_ids, self.num_layers, "layers")
-        if isinstance(layer_sel, slice):
-            out = _h5.read_attention(*self._lm, (layer_sel, slice(None), row_sel, slice(None)))
-        else:
-            out = np.stack(
-                [
-                    _h5.read_attention(*self._lm, (int(i), slice(None), row_sel, slice(None)))
-                    for i in layer_sel
-                ]
-            )
-        if layer_inv is not None:
-            out = out[layer_inv]
-        return out if row_inv is None else out[:, :, row_inv]
+        layers = slice(None) if layers is None else _positions(layers, "layers")
+        return self.lm_attention[layers, :, _positions(rows, "rows")]
 
     def attention_block(self, rows: Indices, cols: Indices) -> np.ndarray:
         """[L, H, len(rows), len(cols)], e.g. answer rows x image columns, every layer/head."""
-        row_sel, row_inv = _selector(rows, self.seq_len, "rows")
-        col_sel, col_inv = _selector(cols, self.seq_len, "columns")
-        # h5py allows one index list per read: columns are read as their bounding slice.
-        if isinstance(col_sel, slice):
-            col_read, col_take = col_sel, None
-        else:
-            col_read = slice(int(col_sel[0]), int(col_sel[-1]) + 1)
-            col_take = col_sel - col_sel[0]
-        out = _h5.read_attention(*self._lm, (slice(None), slice(None), row_sel, col_read))
-        if col_take is not None:
-            out = out[..., col_take]
-        if row_inv is not None:
-            out = out[:, :, row_inv]
-        return out if col_inv is None else out[..., col_inv]
+        return self.lm_attention[:, :, _positions(rows, "rows"), _positions(cols, "columns")]
 
     # -- vision tower -----------------------------------------------------------------------
-    def vision_attention(self, layer: int, head: int) -> np.ndarray | None:
-        """[V, V] heatmap of one vision-tower head, or None when not recorded."""
-        if self.vision_shape is None:
+    def _vision_of(self, sequence: int) -> Attention | None:
+        if not self._vision:
             return None
-        layer = _check(layer, self.vision_shape[0], "vision layer")
-        head = _check(head, self.vision_shape[1], "vision head")
-        return _h5.read_attention(*self._vision, (layer, head, slice(None), slice(None)))
+        return self._vision[_check(sequence, len(self._vision), "vision sequence")]
 
-    def vision_attention_layer(self, layer: int) -> np.ndarray | None:
-        """[Hv, V, V]: every head of one vision layer, or None when not recorded."""
-        if self.vision_shape is None:
+    def vision_attention(self, layer: int, head: int, sequence: int = 0) -> np.ndarray | None:
+        """[V, V] heatmap of one vision-tower head over one vision sequence (see
+        ``ImageGeometry.vision_sequences``), or None when not recorded."""
+        attention = self._vision_of(sequence)
+        if attention is None:
             return None
-        layer = _check(layer, self.vision_shape[0], "vision layer")
-        return _h5.read_attention(*self._vision, (layer, slice(None), slice(None), slice(None)))
+        shape = attention[0].values.shape
+        layer = _check(layer, shape[0], "vision layer")
+        head = _check(head, shape[1], "vision head")
+        return _h5.read_attention(*attention, (layer, head, slice(None), slice(None)))
+
+    def vision_attention_layer(self, layer: int, sequence: int = 0) -> np.ndarray | None:
+        """[Hv, V, V]: every head of one vision layer over one sequence, or None."""
+        attention = self._vision_of(sequence)
+        if attention is None:
+            return None
+        layer = _check(layer, attention[0].values.shape[0], "vision layer")
+        every = slice(None)
+        return _h5.read_attention(*attention, (layer, every, every, every))
+
+    # -- cross-attention --------------------------------------------------------------------
+    def cross_attention_rows(self, layer: int, rows: Indices) -> np.ndarray:
+        """[H, len(rows), K]: the ``layer``-th cross-attention layer's query ``rows``."""
+        view = self.cross_attention
+        if view is None:
+            raise MissingData(
+                f"{self.path.name} holds no cross-attention: its model reads the image through "
+                "image tokens (use the LM attention views)"
+            )
+        return view[
+            _check(layer, view.shape[0], "cross-attention layer"), :, _positions(rows, "rows")
+        ]
 
     # -- everything -------------------------------------------------------------------------
     @staticmethod
-    def _full(blocked: _blocks.BlockedDataset, row_max: h5py.Dataset | None) -> np.ndarray:
-        """The whole tensor, a layer at a time through the checked reads."""
+    def _full(attention: Attention) -> np.ndarray:
+        """The whole stored tensor, a layer at a time through the checked reads."""
+        blocked, row_max = attention
         out = np.empty(blocked.values.shape, np.float16)
         every = slice(None)
         for layer in range(out.shape[0]):
@@ -236,14 +275,19 @@ class StoredTrace:
 
     def read(self) -> Trace:
         """The whole trace in memory (attention as float16, as the schema says)."""
-        vision = self._full(*self._vision) if self._vision is not None else None
+        cross = None
+        if self.cross_layers is not None:
+            weights = self._full(_h5.attention_datasets(self._f, "cross_attention"))
+            cross = CrossAttention(self.cross_layers, weights)
         return Trace(
             info=self.info,
             tokens=self.tokens,
             image=self.image,
             top_k=self.top_k,
-            lm_attention=self._full(*self._lm),
-            vision_attention=vision,
+            lm_attention=self._full(self._lm),
+            vision_attention=[self._full(a) for a in self._vision] if self._vision else None,
             relevancy=self.relevancy,
             summaries=self.summaries,
+            lm_rows=self.lm_rows,
+            cross_attention=cross,
         )

@@ -60,12 +60,12 @@ def _row(table: Table, *cells: str) -> None:
     table.add_row(*(Text(cell) for cell in cells))
 
 
-def _open(store: Path, db: str | None, mode: str = "r") -> TraceStore:
+def _open(store: Path, db: str | None, writable: bool = False) -> TraceStore:
     """Open an existing store: maintenance commands never create one (a mistyped --store
     would otherwise leave an empty store behind and report "no trace" or "removed 0")."""
     if not store.exists() and not store.is_symlink():
         raise StoreError(f"no store at {store.absolute()}; record a trace into it first")
-    return open_store(store, db_url=db, mode=mode)  # type: ignore[arg-type]
+    return open_store(store, db_url=db, writable=writable)
 
 
 @app.command("ls")
@@ -123,7 +123,12 @@ def show(trace_id: str, store: StoreDir = Path("traces"), db: DbUrl = None) -> N
         info = tr.info.to_dict()
         shapes = {
             "lm_attention": [tr.num_layers, tr.num_heads, tr.seq_len, tr.seq_len],
-            "vision_attention": list(tr.vision_shape) if tr.vision_shape else None,
+            "policy": tr.policy.value if tr.policy is not None else "custom",
+            "lm_rows_kept": tr.seq_len if tr.lm_rows is None else len(tr.lm_rows),
+            "vision_attention": [list(shape) for shape in tr.vision_shapes] or None,
+            "cross_attention_layers": tr.cross_layers,
+            "images": len(tr.image.images),
+            "tiles": len(tr.image.tiles),
             "precision": tr.precision.value,
             "prompt_length": tr.prompt_length,
             "relevancy_modes": _held_modes(tr.relevancy),
@@ -148,7 +153,7 @@ def rm(
     """Delete traces (index row and file)."""
     if not yes:
         typer.confirm(f"Delete {len(trace_ids)} trace(s)?", abort=True)
-    with _open(store, db, "a") as st:
+    with _open(store, db, writable=True) as st:
         for tid in trace_ids:
             st.delete(tid)
             console.print(f"deleted {tid}", markup=False)
@@ -164,7 +169,7 @@ def tag(
     remove: Annotated[bool, typer.Option("--remove", help="Remove these tags instead.")] = False,
 ) -> None:
     """Add (or with --remove, remove) tags."""
-    with _open(store, db, "a") as st:
+    with _open(store, db, writable=True) as st:
         (st.untag if remove else st.tag)(trace_id, *tags)
         info = st.get(trace_id)
         console.print(f"{info.trace_id}: {', '.join(info.tags) or '(no tags)'}", markup=False)
@@ -196,7 +201,7 @@ def verify(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
 @_one_line_errors
 def gc(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
     """Remove leftovers of interrupted writes and files no index row points at."""
-    with _open(store, db, "a") as st:
+    with _open(store, db, writable=True) as st:
         report = st.gc()
     console.print(
         f"removed {len(report.removed_temp)} temp file(s), {len(report.removed_orphans)} "
@@ -269,13 +274,16 @@ def relevancy(
     answer = tokens.text[tokens.prompt_length :]
     if not 0 <= token < len(answer):
         _refuse(f"--token must be in 0..{len(answer) - 1} (the answer's tokens)")
-    rows, cols = image.grid_rows, image.grid_cols
-    grid = maps.on_patches(mode, tokens, rows * cols)[token].reshape(rows, cols)
+    values = maps.on_patches(mode, image)[token]
     console.print(f"{mode.value}: {mode.definition}", markup=False, highlight=False)
     console.print(f"answer token {token}: {answer[token]!r}", markup=False, highlight=False)
-    table = Table(show_header=False, box=None)
-    for _ in range(cols):
-        table.add_column(justify="right")
-    for values in grid:
-        table.add_row(*(f"{100 * v:.2f}" for v in values))
-    console.print(table)
+    for i, tile in enumerate(image.tiles):
+        if len(image.tiles) > 1:
+            box = ", ".join(f"{v:g}" for v in tile.box)
+            console.print(f"tile {i} ({tile.kind} of image {tile.image}, box {box}):", markup=False)
+        table = Table(show_header=False, box=None)
+        for _ in range(tile.cols):
+            table.add_column(justify="right")
+        for row in values[image.tile_patches(i)].reshape(tile.rows, tile.cols):
+            table.add_row(*(f"{100 * v:.2f}" for v in row))
+        console.print(table)

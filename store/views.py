@@ -76,7 +76,8 @@ def _plan(pos: np.ndarray, squeeze: bool, gap: int | None) -> _Axis:
 
 
 class AttentionView:
-    """[L, H, T, T] attention of a trace, whatever rows it stored; see the module doc."""
+    """[L, H, T, T] attention of a trace, whatever rows it stored ([Lx, H, T, K] for
+    cross-attention); see the module doc."""
 
     ndim = 4
 
@@ -88,13 +89,13 @@ class AttentionView:
         policy: str = "full",
     ) -> None:
         self._read = read
-        n_layers, n_heads, n_rows, seq_len = (int(n) for n in stored_shape)
-        self.shape = (n_layers, n_heads, seq_len, seq_len)
+        n_layers, n_heads, n_rows, n_cols = (int(n) for n in stored_shape)
+        # Kept rows are rows of the square LM attention; without them every row is stored
+        # (cross-attention's [T, K] too).
+        self.shape = (n_layers, n_heads, n_rows if rows is None else n_cols, n_cols)
         self.rows = None if rows is None else np.asarray(rows, np.int64)
-        if (self.rows is None and n_rows != seq_len) or (
-            self.rows is not None and len(self.rows) != n_rows
-        ):
-            raise ValueError(f"attention of {n_rows} rows does not match its row list")
+        if self.rows is not None and len(self.rows) != n_rows:
+            raise ValueError(f"attention of {n_rows} rows does not match its {len(self.rows)} rows")
         self.policy = policy
 
     @classmethod

@@ -20,7 +20,7 @@ def digest(att: np.ndarray) -> str:
 
 def writer(directory: str, count: int, layers: int) -> None:
     """Add traces forever (or ``count``), each carrying a digest of its attention."""
-    with open_store(directory) as st:
+    with open_store(directory, writable=True) as st:
         print("ready", flush=True)
         i = 0
         while count < 0 or i < count:
@@ -36,7 +36,7 @@ def reader(directory: str, seconds: float) -> None:
     """List and read whatever is visible; any error or torn read fails the process."""
     deadline = time.monotonic() + seconds
     checked = 0
-    with open_store(directory, mode="r") as st:
+    with open_store(directory) as st:
         while time.monotonic() < deadline:
             for info in st.query(TraceQuery(limit=5)).items:
                 with st.open(info.trace_id) as tr:
@@ -51,7 +51,7 @@ def fill_disk(directory: str, limit: int) -> None:
     """Add a trace bigger than the file-size limit: must raise StoreFull, leave nothing."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    with open_store(directory) as st:
+    with open_store(directory, writable=True) as st:
         big = make_synthetic_trace(
             num_layers=8,
             num_heads=8,

@@ -31,5 +31,5 @@ def store_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(store_dir: Path) -> Iterator[TraceStore]:
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         yield st

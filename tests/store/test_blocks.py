@@ -8,7 +8,7 @@ import pytest
 
 from store import _blocks
 from store._blocks import reading, writing
-from store._h5 import attention_datasets, open_file
+from store._h5 import attention_datasets, open_file, vision_datasets
 
 
 def _indexes(t: int) -> list[tuple]:
@@ -43,11 +43,13 @@ def test_block_read_matches_h5py(store, make_trace, lossy):
 
 
 def test_vision_attention_is_blocked_too(store, make_trace):
-    tid = store.add(make_trace(seed=4))
+    tid = store.add(make_trace(seed=4, crops=(1, 2), prompt_len=80))
     with open_file(str(store.layout.trace_path(tid))) as f:
-        blocked, _ = attention_datasets(f, "vision_attention")
-        got = _blocks.read(blocked, (1, 0, slice(None), slice(None)))
-        assert np.array_equal(got, blocked.values[1, 0])
+        sequences = vision_datasets(f)
+        assert len(sequences) == 3
+        for blocked, _ in sequences:
+            got = _blocks.read(blocked, (1, 0, slice(None), slice(None)))
+            assert got is not None and np.array_equal(got, blocked.values[1, 0])
 
 
 def test_one_block_per_head_in_every_chunk(store, make_trace):

@@ -7,7 +7,7 @@ runner = CliRunner()
 
 
 def test_cli_commands(store_dir, make_trace, tmp_path):
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         a = st.add(make_trace(seed=1))
         b = st.add(make_trace(seed=2))
     opts = ["--store", str(store_dir)]

@@ -139,21 +139,21 @@ def test_a_crafted_block_table_raises_corrupt_trace_not_memory_error(store, make
 
 def test_reindex_keeps_the_evidence_of_corruption(store_dir, two):
     a, _ = two
-    path = open_store(store_dir).layout.trace_path(a)
+    path = open_store(store_dir, writable=True).layout.trace_path(a)
     lo, hi = _blocks(path)[1, 0, 2]
     _flip(path, int(lo + hi) // 2)
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert [(p.kind, p.trace_id) for p in st.verify()] == [("checksum_mismatch", a)]
     report = reindex_store(store_dir)
     assert report.indexed == 2 and report.damaged == [a]
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert [(p.kind, p.trace_id) for p in st.verify()] == [("checksum_mismatch", a)]
     # Without any old index, the file's own block checksums give it away.
     for old in store_dir.glob("index.sqlite*"):
         old.unlink()
     report = reindex_store(store_dir)
     assert report.damaged == [a]
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert [(p.kind, p.trace_id) for p in st.verify()] == [("checksum_mismatch", a)]
     done = _cli("store", "verify", "--store", str(store_dir))
     assert done.returncode == 1 and "checksum_mismatch" in done.stdout
@@ -161,7 +161,7 @@ def test_reindex_keeps_the_evidence_of_corruption(store_dir, two):
 
 def test_an_unreadable_file_is_quarantined_never_deleted(store_dir, two):
     a, b = two
-    path = open_store(store_dir).layout.trace_path(a)
+    path = open_store(store_dir, writable=True).layout.trace_path(a)
     damaged = bytearray(path.read_bytes())
     damaged[:8] = b"garbage!"
     path.write_bytes(bytes(damaged))
@@ -172,7 +172,7 @@ def test_an_unreadable_file_is_quarantined_never_deleted(store_dir, two):
     assert kept.read_bytes() == bytes(damaged) and not path.exists()
     assert _cli("store", "gc", "--store", str(store_dir)).returncode == 0
     assert kept.read_bytes() == bytes(damaged)
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert {p.kind for p in st.verify()} == {"quarantined"}
         # gc run on a damaged orphan quarantines it too
         orphan = st.layout.trace_path(b)
@@ -184,7 +184,7 @@ def test_an_unreadable_file_is_quarantined_never_deleted(store_dir, two):
 
 
 def test_gc_deletes_only_its_own_files(store_dir, two, tmp_path):
-    lay = open_store(store_dir).layout
+    lay = open_store(store_dir, writable=True).layout
     notes = [lay.tmp_dir / "notes.txt", lay.data_dir / "notes.txt", lay.data_dir / "ab" / "x.h5"]
     for note in notes:
         note.parent.mkdir(exist_ok=True)
@@ -193,7 +193,7 @@ def test_gc_deletes_only_its_own_files(store_dir, two, tmp_path):
     outside.mkdir()
     (outside / f"{'a' * 32}.1.abcdabcd.tmp.h5").write_text("not the store's")
     (lay.data_dir / "cd").symlink_to(outside, target_is_directory=True)
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         report = st.gc()
     assert report.removed_temp == [] and report.removed_orphans == []
     assert all(n.read_text() == "mine" for n in notes)
@@ -202,38 +202,38 @@ def test_gc_deletes_only_its_own_files(store_dir, two, tmp_path):
     lay.tmp_dir.symlink_to(outside, target_is_directory=True)
     _refused(_cli("store", "gc", "--store", str(store_dir)))
     assert len(list(outside.iterdir())) == 1
-    with open_store(store_dir, mode="r") as st:
+    with open_store(store_dir) as st:
         kinds = {p.kind for p in st.verify()}
     assert {"link", "foreign_file"} <= kinds
 
 
 def test_a_store_and_its_index_are_bound(tmp_path, make_trace):
     a, b = tmp_path / "a", tmp_path / "b"
-    with open_store(b) as st:
+    with open_store(b, writable=True) as st:
         st.add(make_trace(seed=1))
-    with open_store(a) as st:
+    with open_store(a, writable=True) as st:
         st.add(make_trace(seed=2))
     for url in ("sqlite://", "sqlite:///:memory:", f"sqlite:///{b / 'index.sqlite'}"):
         with pytest.raises(StoreOpenError):
-            open_store(a, db_url=url)
+            open_store(a, db_url=url, writable=True)
         with pytest.raises(StoreOpenError):
-            open_store(tmp_path / "new", db_url=url)
+            open_store(tmp_path / "new", db_url=url, writable=True)
         assert not (tmp_path / "new" / "store-id").exists()
     # the index of a store whose id file is lost is refused by a new directory too,
     # and a store whose index was lost is not silently given an empty one
     (a / "index.sqlite").rename(tmp_path / "a-index.sqlite")
     with pytest.raises(StoreOpenError, match="reindex"):
-        open_store(a)
+        open_store(a, writable=True)
     assert reindex_store(a).indexed == 1
-    with open_store(a) as st:
+    with open_store(a, writable=True) as st:
         assert st.verify() == [] and st.query().total == 1
-    with open_store(b) as st:
+    with open_store(b, writable=True) as st:
         assert st.gc().removed_orphans == [] and st.query().total == 1
 
 
 def _open_new(directory: str, barrier) -> None:
     barrier.wait()
-    with open_store(directory) as st:
+    with open_store(directory, writable=True) as st:
         st.query()
 
 
@@ -248,7 +248,7 @@ def test_processes_opening_a_new_store_at_once(tmp_path):
         for p in procs:
             p.join(timeout=120)
         assert [p.exitcode for p in procs] == [0] * 6
-        with open_store(directory) as st:
+        with open_store(directory, writable=True) as st:
             assert st.verify() == []
 
 
@@ -267,7 +267,7 @@ def test_export_never_writes_through_a_link(store, two, tmp_path):
 
 
 def test_rm_never_deletes_through_a_linked_shard(store_dir, make_trace, tmp_path):
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         tid = st.add(make_trace(seed=7))
         shard = st.layout.trace_path(tid).parent
     outside = tmp_path / "outside"
@@ -275,7 +275,7 @@ def test_rm_never_deletes_through_a_linked_shard(store_dir, make_trace, tmp_path
     shard.symlink_to(outside, target_is_directory=True)
     _refused(_cli("store", "rm", tid, "--yes", "--store", str(store_dir)))
     assert (outside / f"{tid}.h5").exists()
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert tid in st
         with pytest.raises(StoreError, match="symbolic link"):
             st.open(tid)
@@ -311,14 +311,14 @@ def test_malformed_db_urls(cli_store, db, command):
     store_dir, (a, _), tmp = cli_store
     args = [c.format(id=a) for c in command]
     _refused(_cli(*args, "--store", str(store_dir), "--db", db.format(tmp=tmp)))
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert st.verify() == [] and st.query().total == 2
 
 
 def test_reindex_with_a_malformed_db(cli_store):
     store_dir, _, _ = cli_store
     _refused(_cli("store", "reindex", "--store", str(store_dir), "--db", "bogus"))
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert st.verify() == [] and st.query().total == 2
 
 
@@ -382,11 +382,11 @@ def _limit_file_size() -> None:
 
 def test_tag_on_a_full_disk(cli_store):
     store_dir, (a, _), _ = cli_store
-    with open_store(store_dir) as st:  # checkpoint the WAL: the tag must grow a file
+    with open_store(store_dir, writable=True) as st:  # checkpoint the WAL: the tag must grow a file
         st._index.engine.dispose()
     done = _cli("store", "tag", a, "big", "--store", str(store_dir), preexec_fn=_limit_file_size)
     _refused(done)
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert st.get(a).tags == [] and st.verify() == []
 
 
@@ -395,7 +395,7 @@ def test_upper_case_ids_and_unicode_tags(cli_store):
     nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
     assert _cli("store", "show", a.upper(), "--store", str(store_dir)).returncode == 0
     assert _cli("store", "tag", a.upper(), nfd, "--store", str(store_dir)).returncode == 0
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert st.get(a.upper()).tags == [nfc]
         st.tag(a, nfc)
         assert st.get(a).tags == [nfc]
@@ -409,7 +409,7 @@ def test_rm_declined_or_at_end_of_input_keeps_the_trace(cli_store):
     for answer in ["", "n\n"]:  # stdin closed before the answer; "no"
         done = _cli("store", "rm", a, "--store", str(store_dir), input=answer)
         assert done.returncode == 1 and done.stderr.strip() == "aborted", done.stderr
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert st.query().total == 2
 
 
@@ -418,9 +418,9 @@ def test_no_store_inside_another_stores_folders(cli_store, inner):
     store_dir, _, _ = cli_store
     nested = store_dir / inner / "nested"
     with pytest.raises(StoreOpenError, match="inside the"):
-        open_store(nested)
+        open_store(nested, writable=True)
     assert not nested.exists()
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert st.verify() == [] and st.query().total == 2
 
 
@@ -442,7 +442,7 @@ def test_names_and_paths_with_brackets_are_printed_as_text(cli_store):
 
 def test_reindex_names_a_trace_behind_a_link_it_left_out(store_dir, two, tmp_path):
     a, _ = two
-    path = open_store(store_dir).layout.trace_path(a)
+    path = open_store(store_dir, writable=True).layout.trace_path(a)
     outside = tmp_path / "outside.h5"
     path.rename(outside)
     path.symlink_to(outside)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
-from store import RelevancyMode
+from store import RelevancyMode, open_store, reindex_store
+
+from .test_format3 import FORMAT2
+
+FORMAT2_ID = "f2" * 16
 
 LVLM_INTERPRET = Path(sys.executable).parent / "lvlm-interpret"
 
@@ -28,22 +34,31 @@ def test_every_mode_round_trips(store, make_trace):
             assert f["relevancy"][mode.value].attrs["definition"] == mode.definition
 
 
-def test_format_one_trace_reads_its_all_as_llm_through_vision(store, make_trace):
-    trace = make_trace()
-    trace_id = store.add(trace)
-    with store.open(trace_id) as stored:
-        path = stored.path
-    with h5py.File(path, "r+") as f:  # rewrite as lvlm-interpret 0.1 wrote it
+@pytest.fixture
+def format_one(store_dir) -> tuple[str, np.ndarray]:
+    """A store holding one trace file as lvlm-interpret 0.1 wrote it (format 1: its "all" is
+    today's llm_through_vision), made from a real format-2 file; its id and that map."""
+    with open_store(store_dir, writable=True) as st:
+        path = st.layout.trace_path(FORMAT2_ID)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FORMAT2, path)
+    with h5py.File(path, "r+") as f:
         f.attrs["format_version"] = 1
-        group = f["relevancy"]
-        del group["all"]
-        group.move("llm_through_vision", "all")
-    with store.open(trace_id) as stored:
+        through = f["relevancy/llm_through_vision"][()]
+        del f["relevancy/all"]
+        f["relevancy"].move("llm_through_vision", "all")
+    reindex_store(store_dir)
+    return FORMAT2_ID, through
+
+
+def test_format_one_trace_reads_its_all_as_llm_through_vision(store_dir, format_one):
+    trace_id, through = format_one
+    with open_store(store_dir) as st, st.open(trace_id) as stored:
         relevancy = stored.relevancy
     assert relevancy.all is None
     assert relevancy.map(RelevancyMode.ALL) is None
     assert RelevancyMode.ALL not in relevancy.modes
-    np.testing.assert_array_equal(relevancy.llm_through_vision, trace.relevancy.llm_through_vision)
+    np.testing.assert_array_equal(relevancy.llm_through_vision, through)
     assert "llm_through_vision" in relevancy.legacy_note
 
 
@@ -74,14 +89,8 @@ def test_cli_prints_each_mode_on_the_patch_grid(store, store_dir, make_trace):
         np.testing.assert_allclose(_printed_grid(done.stdout, 4).ravel(), expected, atol=5e-5)
 
 
-def test_cli_refuses_what_the_trace_does_not_hold(store, store_dir, make_trace):
-    trace_id = store.add(make_trace())
-    with store.open(trace_id) as stored:
-        path = stored.path
-    with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = 1
-        del f["relevancy/all"]
-        f["relevancy"].move("llm_through_vision", "all")
+def test_cli_refuses_what_the_trace_does_not_hold(store_dir, format_one):
+    trace_id, _ = format_one
     for args in (["--mode", "all"], ["--token", "99"], ["--mode", "bogus"]):
         done = _relevancy_cli(store_dir, trace_id, *args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)

@@ -30,7 +30,7 @@ def _worker(*args: object, **kw) -> subprocess.Popen:
 
 def _assert_consistent(directory: Path) -> int:
     """Every visible trace is complete and readable; only gc-able leftovers are allowed."""
-    with open_store(directory) as st:
+    with open_store(directory, writable=True) as st:
         problems = st.verify()
         assert {p.kind for p in problems} <= {"orphan_file", "temp_leftover"}, problems
         page = st.query()
@@ -67,7 +67,7 @@ def test_a_forked_child_writes_after_its_parent_wrote(tmp_path, make_trace):
     compression threads do not survive a fork; a child once hung in its first add)."""
     directory = tmp_path / "store"
     fork = multiprocessing.get_context("fork")
-    with open_store(directory) as st:
+    with open_store(directory, writable=True) as st:
         for seed in range(10):
             st.add(make_trace(seed=seed))
             child = fork.Process(target=_workers.writer, args=(str(directory), 1, 4))
@@ -94,13 +94,13 @@ def test_one_writer_several_readers(tmp_path):
 
 
 def test_full_disk_adds_nothing_and_loses_nothing(store_dir, make_trace):
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         kept = st.add(make_trace())
     before = sorted(p.name for p in store_dir.rglob("*"))
     proc = _worker("fill_disk", store_dir, 1_000_000)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "StoreFull" in out and "Free space" in out, out
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert [i.trace_id for i in st.query().items] == [kept]
         assert st.verify() == []
     assert sorted(p.name for p in store_dir.rglob("*")) == before
@@ -133,12 +133,12 @@ def _read_only_view(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_read_only_directory(tmp_path, make_trace):
-    with open_store(tmp_path / "src") as st:
+    with open_store(tmp_path / "src", writable=True) as st:
         tid = st.add(make_trace())
     with _read_only_view(tmp_path) as view:
         with pytest.raises(StoreReadOnly, match="mode 'r'"):
-            open_store(view)
-        with open_store(view, mode="r") as st:
+            open_store(view, writable=True)
+        with open_store(view) as st:
             assert st.query().total == 1 and st.verify() == []
             with st.open(tid) as tr:
                 assert tr.attention(0, 0).shape == (46, 46)

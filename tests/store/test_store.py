@@ -285,10 +285,10 @@ def test_verify_finds_each_kind_of_damage_and_gc_cleans(store, filled):
         store.open(b)
 
 
-def test_mode_r_never_writes(store_dir, make_trace):
-    with open_store(store_dir) as st:
+def test_open_store_is_read_only_by_default(store_dir, make_trace):
+    with open_store(store_dir, writable=True) as st:
         tid = st.add(make_trace())
-    with open_store(store_dir, mode="r") as st:
+    with open_store(store_dir) as st:
         assert st.query().total == 1
         with st.open(tid) as tr:
             assert tr.attention(0, 0).shape == (46, 46)
@@ -300,29 +300,27 @@ def test_mode_r_never_writes(store_dir, make_trace):
             lambda: st.put_result(tid, "k", "k", {}),
             st.gc,
         ):
-            with pytest.raises(StoreReadOnly):
+            with pytest.raises(StoreReadOnly, match=r"read-only.*writable=True"):
                 call()
-    with pytest.raises(ValueError):
-        open_store(store_dir, mode="w")
     with pytest.raises(StoreError, match="no store"):
-        open_store(store_dir.parent / "nothing", mode="r")
+        open_store(store_dir.parent / "nothing")
 
 
 def test_any_sqlalchemy_url_and_like_fallback(tmp_path, make_trace):
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    with open_store(tmp_path / "s", db_url=url) as st:
+    with open_store(tmp_path / "s", db_url=url, writable=True) as st:
         tid = st.add(make_trace())
         st._index.has_fts = False  # what a non-SQLite database gets: LIKE
         word = st.get(tid).prompt.split()[1]
         assert tid in _ids(st, text=word.upper())
         assert _ids(st, text="zzzz") == set()
     assert not (tmp_path / "s" / "index.sqlite").exists()
-    with open_store(tmp_path / "s", db_url=url, mode="r") as st:
+    with open_store(tmp_path / "s", db_url=url) as st:
         assert st.get(tid).trace_id == tid
 
 
 def test_old_or_new_index_schema(store_dir, make_trace):
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         tid = st.add(make_trace())
         st.tag(tid, "kept")
     engine = sa.create_engine(f"sqlite:///{store_dir / 'index.sqlite'}")
@@ -330,15 +328,15 @@ def test_old_or_new_index_schema(store_dir, make_trace):
         conn.exec_driver_sql("UPDATE lvi_meta SET value='0' WHERE key='schema_version'")
     engine.dispose()
     with pytest.raises(IndexSchemaTooOld, match="store reindex"):
-        open_store(store_dir)
+        open_store(store_dir, writable=True)
     assert reindex_store(store_dir).indexed == 1
     assert (store_dir / "index.sqlite.bak-1").exists()  # nothing lost
-    with open_store(store_dir) as st:
+    with open_store(store_dir, writable=True) as st:
         assert st.query().items[0].trace_id == tid and st.verify() == []
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE lvi_meta SET value='99' WHERE key='schema_version'")
     with pytest.raises(FormatTooNew, match="pip install -U"):
-        open_store(store_dir, mode="r")
+        open_store(store_dir)
     engine.dispose()
 
 
