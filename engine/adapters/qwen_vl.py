@@ -10,8 +10,9 @@ counts ``iw`` fastest, then ``ih``, ``bw``, ``bh``. The merger concatenates each
 ``m*m*j ... m*m*j + m*m - 1``: merge block ``j`` in raster order, equal shares.
 
 The vision blocks split their packed sequence (every image's patches, one after another) with
-``cu_seqlens`` and call the attention function once per image, batch 1; Qwen2.5-VL's windowed
-layers call it once per window, over a permuted sequence (see :class:`Qwen25VlAdapter`).
+``cu_seqlens`` and call the attention function once per image, batch 1. Qwen2.5-VL permutes
+the sequence into windows and calls it once per window in its windowed layers (see
+:class:`Qwen25VlAdapter`).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Qwen2VlAdapter(VlmAdapter):
                 f"{self.name}: {len(images)} images but {len(grids)} image grids"
             )
         if any(t != 1 for t, _, _ in grids):
-            raise UnsupportedModelError(f"{self.name}: video frames are not recorded")
+            raise UnsupportedModelError(f"{self.name}: video inputs cannot be recorded")
         merge = self._merge
         group = merge * merge
         positions = self.image_positions(inputs["input_ids"][0])
@@ -155,16 +156,17 @@ class Qwen25VlAdapter(Qwen2VlAdapter):
                 f"{self.name}: expected {expected} vision attention calls (windows and images "
                 f"over {len(layers)} layers), captured {len(calls)}"
             )
-        chunks = [(layer, *chunk) for layer, chunks in enumerate(layers) for chunk in chunks]
+        in_call_order = [(layer, *chunk) for layer, chunks in enumerate(layers) for chunk in chunks]
         return [
             VisionPiece(call, 0, layer, image, tokens)
-            for call, (layer, image, tokens) in enumerate(chunks)
+            for call, (layer, image, tokens) in enumerate(in_call_order)
         ]
 
 
 @register_adapter
 class Qwen3VlAdapter(Qwen2VlAdapter):
-    """Qwen3-VL: Qwen2-VL's packing (blocks of 32 px) and per-image vision attention.
+    """Qwen3-VL: Qwen2-VL's packing (its checkpoints' 16 px patches make 32 px merge blocks)
+    and per-image vision attention.
 
     DeepStack: besides the last vision layer's merged features (the LM's image-token
     embeddings), the merged outputs of the layers in ``deepstack_visual_indexes`` are added to

@@ -54,6 +54,23 @@ def processed_sizes(built, inputs) -> dict[int, tuple[int, int]]:
     return {image: values.shape for (image, _), values in maps.items()}
 
 
+def processed_box(geometry, patch: int, shapes) -> tuple[int, ...]:
+    """The box of ``patch`` (original pixels) in its processed image's pixels, which must fall
+    on the processed image's patch grid."""
+    tile = geometry.tiles[geometry.patch_tile[patch]]
+    width, height = tile.box[2] - tile.box[0], tile.box[3] - tile.box[1]
+    h, w = shapes[tile.image]
+    x0, y0, x1, y1 = geometry.patch_boxes[patch]
+    scaled = (x0 * w / width, y0 * h / height, x1 * w / width, y1 * h / height)
+    box = tuple(round(v) for v in scaled)
+    assert scaled == pytest.approx(box, abs=1e-3)
+    return box
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the LM's inputs are seen."""
+
+
 @pytest.mark.parametrize("sizes", list(SIZES.values()), ids=list(SIZES))
 @pytest.mark.parametrize("name", FAMILIES)
 def test_token_patch_map_is_what_the_model_reads(build, name, sizes):
@@ -73,13 +90,8 @@ def test_token_patch_map_is_what_the_model_reads(build, name, sizes):
         token_map.rows, token_map.patches, token_map.weights, strict=True
     ):
         tile = geometry.tiles[geometry.patch_tile[patch]]
-        width, height = tile.box[2] - tile.box[0], tile.box[3] - tile.box[1]
-        assert (width, height) == images[tile.image].size  # the whole image, no crop or pad
-        h, w = shapes[tile.image]
-        x0, y0, x1, y1 = geometry.patch_boxes[patch]
-        scaled = (x0 * w / width, y0 * h / height, x1 * w / width, y1 * h / height)
-        box = tuple(round(v) for v in scaled)
-        assert scaled == pytest.approx(box, abs=1e-3)  # on the processed patch grid
+        assert tile.box == (0, 0, *images[tile.image].size)  # the whole image, no crop or pad
+        box = processed_box(geometry, patch, shapes)
         got.setdefault(int(row), {})[(tile.image, 0, box)] = pytest.approx(float(weight))
     assert got == expected
 
@@ -89,6 +101,50 @@ def test_token_patch_map_is_what_the_model_reads(build, name, sizes):
     assert placement.image_index.tolist() == index.tolist()
     assert len(geometry.vision_sequences) == len(images)
     assert geometry.vision_summary == "mean"
+
+
+def test_qwen3_deepstack_features_read_the_same_patches(build):
+    """Qwen3-VL adds intermediate vision layers' merged features to the image positions of
+    the first LM layers (DeepStack): each of those rows reads the same patches as the image
+    token's embedding, so the one token -> patch map serves both (gradient oracle, vision
+    attention zeroed)."""
+    built = build("qwen3_vl")
+    model = built.model.requires_grad_(False)
+    images = images_of(SIZES["two images"])
+    inputs, _, placement = placement_of(built, images)
+    geometry = placement.geometry
+    pixel_values = inputs["pixel_values"].detach().clone().requires_grad_(True)
+    seen: dict = {}
+
+    def capture(_module, _args, kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    handle = model.model.language_model.register_forward_pre_hook(capture, with_kwargs=True)
+    with oracle.vision_attention_zeroed(model), torch.enable_grad():
+        try:
+            model(**{**inputs, "pixel_values": pixel_values})
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        stacked = seen["deepstack_visual_embeds"]
+        assert len(stacked) == len(model.config.vision_config.deepstack_visual_indexes) > 0
+        positions = np.flatnonzero(seen["visual_pos_masks"][0].numpy())
+        direction = torch.randn(stacked[0].shape[-1], generator=torch.Generator().manual_seed(0))
+        shapes = processed_sizes(built, inputs)
+        for features in stacked:
+            for row, position in zip(features, positions, strict=True):
+                (grad,) = torch.autograd.grad(row @ direction, pixel_values, retain_graph=True)
+                maps = oracle.pixel_maps(model, inputs, grad, built.processor)
+                reads = {(r.image, r.box) for r in oracle.patches_read(maps, PATCH)}
+                mapped = geometry.token_patches
+                image = int(placement.image_index[position])
+                expected = {
+                    (image, processed_box(geometry, p, shapes))
+                    for p in mapped.patches[mapped.rows == position]
+                }
+                assert reads == expected, position
 
 
 @pytest.mark.parametrize("name", FAMILIES)
