@@ -4,17 +4,17 @@ The processor resizes the image to its longest edge, stretches it to multiples o
 size and cuts it row-major, then appends the whole image squashed to one tile (the global
 view); an image no larger than a tile is that one tile. The prompt says how each image was
 cut: every run of image tokens follows a ``<row_i_col_j>`` marker (a crop) or ``<global-img>``
-(an image's last tile), and those markers are plain text tokens. The SigLIP-style tower has no
-CLS token; a pixel shuffle of ``scale_factor`` packs ``s x s`` patches into each LM token
-(:mod:`engine.adapters.tiled`).
+(an image's last tile); the markers are text (one added token each, or several where a
+tokenizer splits them), read back from the decoded text before each run. The SigLIP-style
+tower has no CLS token; a pixel shuffle of ``scale_factor`` packs ``s x s`` patches into
+each LM token (:mod:`engine.adapters.tiled`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
 from engine.adapters.base import Placement, VlmAdapter, register_adapter
@@ -22,31 +22,45 @@ from engine.adapters.tiled import CropGrid, TowerPacking, tiled_placement
 from engine.errors import UnsupportedModelError
 
 GLOBAL_VIEW = "<global-img>"
-CROP = re.compile(r"<row_(\d+)_col_(\d+)>")
+MARKER = re.compile(r"<row_(\d+)_col_(\d+)>|<global-img>")
 
 
-def run_starts(mask: np.ndarray) -> np.ndarray:
-    """Where each run of ``True`` in ``mask`` begins."""
-    mask = np.asarray(mask, bool)
-    return np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
+def text_before_runs(
+    ids: list[int], positions: Sequence[int], decode: Callable[[list[int]], str]
+) -> list[str]:
+    """The decoded text between each run of image tokens (``positions``) and the one before."""
+    texts, previous_end = [], 0
+    for i, position in enumerate(positions):
+        if i == 0 or positions[i - 1] != position - 1:
+            texts.append(decode(ids[previous_end:position]))
+        previous_end = position + 1
+    return texts
 
 
-def grids_from_markers(markers: Sequence[str]) -> list[CropGrid]:
+def tile_markers(text_before: Sequence[str]) -> list[re.Match]:
+    """The last tile marker in the text before each run of image tokens."""
+    found = []
+    for text in text_before:
+        markers = list(MARKER.finditer(text))
+        if not markers:
+            raise UnsupportedModelError(
+                f"an image tile follows {text[-40:]!r}, with no <row_i_col_j> or {GLOBAL_VIEW} "
+                "marker; this processor's prompt layout is not supported"
+            )
+        found.append(markers[-1])
+    return found
+
+
+def grids_from_markers(markers: Sequence[re.Match]) -> list[CropGrid]:
     """Each image's crop grid from the marker before each run of image tokens, in order."""
     grids: list[CropGrid] = []
     crops: list[tuple[int, int]] = []
     for marker in markers:
-        if marker == GLOBAL_VIEW:
+        if marker[0] == GLOBAL_VIEW:
             grids.append(_grid(crops))
             crops = []
-            continue
-        found = CROP.fullmatch(marker)
-        if found is None:
-            raise UnsupportedModelError(
-                f"an image tile follows {marker!r}, not a <row_i_col_j> or {GLOBAL_VIEW} marker "
-                "token; this processor's prompt layout is not supported"
-            )
-        crops.append((int(found[1]) - 1, int(found[2]) - 1))
+        else:
+            crops.append((int(marker[1]) - 1, int(marker[2]) - 1))
     if crops:
         raise UnsupportedModelError(f"the prompt's last image has crops but no {GLOBAL_VIEW} view")
     return grids
@@ -74,11 +88,10 @@ class Idefics3Adapter(VlmAdapter):
     def geometry(self, inputs, images) -> Placement:
         pixel_values = inputs["pixel_values"]
         _check_tiles(pixel_values, inputs.get("pixel_attention_mask"))
-        ids = inputs["input_ids"][0]
-        positions = self.image_positions(ids)
-        tokens = self.processor.tokenizer.convert_ids_to_tokens(ids.tolist())
-        starts = run_starts(ids.cpu().numpy() == self.image_token_id)
-        grids = grids_from_markers([tokens[s - 1] if s else "" for s in starts])
+        ids = inputs["input_ids"][0].tolist()
+        positions = self.image_positions(inputs["input_ids"][0])
+        before = text_before_runs(ids, positions, self.processor.tokenizer.decode)
+        grids = grids_from_markers(tile_markers(before))
         if len(grids) != len(images):
             raise UnsupportedModelError(
                 f"the prompt holds {len(grids)} image(s) for the {len(images)} given"

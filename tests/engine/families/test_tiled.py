@@ -16,8 +16,11 @@ from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
 from engine.adapters.base import Placement
+from engine.adapters.idefics3 import grids_from_markers, tile_markers
+from engine.adapters.tiled import CropGrid
 from engine.capture import capture_vision_attention
 from engine.cli import app as cli
+from engine.errors import UnsupportedModelError
 from engine.inputs import ImageInput, load_image
 from engine.loading import load_model
 from store import RelevancyMode, open_store
@@ -43,8 +46,9 @@ def images_of(sizes: list[tuple[int, int]]) -> list[ImageInput]:
     return [load_image(noise_image(h, w, seed=i), f"noise{i}") for i, (h, w) in enumerate(sizes)]
 
 
-def placed(built, images: list[ImageInput]) -> tuple[dict, Placement]:
-    inputs = prompt_inputs(built, [im.image for im in images])
+def placed(built, images: list[ImageInput], **options) -> tuple[dict, Placement]:
+    """The processor's inputs (``options`` go to its call) and the adapter's placement."""
+    inputs = prompt_inputs(built, [im.image for im in images], **options)
     return inputs, adapter_for(built.model, built.processor).geometry(inputs, images)
 
 
@@ -81,11 +85,22 @@ def family(build, request):
     return built
 
 
+# Processor options that keep every image whole (one squashed tile, no global view).
+UNCUT = {"idefics3": {"do_image_splitting": False}, "smolvlm": {"do_image_splitting": False}}
+UNCUT_CANVAS = {"crop_to_patches": False}
+
+
 @pytest.mark.parametrize("family", FAMILIES, indirect=True)
-@pytest.mark.parametrize("prompt", list(PROMPTS))
+@pytest.mark.parametrize("prompt", [*PROMPTS, "uncut"])
 def test_token_patch_map_is_what_the_model_reads(family, prompt):
-    images = images_of(PROMPTS[prompt])
-    inputs, placement = placed(family, images)
+    if prompt == "uncut":
+        images = images_of(PROMPTS["two images"])
+        options = UNCUT.get(family.spec.name, UNCUT_CANVAS)
+        inputs, placement = placed(family, images, **options)
+        assert [t.kind for t in placement.geometry.tiles] == ["full", "full"]
+    else:
+        images = images_of(PROMPTS[prompt])
+        inputs, placement = placed(family, images)
     truth = oracle.token_patch_map(family.model, inputs, family.processor)
     size = oracle.patch_size(family.model)
     names = patch_names(placement)
@@ -330,3 +345,18 @@ def test_two_image_prompt_recorded_through_the_cli(build, tmp_path, name):
         np.testing.assert_allclose(heads.sum(-1), 1.0, atol=2e-3)
     for mode in (RelevancyMode.VISION, RelevancyMode.LLM_THROUGH_VISION):
         assert relevancy.map(mode).shape == (tokens.answer_length, geometry.num_patches)
+
+
+def test_idefics3_grids_come_from_the_markers_however_they_are_tokenised():
+    """The text before each run of image tokens, decoded (a marker may be split into several
+    tokens): crops row-major then the global view make a grid; anything else is refused."""
+    before = ["user: <fake_token_around_image><row_1_col_1>"]
+    before += [f"<fake_token_around_image><row_{r}_col_{c}>" for r, c in [(1, 2), (1, 3)]]
+    before += ["\n\n<fake_token_around_image><global-img>", "<fake><global-img>"]
+    assert grids_from_markers(tile_markers(before)) == [CropGrid(1, 3), CropGrid(1, 1)]
+    with pytest.raises(UnsupportedModelError, match="row-major"):
+        grids_from_markers(tile_markers(["<row_1_col_2>", "<row_1_col_1>", "<global-img>"]))
+    with pytest.raises(UnsupportedModelError, match="no <global-img> view"):
+        grids_from_markers(tile_markers(["<row_1_col_1>", "<row_1_col_2>"]))
+    with pytest.raises(UnsupportedModelError, match="no <row_i_col_j>"):
+        tile_markers(["user: <fake_token_around_image>"])
