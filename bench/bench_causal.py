@@ -113,7 +113,7 @@ def bench_stored(args: argparse.Namespace) -> None:
     trace = make_synthetic_trace(**STORED_SHAPE, vision_layers=0, with_relevancy=False)
     t_make = time.perf_counter() - t0
     layer, token = STORED_SHAPE["num_layers"] - 1, STORED_SHAPE["answer_len"] - 5
-    with tempfile.TemporaryDirectory() as tmp, open_store(tmp) as store:
+    with tempfile.TemporaryDirectory() as tmp, open_store(tmp, writable=True) as store:
         t0 = time.perf_counter()
         trace_id = store.add(trace)
         t_add = time.perf_counter() - t0

@@ -46,7 +46,7 @@ HEADS_SHOWN = 8
 
 def build_store(directory: Path, traces: int) -> None:
     """Demo-model-sized traces: 8 layers x 8 heads, 12x12 patches, ~200-token sequences."""
-    with open_store(directory, mode="a") as store:
+    with open_store(directory, writable=True) as store:
         for seed in range(traces):
             store.add(
                 make_synthetic_trace(
@@ -75,7 +75,7 @@ def server_path(directory: Path, trace_id: str) -> dict[str, float]:
         laps[name] = now - started
         started = now
 
-    with open_store(directory, mode="r") as store:
+    with open_store(directory) as store:
         trace = store.open(trace_id)
         tokens, geometry, summaries = trace.tokens, trace.image, trace.summaries
         lap("open")
@@ -168,7 +168,7 @@ def main() -> int:
         directory = args.store or Path(scratch) / "store"
         if args.store is None:
             build_store(directory, args.traces)
-        with open_store(directory, mode="r") as store:
+        with open_store(directory) as store:
             ids = [i.trace_id for i in store.query(TraceQuery(limit=args.traces)).items]
         # Two halves so each browser run opens traces the server has never drawn.
         half = max(1, len(ids) // 2)

@@ -98,7 +98,7 @@ def bench_files(root: Path, shape: dict, repeats: int) -> None:
     prompt_len, n_answer = shape["prompt_len"], shape["answer_len"]
     image = slice(shape["image_start"], shape["image_start"] + shape["grid"][0] * shape["grid"][1])
 
-    with open_store(root / "files") as store:
+    with open_store(root / "files", writable=True) as store:
         print("lossless (default)")
         t0 = time.perf_counter()
         tid = store.add(trace)
@@ -205,7 +205,7 @@ def bench_index(root: Path, n_rows: int, repeats: int) -> None:
     models = [f"org/model-{i}" for i in range(8)]
     start = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
     vocab = np.array([*WORDS, "red", "green", "blue", "car", "dog", "what", "colour", "left"])
-    with open_store(root / "index") as store:
+    with open_store(root / "index", writable=True) as store:
         index = store._index
         t0 = time.perf_counter()
         with index.begin() as conn:

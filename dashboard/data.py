@@ -50,7 +50,7 @@ def store(config: StoreConfig) -> TraceStore:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _store(config: StoreConfig, identity: tuple[int, int] | None) -> TraceStore:
-    return open_store(config.directory, config.db_url, mode="r")
+    return open_store(config.directory, config.db_url)
 
 
 def results_store(config: StoreConfig) -> TraceStore:
@@ -63,7 +63,7 @@ def results_store(config: StoreConfig) -> TraceStore:
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _results_store(config: StoreConfig, identity: tuple[int, int] | None) -> TraceStore:
     try:
-        return open_store(config.directory, config.db_url, mode="a")
+        return open_store(config.directory, config.db_url, writable=True)
     except StoreReadOnly:
         return _store(config, identity)
 

@@ -69,7 +69,7 @@ def check_store(store_dir: Path, db_url: str | None) -> None:
         if existing.is_dir():
             return
     try:
-        open_store(store_dir, db_url, mode="r").close()
+        open_store(store_dir, db_url).close()
     except StoreError as error:
         raise ServeError(" ".join(str(error).split())) from None
 

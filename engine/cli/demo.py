@@ -77,7 +77,7 @@ def record_demo(
 
     rng = random.Random(seed)
     try:
-        with open_store(store, db_url=db, mode="a") as opened:
+        with open_store(store, db_url=db, writable=True) as opened:
             from engine.loading import load_model  # torch: after the store is known to open
             from engine.recorder import record
 

@@ -147,7 +147,7 @@ def record(
         source = check_model_source(model, revision=revision, allow_pickle=allow_pickle)
         if causal and causal_layers and source.language_layers is not None:
             check_layers(causal_layers, source.language_layers, "--causal-layers")
-        with open_store(store, db_url=db, mode="a") as opened:
+        with open_store(store, db_url=db, writable=True) as opened:
             from engine.loading import check_device, load_model  # torch: after the cheap checks
             from engine.recorder import RecordOptions
             from engine.recorder import record as record_trace

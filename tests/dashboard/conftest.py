@@ -85,7 +85,7 @@ def _with_format_1_trace(directory: Path) -> str:
     """A store holding a trace file lvlm-interpret 0.1 wrote (format 1: one grid, the
     processed image, relevancy "all" holding today's llm_through_vision), indexed the way
     old files are: by ``reindex``."""
-    open_store(directory, mode="a").close()
+    open_store(directory, writable=True).close()
     trace_id = FORMAT_1.stem
     target = directory / "data" / trace_id[:2] / FORMAT_1.name
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def _with_format_1_trace(directory: Path) -> str:
 
 def demo_store_at(directory: Path) -> DemoStore:
     legacy = _with_format_1_trace(directory)
-    with open_store(directory, mode="a") as store:
+    with open_store(directory, writable=True) as store:
         main = store.add(_with_truth(make_synthetic_trace(seed=1, grid=(4, 6))))
         second = store.add(make_synthetic_trace(seed=2, grid=(4, 6)))
         xss = store.add(_xss_trace(3))
@@ -123,7 +123,7 @@ def demo_store_at(directory: Path) -> DemoStore:
 
 
 def family_store_at(directory: Path) -> FamilyStore:
-    with open_store(directory, mode="a") as store:
+    with open_store(directory, writable=True) as store:
         return FamilyStore(
             directory,
             tiled=store.add(

@@ -78,7 +78,7 @@ def _ok(at) -> None:
 
 
 def test_compute_stores_results_and_the_next_visit_reads_them(app, tmp_path, monkeypatch):
-    with open_store(tmp_path, mode="a") as store:
+    with open_store(tmp_path, writable=True) as store:
         trace_id = store.add(make_synthetic_trace(seed=1, grid=(4, 6)))
     at = app("causal", store_dir=tmp_path, trace=trace_id, tokens="0")
     _ok(at)
@@ -87,7 +87,7 @@ def test_compute_stores_results_and_the_next_visit_reads_them(app, tmp_path, mon
     _ok(at)
     assert len(_images(at)) == CausalParams().max_radius + 2  # radii, minimal, graph
     assert at.get("vega_lite_chart")  # heads ranked
-    with open_store(tmp_path, mode="r") as store:
+    with open_store(tmp_path) as store:
         keys = [result_key(3, h, 0, CausalParams()) for h in range(4)]
         assert all(store.get_result(trace_id, KIND, k) for k in keys)
 
@@ -101,25 +101,25 @@ def test_compute_stores_results_and_the_next_visit_reads_them(app, tmp_path, mon
 
 
 def test_one_head_and_a_one_token_answer(app, tmp_path):
-    with open_store(tmp_path, mode="a") as store:
+    with open_store(tmp_path, writable=True) as store:
         trace_id = store.add(make_synthetic_trace(seed=8, answer_len=1, grid=(4, 6)))
     at = app("causal", store_dir=tmp_path, trace=trace_id, head="2", layer="0")
     _ok(at)
     at.button[0].click().run()
     _ok(at)
     assert not at.get("vega_lite_chart")  # one head: nothing to rank
-    with open_store(tmp_path, mode="r") as store:
+    with open_store(tmp_path) as store:
         assert list(store.list_results(trace_id, KIND)) == [result_key(0, 2, 0, CausalParams())]
 
 
 def test_explanation_without_image_patches_is_a_message(app, tmp_path):
     """A stored explanation whose sets hold text only (its image members removed)."""
-    with open_store(tmp_path, mode="a") as store:
+    with open_store(tmp_path, writable=True) as store:
         trace_id = store.add(make_synthetic_trace(seed=7, grid=(3, 5)))
     at = app("causal", store_dir=tmp_path, trace=trace_id, tokens="1", head="0")
     at.button[0].click().run()
     key = result_key(3, 0, 1, CausalParams())
-    with open_store(tmp_path, mode="a") as store:
+    with open_store(tmp_path, writable=True) as store:
         image = set(store.open(trace_id).tokens.image_positions.tolist())
         payload = store.get_result(trace_id, KIND, key)
         payload["explanation_by_radius"] = {

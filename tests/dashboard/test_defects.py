@@ -43,7 +43,7 @@ def test_1_two_maps_in_one_causal_result_share_one_set_of_controls(app, demo_sto
 
 
 def test_3_4_causal_p_values_and_chart_heading(app, tmp_path):
-    with open_store(tmp_path, mode="a") as store:
+    with open_store(tmp_path, writable=True) as store:
         trace_id = store.add(make_synthetic_trace(seed=1, grid=(4, 6)))
     at = app("causal", store_dir=tmp_path, trace=trace_id, tokens="0")
     at.button[0].click().run()
@@ -102,20 +102,20 @@ def test_10_shared_settings_survive_a_page_the_link_did_not_use(app, demo_store)
 
 
 def test_12_removed_trace_disappears_and_reindex_is_noticed(app, tmp_path):
-    with open_store(tmp_path, mode="a") as store:
+    with open_store(tmp_path, writable=True) as store:
         gone = store.add(make_synthetic_trace(seed=1, grid=(4, 6)))
     at = app("causal", store_dir=tmp_path, trace=gone, tokens="0")
     assert at.button  # "Compute" is offered while the trace exists
-    with open_store(tmp_path, mode="a") as store:
+    with open_store(tmp_path, writable=True) as store:
         store.delete(gone)
     at = app("causal", store_dir=tmp_path, trace=gone, tokens="0")
     assert not at.exception and not at.button
     assert "not in the store" in _texts(at)
-    with open_store(tmp_path, mode="a") as store:
+    with open_store(tmp_path, writable=True) as store:
         store.add(make_synthetic_trace(seed=2, grid=(4, 6)))
     assert len(app(store_dir=tmp_path).dataframe[0].value) == 1  # the handle is cached now
     reindex_store(tmp_path)
-    with open_store(tmp_path, mode="a") as store:
+    with open_store(tmp_path, writable=True) as store:
         store.add(make_synthetic_trace(seed=3, grid=(4, 6)))
     assert len(app(store_dir=tmp_path).dataframe[0].value) == 2
 
@@ -173,7 +173,7 @@ def test_15_browse_filters_by_answer_text_and_answer_token(app, demo_store):
     at = app(tok="PAINT")
     _ok(at)
     assert "No trace matches these filters." in _texts(at)  # a whole token, not a part
-    with open_store(demo_store.directory, mode="r") as store:
+    with open_store(demo_store.directory) as store:
         word = store.open(demo_store.main).tokens.text[-1]
     at = app(tok=word.upper())
     assert demo_store.main[:8] in set(at.dataframe[0].value["id"])
@@ -270,7 +270,7 @@ def test_s4_model_and_file_text_is_never_markdown(app, demo_store, page, params)
 
 
 def test_s4_damaged_chunk_is_one_line(app, tmp_path):
-    with open_store(tmp_path, mode="a") as store:
+    with open_store(tmp_path, writable=True) as store:
         trace_id = store.add(make_synthetic_trace(seed=1, grid=(4, 6)))
     path = next(tmp_path.rglob(f"{trace_id}.h5"))
     with h5py.File(path, "r") as f:

@@ -42,7 +42,7 @@ def test_browse_filters_come_from_and_go_to_the_url(app, demo_store):
 def test_empty_store_is_a_message(app, tmp_path):
     from store import open_store
 
-    open_store(tmp_path, mode="a").close()
+    open_store(tmp_path, writable=True).close()
     at = app(store_dir=tmp_path)
     _ok(at)
     assert "The store is empty" in _texts(at)

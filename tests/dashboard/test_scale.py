@@ -25,7 +25,7 @@ def big_store(tmp_path_factory: pytest.TempPathFactory):
     from store._index import traces  # test-only: bulk rows without writing 10k HDF5 files
 
     directory = tmp_path_factory.mktemp("big")
-    with open_store(directory, mode="a") as store:
+    with open_store(directory, writable=True) as store:
         seed_id = store.add(make_synthetic_trace(seed=0))
         engine = store._index.engine
         with engine.begin() as conn:

@@ -69,7 +69,7 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("serve") / "store"
-    open_store(path).close()
+    open_store(path, writable=True).close()
     return path
 
 
@@ -142,7 +142,7 @@ def test_unusable_store_is_one_line(store_dir, tmp_path, case):
     """Refused before the server starts (it used to serve, every page showing the error)."""
     (tmp_path / "notes").write_text("mine")
     other = tmp_path / "other"
-    open_store(other).close()
+    open_store(other, writable=True).close()
     args = {
         "a file": ["--store", str(tmp_path / "notes")],
         "under a file": ["--store", str(tmp_path / "notes" / "x")],

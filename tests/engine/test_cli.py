@@ -42,7 +42,7 @@ def test_record_into_store(tmp_path, demo_checkpoint):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     trace_id = result.output.strip().splitlines()[-1]
-    with open_store(store, mode="r") as opened:
+    with open_store(store) as opened:
         info = opened.get(trace_id)
         assert info.tags == ["cli"] and info.image_name == "scene.png"
         assert info.model_id == "lvlm-interpret/shapes-demo"  # the config's name, not the path
@@ -89,7 +89,7 @@ def test_one_checkpoint_is_one_model_whatever_its_path(tmp_path, demo_checkpoint
         ["demo", "record", "--store", tmp_path / "s", "--count", "1", "--no-causal"], tmp_path
     )
     assert demo.returncode == 0, demo.stderr.decode()
-    with open_store(tmp_path / "s", mode="r") as opened:
+    with open_store(tmp_path / "s") as opened:
         assert opened.models() == [DEMO_MODEL_ID]
         items = opened.query(TraceQuery()).items
         assert {item.model_revision for item in items} == {

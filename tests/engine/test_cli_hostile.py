@@ -57,7 +57,7 @@ def workdir(tmp_path_factory) -> Path:
     """An image, a store holding one trace, and a copy of the demo checkpoint to damage."""
     root = tmp_path_factory.mktemp("hostile")
     make_scene(3).image.save(root / "scene.png")
-    with open_store(root / "store") as opened:
+    with open_store(root / "store", writable=True) as opened:
         opened.add(make_synthetic_trace())
     return root
 
@@ -75,7 +75,7 @@ def record_args(workdir: Path, model: Path | str, *extra: str | bytes) -> list:
 
 
 def assert_store_intact(workdir: Path) -> None:
-    with open_store(workdir / "store", mode="r") as opened:
+    with open_store(workdir / "store") as opened:
         assert opened.query(TraceQuery()).total == 1
 
 
@@ -240,7 +240,7 @@ def test_malformed_db(workdir, demo_checkpoint, tmp_path, case):
         garbage.write_bytes(os.urandom(4096))
         url, fragment = f"sqlite:///{garbage}", "index"
     elif case == "another store's index":
-        open_store(tmp_path / "other").close()
+        open_store(tmp_path / "other", writable=True).close()
         url, fragment = f"sqlite:///{tmp_path / 'other' / 'index.sqlite'}", "another store"
     else:
         url, fragment = DB_CASES[case]

@@ -25,7 +25,7 @@ def _expected_keys(store, trace_id: str, layers: list[int]) -> set[str]:
 def test_demo_record_stores_causal_results_by_default(tmp_path):
     result = runner.invoke(app, ["demo", "record", "--store", str(tmp_path), "--count", "2"])
     assert result.exit_code == 0, result.output
-    with open_store(tmp_path, mode="r") as store:
+    with open_store(tmp_path) as store:
         items = store.query().items
         assert len(items) == 2
         for info in items:
@@ -52,7 +52,7 @@ def test_record_causal_layers_and_default_off(tmp_path, demo_checkpoint):
         bad.output.split()
     )
     assert "Traceback" not in bad.output and "loading" not in bad.output  # before the model
-    with open_store(tmp_path / "s", mode="r") as store:
+    with open_store(tmp_path / "s") as store:
         plain_id = plain.output.strip().splitlines()[-1]
         chosen_id = chosen.output.strip().splitlines()[-1]
         assert store.list_results(plain_id, KIND) == {}

@@ -32,7 +32,7 @@ def trace():
 
 @pytest.fixture
 def stored(tmp_path, trace):
-    with open_store(tmp_path / "store") as store:
+    with open_store(tmp_path / "store", writable=True) as store:
         trace_id = store.add(trace)
     return tmp_path / "store", trace_id
 
@@ -77,7 +77,7 @@ def test_target_is_the_query_row_that_produced_the_token(trace):
 
 def test_in_memory_trace_equals_stored_trace(stored, trace):
     root, trace_id = stored
-    with open_store(root, mode="r") as store, store.open(trace_id) as from_file:
+    with open_store(root) as store, store.open(trace_id) as from_file:
         for layer, head, token in [(1, 3, 2), (0, 1, 0), (-1, -1, 1)]:
             a = explain_token(trace, layer, head, token)
             b = explain_token(from_file, layer, head, token)
@@ -92,7 +92,7 @@ def test_in_memory_trace_equals_stored_trace(stored, trace):
 def test_cache_round_trip_never_recomputes(stored):
     root, trace_id = stored
     computed = []
-    with open_store(root) as store:
+    with open_store(root, writable=True) as store:
         first = cached_explanations(
             store, trace_id, 1, 2, workers=1, on_progress=lambda d, t: computed.append((d, t))
         )
@@ -102,7 +102,7 @@ def test_cache_round_trip_never_recomputes(stored):
     # Reopened read-only, with the trace file gone: only the store's results can answer.
     path = next((root / "data").rglob(f"{trace_id}*"))
     os.rename(path, path.with_suffix(".moved"))
-    with open_store(root, mode="r") as store:
+    with open_store(root) as store:
         again = cached_explanations(
             store, trace_id, 1, 2, on_progress=lambda d, t: computed.append((d, t))
         )
@@ -118,7 +118,7 @@ def test_cache_round_trip_never_recomputes(stored):
 
     # A partial hit computes only the missing head; a foreign entry counts as missing;
     # other parameters are another entry.
-    with open_store(root) as store:
+    with open_store(root, writable=True) as store:
         store.put_result(trace_id, KIND, result_key(0, 3, 0, CausalParams()), {"note": "x"})
         one = cached_explanations(store, trace_id, 0, 0, heads=[1], workers=1)
         calls = []
@@ -140,7 +140,7 @@ def test_cache_round_trip_never_recomputes(stored):
 def test_record_causal_stores_every_token_of_the_last_layer(stored):
     root, trace_id = stored
     progress = []
-    with open_store(root) as store:
+    with open_store(root, writable=True) as store:
         computed = record_causal(
             store, trace_id, workers=1, on_progress=lambda d, t: progress.append((d, t))
         )
