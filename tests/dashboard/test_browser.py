@@ -205,24 +205,30 @@ def test_new_user_defects_in_a_real_browser(site, page, demo_store):
 PHOTO = "iframe[title='streamlit_image_coordinates.streamlit_image_coordinates']"
 
 
-def _boxes(demo_store, trace_id: str):
+@pytest.fixture(scope="module")
+def family_site(family_store):
+    with running_dashboard(family_store.directory) as url:
+        yield url
+
+
+def _boxes(directory, trace_id: str):
     from store import open_store
 
-    with open_store(demo_store.directory) as store, store.open(trace_id) as trace:
+    with open_store(directory) as store, store.open(trace_id) as trace:
         return trace.image.patch_boxes.copy(), trace.image.images[0].size
 
 
-def test_clicking_the_photo_picks_the_patches_under_the_click(site, page, demo_store):
+def test_clicking_the_photo_picks_the_patches_under_the_click(family_site, page, family_store):
     """Text -> image: a click on the photo selects every patch whose box holds the point (the
     global view's and the crop's where they overlap); a second click there deselects them."""
-    boxes, (width, height) = _boxes(demo_store, demo_store.tiled)
+    boxes, (width, height) = _boxes(family_store.directory, family_store.tiled)
     x, y = 0.3 * width, 0.7 * height  # a point of the original image
     under = np.flatnonzero(
         (boxes[:, 0] <= x) & (x < boxes[:, 2]) & (boxes[:, 1] <= y) & (y < boxes[:, 3])
     )
     assert len(under) == 2  # the global view and one crop
     expected = "%2C".join(str(p) for p in under)
-    page.goto(f"{site}/attention?trace={demo_store.tiled}&view=text+%E2%86%92+image")
+    page.goto(f"{family_site}/attention?trace={family_store.tiled}&view=text+%E2%86%92+image")
     photo = page.frame_locator(PHOTO).first.locator("img")
     photo.wait_for()
     page.wait_for_timeout(500)  # the frame sizes itself to the image
