@@ -94,9 +94,8 @@ def choose_views(trace: StoredTrace, key: str = "tiles") -> tuple[View, ...]:
     tiles = list(range(len(geometry.tiles)))
     asked = state.get(state.TILE)
     current = int(asked) if asked and asked.isdigit() and int(asked) in tiles else None
-    left, right = st.columns([1, 3])
     mode = (
-        left.segmented_control(
+        st.segmented_control(
             "Tiles",
             [STITCHED, ONE_TILE],
             **state.widget(
@@ -109,9 +108,9 @@ def choose_views(trace: StoredTrace, key: str = "tiles") -> tuple[View, ...]:
     )
     if mode == STITCHED:
         if stitch.has_overlaps(geometry):
-            right.caption(stitch.COMBINE_NOTE)
+            st.caption(stitch.COMBINE_NOTE)
         return stitched
-    tile = right.selectbox(
+    tile = st.selectbox(
         "Tile",
         tiles,
         format_func=lambda t: stitch.tile_label(geometry, t),
