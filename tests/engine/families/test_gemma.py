@@ -23,9 +23,10 @@ from engine.errors import PromptError
 from engine.inputs import ImageInput, load_image
 from engine.loading import load_model
 from engine.recorder import RecordOptions, record
-from store import GenerationSettings, open_store
+from store import GenerationSettings, RelevancyMode, open_store
 from tests.engine.families import oracle
 from tests.engine.families.images import noise_image, painted
+from tests.engine.families.relevancy_reference import reference_relevancy
 
 PROMPT = "what is in the image ?"
 PAN_AND_SCAN = PanAndScan(min_crop_size=8)
@@ -287,25 +288,24 @@ def test_two_images_recorded_through_the_cli(build, tmp_path):
         assert trace.info.extra["recording"]["lm_mask"] == "image blocks"
 
 
-def test_pan_and_scan_recorded_and_read_back(build, tmp_path):
-    """The recorder with a pan & scan adapter: the global view and its three crops are four
-    tiles and four vision sequences of the one image, and every relevancy mode covers them."""
+def test_pan_and_scan_recorded(build):
+    """The recorder with a pan & scan adapter, two images: the wide one's global view and three
+    crops, then the near-square one whole, are five tiles and five vision sequences; every
+    relevancy mode equals the slow float64 reference."""
     built = build("gemma3")
     loaded = load_model(str(built.folder))
     loaded = dataclasses.replace(
         loaded, adapter=Gemma3Adapter(loaded.model, loaded.processor, PAN_AND_SCAN)
     )
-    image = load_image(noise_image(40, 120), "wide.png")
-    trace = record(loaded, image, PROMPT, RecordOptions(GenerationSettings(max_new_tokens=2)))
-    with open_store(tmp_path / "store") as opened:
-        trace_id = opened.add(trace)
-        with opened.open(trace_id) as stored:
-            geometry = stored.image
-            assert [t.kind for t in geometry.tiles] == ["global", "crop", "crop", "crop"]
-            assert {t.image for t in geometry.tiles} == {0}
-            assert len(geometry.vision_sequences) == 4
-            assert stored.vision_attention_layer(0, 3).shape == (2, 64, 64)
-            relevancy = stored.relevancy
-            for mode in relevancy.modes:
-                maps = relevancy.on_patches(mode, geometry)
-                assert maps.shape == (2, 4 * 64) and np.isfinite(maps).all()
+    images = sources([noise_image(40, 120), noise_image(40, 44, seed=1)])
+    trace = record(loaded, images, PROMPT, RecordOptions(GenerationSettings(max_new_tokens=2)))
+    geometry = trace.image
+    kinds = [(t.image, t.kind) for t in geometry.tiles]
+    assert kinds == [(0, "global"), (0, "crop"), (0, "crop"), (0, "crop"), (1, "full")]
+    assert [a.shape for a in trace.vision_attention] == [(2, 2, 64, 64)] * 5
+    inputs = loaded.adapter.build_inputs(images, PROMPT)
+    expected = reference_relevancy(loaded, inputs, trace.tokens.ids, geometry)
+    for mode, reference in zip(RelevancyMode, expected, strict=True):
+        ours = trace.relevancy.map(mode)
+        scale = max(float(np.abs(reference).max()), 1.0)
+        np.testing.assert_allclose(ours, reference, atol=1e-5 * scale, err_msg=mode)
