@@ -96,10 +96,11 @@ class Gemma3Adapter(SquareViewsAdapter):
             )
         except ValueError as error:
             raise PromptError(
-                f"The chat template did not place one image per image given ({error})."
+                "The chat template did not place the images where the processor expects them "
+                f"({error})."
             ) from error
 
-    def views(self, inputs: dict, images: Sequence[ImageInput]) -> list[View]:
+    def views(self, images: Sequence[ImageInput]) -> list[View]:
         """Per image the whole image, then its pan & scan crops (a wide image's left to right,
         a tall one's top to bottom); the whole image is the "global" view beside crops."""
         out: list[View] = []

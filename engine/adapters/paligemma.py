@@ -45,5 +45,5 @@ class PaliGemmaAdapter(SquareViewsAdapter):
         )
         return {k: v for k, v in inputs.items() if k != "labels"}
 
-    def views(self, inputs: dict, images: Sequence[ImageInput]) -> list[View]:
+    def views(self, images: Sequence[ImageInput]) -> list[View]:
         return [whole(i, image.size) for i, image in enumerate(images)]

@@ -41,7 +41,7 @@ def whole(image: int, size: tuple[int, int], kind: str = "full") -> View:
 class SquareViewsAdapter(VlmAdapter):
     """Geometry of square SigLIP views; subclasses set :attr:`pool` and :meth:`views`."""
 
-    def views(self, inputs: dict, images: Sequence[ImageInput]) -> list[View]:
+    def views(self, images: Sequence[ImageInput]) -> list[View]:
         """The views of ``images`` in ``pixel_values`` order."""
         raise NotImplementedError
 
@@ -80,7 +80,7 @@ class SquareViewsAdapter(VlmAdapter):
         image positions, each reading its ``pool x pool`` block in raster order."""
         pixel_values = inputs["pixel_values"]
         self._check_squash(pixel_values)
-        views = self.views(inputs, images)
+        views = self.views(images)
         side, pool = self.patches_per_side, self.pool
         per_view = (side // pool) ** 2
         positions = self.image_positions(inputs["input_ids"][0])

@@ -19,7 +19,7 @@ from engine.adapters import adapter_for
 from engine.adapters.gemma3 import Gemma3Adapter, PanAndScan
 from engine.capture import capture_attention, capture_vision_attention
 from engine.cli import app as cli
-from engine.errors import PromptError
+from engine.errors import PromptError, UnsupportedModelError
 from engine.inputs import ImageInput, load_image
 from engine.loading import load_model
 from engine.recorder import RecordOptions, record
@@ -309,3 +309,11 @@ def test_pan_and_scan_recorded(build):
         ours = trace.relevancy.map(mode)
         scale = max(float(np.abs(reference).max()), 1.0)
         np.testing.assert_allclose(ours, reference, atol=1e-5 * scale, err_msg=mode)
+
+
+def test_geometry_refuses_inputs_built_with_other_pan_and_scan_settings(build):
+    """Crops the adapter was not told about would shift every later view's boxes: refused."""
+    built, _, images, inputs = setup(build, "gemma3", "wide pan & scan")
+    plain = Gemma3Adapter(built.model, built.processor)
+    with pytest.raises(UnsupportedModelError, match="4 view"):
+        plain.geometry(inputs, images)
