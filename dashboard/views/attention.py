@@ -221,7 +221,7 @@ def cross_attention(config: StoreConfig, trace: StoredTrace, selected: list[int]
         return
     style = context.overlay_style()
     views = render.choose_views(trace, key="cross:tiles")
-    index = st.select_slider(
+    index = st.selectbox(
         "Cross-attention layer",
         range(len(layers)),
         format_func=lambda i: f"LM layer {layers[i]}",
