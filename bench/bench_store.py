@@ -94,9 +94,10 @@ def bench_files(root: Path, shape: dict, repeats: int) -> None:
     trace = make_synthetic_trace(**shape, seed=1)
     print(f"  generated in {time.perf_counter() - t0:.1f} s", flush=True)
     lm_raw = trace.lm_attention.nbytes
-    raw = lm_raw + (trace.vision_attention.nbytes if trace.vision_attention is not None else 0)
-    prompt_len, n_answer = shape["prompt_len"], shape["answer_len"]
-    image = slice(shape["image_start"], shape["image_start"] + shape["grid"][0] * shape["grid"][1])
+    raw = lm_raw + sum(v.nbytes for v in trace.vision_attention or [])
+    n_answer = shape["answer_len"]
+    answers = [trace.tokens.answer_row(k) for k in range(n_answer)]
+    image = trace.tokens.image_positions
 
     with open_store(root / "files", writable=True) as store:
         print("lossless (default)")
@@ -132,12 +133,12 @@ def bench_files(root: Path, shape: dict, repeats: int) -> None:
             return tr.answer_attention((11 * i) % n_answer)
 
         def block(tr: StoredTrace, i: int):
-            return tr.attention_block(range(prompt_len - 1, prompt_len - 1 + n_answer), image)
+            return tr.attention_block(answers, image)
 
         for label, op, target in (
             ("one (layer, head) heatmap", heat, 20),
             ("one answer token, all layers/heads", row, 30),
-            (f"answer x image block [L,H,{n_answer},{image.stop - image.start}]", block, 300),
+            (f"answer x image block [L,H,{n_answer},{len(image)}]", block, 300),
         ):
             medians = cold_and_warm(path, op, repeats)
             (cold, warm), (cold_off, warm_off) = medians[True], medians[False]

@@ -425,7 +425,7 @@ def make_synthetic_trace(
         cross = _cross_attention(rng, num_layers, num_heads, seq_len, key_blob, noise)
 
     # summaries from the rows that produced each answer token
-    at = np.searchsorted(kept_rows, np.arange(prompt_len - 1, seq_len - 1))
+    at = np.searchsorted(kept_rows, [tokens.answer_row(k) for k in range(answer_len)])
     answer_att = lm[:, :, at, :].astype(np.float32)  # [L, H, N, T]
     img_share = answer_att[..., roles == TokenRole.IMAGE].sum(-1)
     ans_share = answer_att[..., prompt_len:].sum(-1)
