@@ -8,11 +8,13 @@ resized to 32x64 (shrunk in y, stretched in x: 4x8 patches), 70x30 to 64x32 (8x4
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import transformers as tf
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -24,7 +26,7 @@ from engine.inputs import ImageInput, load_image
 from engine.loading import load_model
 from store import RelevancyMode, open_store
 from tests.engine.families import oracle
-from tests.engine.families.builders import QWEN_TOKENS, prompt_inputs
+from tests.engine.families.builders import QWEN_TOKENS, Built, prompt_inputs, with_video
 from tests.engine.families.images import noise_image, painted
 from tests.engine.families.relevancy_reference import reference_relevancy
 
@@ -195,7 +197,9 @@ def assemble(pieces, calls, geometry) -> list[np.ndarray]:
     return dense
 
 
-def vision_attention(model, built, images: list[Image.Image]):
+def vision_attention(built: Built, images: list[Image.Image]):
+    """Each image's assembled vision attention ([Lv, Hv, V, V]) and the geometry."""
+    model = built.model
     inputs = prompt_inputs(built, images)
     adapter = adapter_for(model, built.processor)
     sources = [load_image(im, f"image{i}") for i, im in enumerate(images)]
@@ -211,21 +215,42 @@ def test_vision_pieces_cover_each_image_once(build, name):
     1), and each image's attention equals what the tower gives it alone."""
     built = build(name)
     images = images_of([(40, 56), (48, 80)])
-    together, geometry = vision_attention(built.model, built, images)
+    together, geometry = vision_attention(built, images)
     for s, dense in enumerate(together):
         assert dense.shape[-1] == len(geometry.vision_sequences[s])
         assert dense.sum(-1) == pytest.approx(1.0, abs=1e-5)
-        alone, _ = vision_attention(built.model, built, [images[s]])
+        alone, _ = vision_attention(built, [images[s]])
         assert dense == pytest.approx(alone[0], abs=1e-6)
 
 
-def all_layers_full(model):
-    """A copy of a Qwen2.5-VL model whose every vision layer attends the whole image."""
-    full = copy.deepcopy(model)
-    layers = list(range(full.config.vision_config.depth))
-    full.config.vision_config.fullatt_block_indexes = layers
-    full.model.visual.fullatt_block_indexes = layers
-    return full
+def all_layers_full(built: Built) -> Built:
+    """Qwen2.5-VL whose every vision layer attends the whole image (still permuted)."""
+    model = copy.deepcopy(built.model)
+    layers = list(range(model.config.vision_config.depth))
+    model.config.vision_config.fullatt_block_indexes = layers
+    model.model.visual.fullatt_block_indexes = layers
+    return replace(built, model=model)
+
+
+def checkpoint_shaped(built: Built) -> Built:
+    """Qwen2.5-VL with its checkpoints' vision numbers: 14 px patches, 112 px windows (4x4
+    merge blocks), images resized to multiples of 28 px."""
+    config = copy.deepcopy(built.model.config)
+    config.vision_config.patch_size = 14
+    config.vision_config.window_size = 112
+    torch.manual_seed(0)
+    model = type(built.model)._from_config(config, attn_implementation="eager").eval()
+    images = tf.Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 4 * 28**2, "longest_edge": 64 * 28**2}, patch_size=14, merge_size=2
+    )
+    processor = with_video(
+        "Qwen2_5_VLProcessor",
+        "qwen2_5_vl",
+        image_processor=images,
+        tokenizer=built.processor.tokenizer,
+        chat_template=built.processor.chat_template,
+    )
+    return replace(built, model=model, processor=processor)
 
 
 def changed_token(before: np.ndarray, after: np.ndarray) -> int:
@@ -246,29 +271,33 @@ def changed_token(before: np.ndarray, after: np.ndarray) -> int:
 
 
 @pytest.mark.parametrize(
-    ("name", "variant"),
+    ("name", "variant", "blocks"),
     [
-        ("qwen2_vl", None),
-        ("qwen3_vl", None),
-        ("qwen2_5_vl", None),  # layer 0 attends per window, over the permuted sequence
-        ("qwen2_5_vl", all_layers_full),  # layer 0 attends per image, still permuted
+        ("qwen2_vl", None, (3, 5)),
+        ("qwen3_vl", None, (3, 5)),
+        ("qwen2_5_vl", None, (3, 5)),  # layer 0 per window (2x2 blocks), permuted sequence
+        ("qwen2_5_vl", all_layers_full, (3, 5)),  # layer 0 per image, still permuted
+        ("qwen2_5_vl", checkpoint_shaped, (6, 7)),  # windows of 4x4 blocks, uneven
     ],
+    ids=["qwen2_vl", "qwen3_vl", "qwen2_5_vl", "qwen2_5_vl-full", "qwen2_5_vl-checkpoint"],
 )
-def test_vision_tokens_sit_where_the_geometry_says(build, name, variant):
-    """Repaint one patch of a 48x80 image (not resized): in the first vision layer the token
-    whose attention row and column change is the one the geometry puts on that patch."""
-    built = build(name)
-    model = built.model if variant is None else variant(built.model)
-    image = noise_image(48, 80, seed=3)
-    before, geometry = vision_attention(model, built, [image])
+def test_vision_tokens_sit_where_the_geometry_says(build, name, variant, blocks):
+    """Repaint one patch of an image of ``blocks`` merge blocks (not resized): in the first
+    vision layer the token whose attention row and column change is the one the geometry puts
+    on that patch."""
+    built = build(name) if variant is None else variant(build(name))
+    patch = built.model.config.vision_config.patch_size
+    rows, cols = 2 * blocks[0], 2 * blocks[1]
+    image = noise_image(rows * patch, cols * patch, seed=3)
+    before, geometry = vision_attention(built, [image])
     sequence = geometry.vision_sequences[0]
-    for row, col in [(0, 0), (1, 6), (5, 9), (3, 4)]:
-        x, y = col * PATCH, row * PATCH
-        repainted = painted(image, (x, y, x + PATCH - 1, y + PATCH - 1))
-        after, _ = vision_attention(model, built, [repainted])
+    for row, col in [(0, 0), (1, cols - 4), (rows - 1, cols - 1), (rows // 2, cols // 2)]:
+        x, y = col * patch, row * patch
+        repainted = painted(image, (x, y, x + patch - 1, y + patch - 1))
+        after, _ = vision_attention(built, [repainted])
         token = changed_token(before[0][0], after[0][0])
         box = geometry.patch_boxes[sequence[token]]
-        assert tuple(box) == (x, y, x + PATCH, y + PATCH)
+        assert tuple(box) == (x, y, x + patch, y + patch)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
