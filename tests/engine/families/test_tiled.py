@@ -28,6 +28,7 @@ from store.schema import TokenRole
 from tests.engine.families import oracle
 from tests.engine.families.builders import prompt_inputs
 from tests.engine.families.images import noise_image, painted
+from tests.engine.families.relevancy_reference import reference_relevancy
 
 FAMILIES = ("idefics3", "smolvlm", "internvl", "aya_vision")
 # (height, width) of each image of a prompt: wide, very wide (one row of crops), tall, square
@@ -343,8 +344,29 @@ def test_two_image_prompt_recorded_through_the_cli(build, tmp_path, name):
     assert len(vision_shapes) == len(geometry.tiles)
     for heads in vision:
         np.testing.assert_allclose(heads.sum(-1), 1.0, atol=2e-3)
-    for mode in (RelevancyMode.VISION, RelevancyMode.LLM_THROUGH_VISION):
-        assert relevancy.map(mode).shape == (tokens.answer_length, geometry.num_patches)
+    # relevancy of the two-image prompt, every mode, against the slow float64 reference
+    inputs = loaded.adapter.build_inputs(images, prompt)
+    for mode, reference in zip(
+        RelevancyMode, reference_relevancy(loaded, inputs, tokens.ids, geometry), strict=True
+    ):
+        ours = relevancy.map(mode)
+        assert ours.shape == reference.shape, mode
+        scale = max(float(np.abs(reference).max()), 1e-12)
+        np.testing.assert_allclose(ours, reference, atol=1e-5 * max(1.0, scale), err_msg=mode)
+
+
+@pytest.mark.parametrize(("name", "strategy"), [("internvl", "full"), ("aya_vision", "default")])
+def test_a_feature_strategy_that_cannot_pixel_shuffle_is_refused(build, name, strategy):
+    """InternVL keeping its CLS feature, or Aya Vision dropping a SigLIP patch as if it were
+    one, leaves a non-square grid: one clear error, not a wrong map."""
+    built = build(name)
+    config = built.model.config
+    saved, config.vision_feature_select_strategy = config.vision_feature_select_strategy, strategy
+    try:
+        with pytest.raises(UnsupportedModelError, match="strategy"):
+            placed(built, images_of(PROMPTS["wide"]))
+    finally:
+        config.vision_feature_select_strategy = saved
 
 
 def test_idefics3_grids_come_from_the_markers_however_they_are_tokenised():
