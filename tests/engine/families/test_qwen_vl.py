@@ -18,13 +18,14 @@ import transformers as tf
 from PIL import Image
 from typer.testing import CliRunner
 
-from engine.adapters import adapter_for
+from engine.adapters import Placement, VisionPiece, VlmAdapter, adapter_for
 from engine.capture import capture_vision_attention
 from engine.cli import app as cli
 from engine.errors import UnsupportedModelError
 from engine.inputs import ImageInput, load_image
 from engine.loading import load_model
 from store import RelevancyMode, open_store
+from store.schema import ImageGeometry
 from tests.engine.families import oracle
 from tests.engine.families.builders import QWEN_TOKENS, Built, prompt_inputs, with_video
 from tests.engine.families.images import noise_image, painted
@@ -43,20 +44,22 @@ def images_of(sizes: list[tuple[int, int]]) -> list[Image.Image]:
     return [noise_image(h, w, seed=i) for i, (h, w) in enumerate(sizes)]
 
 
-def placement_of(built, images: list[Image.Image]):
+def placement_of(built: Built, images: list[Image.Image]) -> tuple[dict, VlmAdapter, Placement]:
     inputs = prompt_inputs(built, images)
     adapter = adapter_for(built.model, built.processor)
     sources = [load_image(im, f"image{i}") for i, im in enumerate(images)]
     return inputs, adapter, adapter.geometry(inputs, sources)
 
 
-def processed_sizes(built, inputs) -> dict[int, tuple[int, int]]:
+def processed_sizes(built: Built, inputs: dict) -> dict[int, tuple[int, int]]:
     """(height, width) of each processed image, from the oracle's own pixel layout."""
     maps = oracle.pixel_maps(built.model, inputs, inputs["pixel_values"], built.processor)
     return {image: values.shape for (image, _), values in maps.items()}
 
 
-def processed_box(geometry, patch: int, shapes) -> tuple[int, ...]:
+def processed_box(
+    geometry: ImageGeometry, patch: int, shapes: dict[int, tuple[int, int]]
+) -> tuple[int, ...]:
     """The box of ``patch`` (original pixels) in its processed image's pixels, which must fall
     on the processed image's patch grid."""
     tile = geometry.tiles[geometry.patch_tile[patch]]
@@ -184,7 +187,9 @@ def test_painted_square_lands_on_the_patches_over_it(build, name):
     assert not changed[~near].any()
 
 
-def assemble(pieces, calls, geometry) -> list[np.ndarray]:
+def assemble(
+    pieces: list[VisionPiece], calls: list[torch.Tensor], geometry: ImageGeometry
+) -> list[np.ndarray]:
     """Per vision sequence, [Lv, Hv, V, V]: each piece's probabilities at its tokens."""
     layers = 1 + max(p.layer for p in pieces)
     heads = calls[0].shape[1]
@@ -197,7 +202,9 @@ def assemble(pieces, calls, geometry) -> list[np.ndarray]:
     return dense
 
 
-def vision_attention(built: Built, images: list[Image.Image]):
+def vision_attention(
+    built: Built, images: list[Image.Image]
+) -> tuple[list[np.ndarray], ImageGeometry]:
     """Each image's assembled vision attention ([Lv, Hv, V, V]) and the geometry."""
     model = built.model
     inputs = prompt_inputs(built, images)
