@@ -112,7 +112,9 @@ def check_trace(trace: Trace) -> None:
         shape = _shape(cross.weights)
         if len(shape) != 4 or shape[2] != t or len(cross.layers) != shape[0]:
             raise ValueError(f"cross_attention.weights must be [{len(cross.layers)}, H, {t}, K]")
-        _ints_in(np.asarray(cross.layers, np.int64), 0, _shape(att)[0], "cross_attention.layers")
+        # decoder-layer indices: self- and cross-attention layers share one stack (Mllama)
+        depth = _shape(att)[0] + len(cross.layers)
+        _ints_in(np.asarray(cross.layers, np.int64), 0, depth, "cross_attention.layers")
         keys = shape[3]
     _check_geometry(trace.image, t, keys)
 
