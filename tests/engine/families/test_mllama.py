@@ -4,16 +4,21 @@ cross-attention against a slow float64 reference."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from engine.adapters import adapter_for
-from engine.capture import capture_vision_attention
+from engine.capture import capture_attention, capture_vision_attention
+from engine.cross_relevancy import CrossRelevancyInputs, compute_cross_relevancy
 from engine.inputs import ImageInput
+from engine.relevancy import VisionInputs
 from tests.engine.families import oracle
 from tests.engine.families.builders import prompt_inputs
+from tests.engine.families.cross_relevancy_reference import reference_relevancy
 from tests.engine.families.images import noise_image, painted
 
 # (height, width): 2x2 tiles, all filled; 1x3 tiles plus a padding slot, the image not resized
@@ -132,3 +137,184 @@ def test_tile_boxes_in_original_pixels_follow_a_painted_square(built, size):
             assert torch.allclose(tile_pixels(before, geometry, p), padding.float(), atol=1e-6)
     assert inside and all(inside)
     assert clear and not any(clear)
+
+
+def vision_input_reads(built, inputs) -> list[list[tuple[int, int, int] | None]]:
+    """Per image, the patch (tile slot, row, col) each token entering the vision encoder reads
+    (None: no pixel, as CLS and padding), from gradients w.r.t. the pixels."""
+    pixel_values = inputs["pixel_values"].detach().clone().requires_grad_(True)
+    seen = []
+
+    def grab(module, args, kwargs):
+        seen.append(args[0] if args else kwargs["hidden_states"])
+        raise oracle._Captured
+
+    encoder = built.model.model.vision_model.transformer
+    handle = encoder.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.enable_grad():
+            built.model(**{**inputs, "pixel_values": pixel_values})
+    except oracle._Captured:
+        pass
+    finally:
+        handle.remove()
+    (states,) = seen  # [images, V, dim]
+    direction = torch.randn(states.shape[-1], generator=torch.Generator().manual_seed(0))
+    patch = oracle.patch_size(built.model)
+    out = []
+    for image in range(states.shape[0]):
+        reads = []
+        for v in range(states.shape[1]):
+            (grad,) = torch.autograd.grad(
+                states[image, v] @ direction, pixel_values, retain_graph=True
+            )
+            found = torch.nonzero(grad[0, image].abs().sum(1)).tolist()  # slot, y, x
+            cells = {(s, y // patch, x // patch) for s, y, x in found}
+            assert len(cells) <= 1, "a vision token reads more than one patch"
+            reads.append(cells.pop() if cells else None)
+        out.append(reads)
+    return out
+
+
+def sequence_reads(geometry, sequence: np.ndarray) -> list[tuple[int, int, int] | None]:
+    """The adapter's vision sequence as (tile slot, row, col) per token, None for -1."""
+    images = [t.image for t in geometry.tiles]
+    reads = []
+    for p in sequence:
+        if p < 0:
+            reads.append(None)
+            continue
+        tile = int(geometry.patch_tile[p])
+        cols = geometry.tiles[tile].cols
+        row, col = divmod(int(p) - geometry.tile_patches(tile).start, cols)
+        reads.append((tile - images.index(geometry.tiles[tile].image), row, col))
+    return reads
+
+
+def test_vision_sequences_and_pieces_match_the_tower(built):
+    """Each vision sequence token's patch is the one the tower's input token reads (padding
+    tile slots, left out of the geometry, read only their own zero pixels); every captured
+    call is one layer with one batch row per image, covering its whole sequence."""
+    images = [noise_image(20, 70), noise_image(40, 56, seed=1)]
+    inputs = prompt_inputs(built, images)
+    adapter = adapter_for(built.model, built.processor)
+    geometry = adapter.geometry(inputs, image_inputs(*images)).geometry
+    real = inputs["aspect_ratio_mask"][0]
+    for image, (sequence, measured) in enumerate(
+        zip(geometry.vision_sequences, vision_input_reads(built, inputs), strict=True)
+    ):
+        expected = sequence_reads(geometry, sequence)
+        for v, (got, want) in enumerate(zip(measured, expected, strict=True)):
+            if got is not None and not real[image, got[0]]:
+                assert want is None  # a padding tile slot's token
+            else:
+                assert got == want, f"image {image} token {v}"
+    assert sum(int((s >= 0).sum()) for s in geometry.vision_sequences) == geometry.num_patches
+
+    with capture_vision_attention(built.model) as calls, torch.no_grad():
+        built.model(**inputs)
+    pieces = adapter.vision_pieces(calls, geometry)
+    assert sorted((p.layer, p.sequence) for p in pieces) == [
+        (layer, s) for layer in range(adapter.num_vision_layers()) for s in range(len(images))
+    ]
+    for piece in pieces:
+        weights = calls[piece.call][piece.batch]
+        length = len(geometry.vision_sequences[piece.sequence])
+        assert piece.tokens is None and weights.shape[-2:] == (length, length)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+
+def teacher_forced(model, adapter, inputs, answer_words: str):
+    """Logits and every attention tensor of one forward over prompt + answer, in an autograd
+    graph reaching the token embeddings and pixels (what the recorder's forced pass holds)."""
+    tokenizer = adapter.processor.tokenizer
+    answer = torch.tensor(tokenizer.convert_tokens_to_ids(answer_words.split()))
+    sequence = torch.cat([inputs["input_ids"][0], answer])
+    forced = adapter.forced_inputs(inputs, sequence)
+    forced["pixel_values"] = forced["pixel_values"].to(torch.float64).requires_grad_(True)
+
+    def leaf(_module, _inputs, output):
+        return output.requires_grad_(True)
+
+    handle = model.get_input_embeddings().register_forward_hook(leaf)
+    cross_modules = [module for _, module in adapter.cross_attention_modules()]
+    try:
+        with (
+            torch.enable_grad(),
+            capture_attention(adapter.language_attention_modules()) as self_attention,
+            capture_attention(cross_modules) as cross_attention,
+            capture_vision_attention(model) as vision_calls,
+        ):
+            logits = model(**forced).logits[0, inputs["input_ids"].shape[1] - 1 : -1]
+    finally:
+        handle.remove()
+    return logits, answer, self_attention, cross_attention, list(vision_calls)
+
+
+@pytest.fixture(scope="module")
+def model64(built):
+    """A float64 variant with a self-attention layer after the cross-attention layer (so the
+    order of the LM's blocks matters) and weights at 2/sqrt(fan-in): at the builder's 0.02
+    scale the vision tower's gradient-weighted attention is ~1e-7 of the identity, and a
+    relevancy that skipped the tower would pass."""
+    config = copy.deepcopy(built.model.config)
+    config.text_config.num_hidden_layers = 3
+    config.text_config.cross_attention_layers = [1]
+    torch.manual_seed(1)
+    model = type(built.model)._from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2 and "embed" not in name:
+                param.normal_(0, 2 / param.shape[-1] ** 0.5)
+        built.spec.repair(model)
+    return model.eval().requires_grad_(False).to(torch.float64)
+
+
+@pytest.mark.parametrize("sizes", [[(40, 56)], [(20, 70), (100, 30)]])
+def test_cross_relevancy_matches_the_float64_reference(built, model64, sizes):
+    images = [noise_image(*size, seed=i) for i, size in enumerate(sizes)]
+    inputs = prompt_inputs(built, images)
+    adapter = adapter_for(model64, built.processor)
+    geometry = adapter.geometry(inputs, image_inputs(*images)).geometry
+    logits, answer, self_attention, cross_attention, calls = teacher_forced(
+        model64, adapter, inputs, "a red square"
+    )
+    pieces = adapter.vision_pieces(calls, geometry)
+    key_tokens = adapter.key_vision_tokens(len(images))
+    prompt_length = inputs["input_ids"].shape[1]
+    maps = compute_cross_relevancy(
+        CrossRelevancyInputs(
+            answer_logits=logits,
+            answer_ids=answer,
+            self_attention=self_attention,
+            cross_attention=cross_attention,
+            cross_layers=adapter.cross_layers,
+            vision=VisionInputs(calls, pieces, geometry.vision_sequences, geometry.vision_summary),
+            key_tokens=key_tokens,
+            prompt_length=prompt_length,
+            num_patches=geometry.num_patches,
+        )
+    )
+    expected = reference_relevancy(
+        logits,
+        answer,
+        self_attention,
+        cross_attention,
+        adapter.cross_layers,
+        calls,
+        geometry.vision_sequences,
+        key_tokens,
+        prompt_length,
+        geometry.num_patches,
+    )
+    for mode in ("llm", "llm_keys", "vision", "llm_through_vision"):
+        np.testing.assert_allclose(
+            getattr(maps, mode), getattr(expected, mode), rtol=1e-4, atol=1e-7, err_msg=mode
+        )
+    # the image matters, on real patches of every image, and the shares add up
+    assert (maps.llm_keys.sum(1) > 0.01).all()
+    np.testing.assert_allclose(maps.llm.sum(1) + maps.llm_keys.sum(1), 1, rtol=1e-5)
+    for image in range(len(images)):
+        tiles = [t for t, tile in enumerate(geometry.tiles) if tile.image == image]
+        on_image = np.isin(geometry.patch_tile, tiles)
+        assert (maps.llm_through_vision[:, on_image].sum(1) > 0).all()
