@@ -84,6 +84,7 @@ def has_overlaps(geometry: ImageGeometry) -> bool:
 
 
 def image_label(geometry: ImageGeometry, image: int) -> str:
+    """An image as captions name it: its number, file name and size."""
     source = geometry.images[image]
     width, height = source.size
     return f"image {image + 1}: {source.name} ({width}×{height} px)"
@@ -100,6 +101,7 @@ def tile_label(geometry: ImageGeometry, tile: int) -> str:
 
 
 def view_label(geometry: ImageGeometry, view: View) -> str:
+    """What a picture shows, for its caption."""
     if view.tile is None:
         return image_label(geometry, view.image)
     return tile_label(geometry, view.tile)
@@ -138,7 +140,8 @@ def frame(geometry: ImageGeometry, view: View) -> Frame:
     if view.tile is not None:
         crop = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
         picture = _crop_padded(picture, tuple(round(v) for v in crop))
-    picture = picture.resize(size, Image.Resampling.LANCZOS)
+    if picture.size != size:
+        picture = picture.resize(size, Image.Resampling.LANCZOS)
     return Frame(np.asarray(picture), box)
 
 
