@@ -158,8 +158,7 @@ def check_load_options(
         check_device(device)
     elif device_map not in DEVICE_MAP_STRATEGIES:
         check_device(device_map, "--device-map")  # one device, e.g. "cuda:1"
-    needs = ["bitsandbytes", "accelerate"] if quantize else []
-    needs += ["accelerate"] if device_map is not None and not quantize else []
+    needs = ("bitsandbytes", "accelerate") if quantize else ("accelerate",) if device_map else ()
     missing = [name for name in needs if importlib.util.find_spec(name) is None]
     if missing:
         what = f"--quantize {quantize}" if quantize else f"--device-map {device_map}"
