@@ -30,7 +30,7 @@ from tests.engine.families.relevancy_reference import reference_relevancy
 APP = Path(__file__).resolve().parents[3] / "dashboard" / "app.py"
 TRACE_PAGES = ["generation", "attention", "relevancy", "causal"]
 PROMPT = "what is in the image ?"
-SQUARE = (20, 8, 35, 23)  # x0, y0, x1, y1 (inclusive) on the 56x40 noise image
+SQUARE = (14, 10, 41, 29)  # x0, y0, x1, y1 (inclusive) on the 56x40 noise image
 
 
 def _registered(name: str) -> bool:
@@ -92,7 +92,8 @@ def _loaded(built):
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_trace_is_stored_with_its_geometry(recorded, store_dir, name):
-    with open_store(store_dir) as store, store.open(recorded(name)) as trace:
+    trace_id = recorded(name)
+    with open_store(store_dir) as store, store.open(trace_id) as trace:
         geometry = trace.image
         assert trace.info.adapter == adapter_class(name).name
         assert geometry.images[0].size == (56, 40)
@@ -139,9 +140,9 @@ def test_painted_square_lands_on_the_tokens_whose_patches_cover_it(build, name):
 
 @pytest.mark.parametrize("name", [n for n in FAMILY_NAMES if n not in CROSS])
 def test_relevancy_matches_the_slow_reference(build, recorded, store_dir, name):
-    built = build(name)
-    loaded = _loaded(built)
-    with open_store(store_dir) as store, store.open(recorded(name)) as trace:
+    trace_id = recorded(name)
+    loaded = _loaded(build(name))
+    with open_store(store_dir) as store, store.open(trace_id) as trace:
         tokens, geometry, relevancy = trace.tokens, trace.image, trace.relevancy
     images = [load_image(noise_image(), "noise.png")]
     inputs = loaded.adapter.build_inputs(images, PROMPT)
