@@ -7,7 +7,7 @@ drift from the code: a family added there appears here without another edit.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Annotated
 
 import typer
@@ -55,10 +55,14 @@ def family_rows() -> list[FamilyRow]:
     """One row per registered adapter, by family name.
 
     An adapter records vision attention when it counts the tower's layers and cross-attention
-    when it names cross-attention modules (both are base-class hooks it overrides). Relevancy
-    needs the vision attention for every mode but ``llm``.
+    when it names cross-attention modules (both are base-class hooks it overrides). Its
+    relevancy modes are the maps its relevancy computation returns (engine/relevancy.py, or
+    engine/cross_relevancy.py for cross-attention families); all but ``llm`` need the vision
+    attention.
     """
     from engine.adapters import VlmAdapter, list_adapters
+    from engine.cross_relevancy import CrossRelevancyMaps
+    from engine.relevancy import RelevancyMaps
     from store.schema import RelevancyMode
 
     def overrides(cls: type[VlmAdapter], method: str) -> bool:
@@ -67,16 +71,18 @@ def family_rows() -> list[FamilyRow]:
     rows = []
     for cls in list_adapters():
         vision = overrides(cls, "num_vision_layers")
-        modes = list(RelevancyMode) if vision else [RelevancyMode.LLM]
+        cross = overrides(cls, "cross_attention_modules")
+        maps = {f.name for f in fields(CrossRelevancyMaps if cross else RelevancyMaps)}
+        modes = [m.value for m in RelevancyMode if m.value in maps]
         rows.append(
             FamilyRow(
                 family=cls.name,
                 model_types=list(cls.model_types),
                 lm_mask=cls.lm_mask,
                 vision_attention=vision,
-                cross_attention=overrides(cls, "cross_attention_modules"),
+                cross_attention=cross,
                 multi_image=cls.multi_image,
-                relevancy_modes=[mode.value for mode in modes],
+                relevancy_modes=modes if vision else [RelevancyMode.LLM.value],
             )
         )
     return rows

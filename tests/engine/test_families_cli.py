@@ -40,6 +40,10 @@ def test_rows_state_what_the_families_are_known_to_do():
     masks = {name: row["lm_mask"] for name, row in rows.items() if row["lm_mask"] != "causal"}
     assert masks == {"gemma3": "image blocks", "paligemma": "prefix"}
     assert all(row["vision_attention"] for row in rows.values())
+    every = ["llm", "vision", "all", "llm_through_vision"]
+    # The seed's "all" reads the LM's image-by-image block, which Mllama's sequence lacks.
+    modes = {name: row["relevancy_modes"] for name, row in rows.items()}
+    assert modes == {name: every if name != "mllama" else every[:2] + every[3:] for name in rows}
 
 
 class _Toy(VlmAdapter):
@@ -52,12 +56,24 @@ class _Toy(VlmAdapter):
         return []
 
 
+class _SeeingToy(_Toy):
+    name = "seeing_toy"
+    model_types = ("seeing_toy",)
+
+    def num_vision_layers(self) -> int:
+        return 1
+
+
 def test_a_newly_registered_adapter_appears_with_what_it_records(monkeypatch):
     monkeypatch.setitem(adapters_base._ADAPTERS, _Toy.name, _Toy)
     (toy,) = [row for row in family_rows() if row.family == "toy"]
     assert toy.model_types == ["toy_vlm", "toy_vlm_2"] and toy.lm_mask == "prefix"
     assert toy.cross_attention and not toy.vision_attention and not toy.multi_image
     assert toy.relevancy_modes == ["llm"]  # the other modes need the vision attention
+    monkeypatch.setitem(adapters_base._ADAPTERS, _SeeingToy.name, _SeeingToy)
+    (seeing,) = [row for row in family_rows() if row.family == "seeing_toy"]
+    assert seeing.vision_attention  # cross-attention relevancy has no "all" (the seed's map)
+    assert seeing.relevancy_modes == ["llm", "vision", "llm_through_vision"]
 
 
 def test_plain_output_is_one_tab_separated_line_per_family():
@@ -72,11 +88,11 @@ def test_plain_output_is_one_tab_separated_line_per_family():
 
 @pytest.mark.parametrize("differ", [False, True])
 def test_terminal_table_states_shared_relevancy_modes_once(monkeypatch, differ):
-    if differ:
-        monkeypatch.setitem(adapters_base._ADAPTERS, _Toy.name, _Toy)
+    registry = {"toy": _Toy, "seeing_toy": _SeeingToy} if differ else {"toy": _Toy}
+    monkeypatch.setattr(adapters_base, "_ADAPTERS", registry)
     out = io.StringIO()
     render(family_rows(), Console(file=out, force_terminal=True, width=160, color_system=None))
     text = out.getvalue()
-    assert f"{len(family_rows())} model families" in text
-    assert ("relevancy modes, every family" in text) is not differ
+    assert f"{len(registry)} model families" in text
+    assert ("relevancy modes, every family: llm" in text) is not differ
     assert ("relevancy modes" in text.splitlines()[2]) is differ  # the header row's column
