@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
 from engine.capture import capture_attention, capture_vision_attention
+from engine.cli import app as cli
 from engine.cross_relevancy import CrossRelevancyInputs, compute_cross_relevancy
 from engine.inputs import ImageInput
 from engine.relevancy import VisionInputs
+from store import open_store
 from tests.engine.families import oracle
 from tests.engine.families.builders import prompt_inputs
 from tests.engine.families.cross_relevancy_reference import reference_relevancy
@@ -318,3 +321,42 @@ def test_cross_relevancy_matches_the_float64_reference(built, model64, sizes):
         tiles = [t for t, tile in enumerate(geometry.tiles) if tile.image == image]
         on_image = np.isin(geometry.patch_tile, tiles)
         assert (maps.llm_through_vision[:, on_image].sum(1) > 0).all()
+
+
+def test_two_images_recorded_through_the_cli(built, tmp_path):
+    """``record`` with two ``--image`` (2x2 tiles, and 1x3 tiles + a padding slot): seven
+    tiles, the key map and one vision sequence per image read back from the store; the
+    ``<|image|>`` markers are text; cross-attention [Lx, H, T, K] over 2 x 4 x 17 keys, where
+    no row from its image's marker on reads a padding slot or an image whose marker is later."""
+    paths = []
+    for i, (h, w) in enumerate([(40, 56), (20, 70)]):
+        paths += ["--image", str(tmp_path / f"image{i}.png")]
+        noise_image(h, w, seed=i).save(paths[-1])
+    store = tmp_path / "store"
+    args = ["record", "--model", str(built.folder), *paths, "--prompt", "what is in the image ?"]
+    result = CliRunner().invoke(cli, [*args, "--store", str(store), "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    with open_store(store) as opened, opened.open(result.stdout.strip().splitlines()[-1]) as trace:
+        trace = trace.read()
+    geometry, tokens = trace.image, trace.tokens
+    assert trace.info.adapter == "mllama"
+    assert [(t.image, t.kind) for t in geometry.tiles] == [(0, "crop")] * 4 + [(1, "crop")] * 3
+    assert geometry.tiles[4].box == (0.0, 0.0, 32.0, 32.0)  # 20x70 fits 32x96: no resize
+    assert len(geometry.token_patches.rows) == 0 and len(tokens.image_positions) == 0
+    assert [len(s) for s in geometry.vision_sequences] == [4 * 24] * 2
+    assert [a.shape for a in trace.vision_attention] == [(3, 2, 96, 96)] * 2
+    assert trace.lm_attention.shape[0] == 1  # layer 0; layer 1 is cross-attention only
+
+    cross = trace.cross_attention
+    assert cross.layers == [1]
+    keys = 2 * 4 * 17
+    assert cross.weights.shape == (1, 2, len(tokens.ids), keys)
+    weights = cross.weights.astype(np.float32)
+    np.testing.assert_allclose(weights.sum(-1), 1, atol=2e-3)
+    markers = np.flatnonzero(tokens.ids == built.model.config.image_token_index)
+    padding = slice((4 + 3) * 17, 8 * 17)  # image 1's fourth tile slot
+    assert weights[..., markers[0] :, padding].max() == 0
+    assert weights[..., markers[0] : markers[1], 4 * 17 :].max() == 0
+    assert set(geometry.key_patches.rows) == set(range(keys)) - set(range(0, keys, 17)) - set(
+        range(padding.start, padding.stop)
+    )
