@@ -90,20 +90,18 @@ def tiled_placement(
         )
     builder = GeometryBuilder(images)
     index = np.full(prompt_length, -1, np.int32)
-    blocks = packing.side // packing.shuffle
-    offsets = np.arange(packing.shuffle)
+    blocks, s = packing.side // packing.shuffle, packing.shuffle
     reads = iter(positions)
     for image, (source, grid) in enumerate(zip(images, grids, strict=True)):
         for box, kind in tile_boxes(source.size, grid):
             tile = builder.add_tile(image, box, packing.side, packing.side, kind)
-            for block_row in range(blocks):
-                for block_col in range(blocks):
-                    rows = (block_row * packing.shuffle + offsets)[:, None]
-                    cols = (block_col * packing.shuffle + offsets)[None, :]
-                    position = next(reads)
-                    builder.read(position, builder.patch(tile, rows, cols).ravel())
-                    index[position] = image
             patches = builder.tile_patches(tile)
+            # [block, patches of the block]: blocks row-major, each block's patches row-major
+            per_block = patches.reshape(blocks, s, blocks, s).transpose(0, 2, 1, 3)
+            for block in per_block.reshape(blocks * blocks, s * s):
+                position = next(reads)
+                builder.read(position, block)
+                index[position] = image
             builder.add_vision_sequence(np.concatenate([[-1], patches]) if packing.cls else patches)
     return Placement(builder.build("cls" if packing.cls else "mean"), index)
 
