@@ -18,6 +18,7 @@ from store import (
     StoredTrace,
     TokenRole,
 )
+from store._h5 import chunk_rows
 
 from ._compare import assert_same
 
@@ -201,3 +202,12 @@ def test_inconsistent_traces_are_refused_before_writing(store, make_trace, chang
     with pytest.raises(ValueError, match=message):
         store.add(trace)
     assert store.query().total == 0
+
+
+def test_long_rows_take_fewer_rows_per_chunk():
+    # 7B LLaVA-1.5 (T ~ 700) keeps the measured 16 rows; LLaVA-NeXT lengths take fewer, and a
+    # policy's rows (read a token at a time) fewer still.
+    assert chunk_rows(700, 700, 2, subset=False) == 16
+    assert chunk_rows(3000, 3000, 2, subset=False) == 32 * 1024 // 6000
+    assert chunk_rows(20, 3000, 2, subset=True) == 1
+    assert chunk_rows(4, 3000, 1, subset=False) == 4
