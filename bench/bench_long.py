@@ -23,6 +23,7 @@ before each call; each figure is the median of ``--repeats`` calls (all calls ar
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -144,6 +145,8 @@ def main() -> None:
         bench_policy(st, RecordingPolicy.FULL, full_layers, layers, args.repeats)
         if not args.quick:
             bench_vision(st, args.repeats)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"\nload average at the end (1, 5, 15 min): {load} on {os.cpu_count()} cores")
     print("\n| figure | value | unit | vs target |\n|---|---:|---|---|")
     for row in ROWS:
         print("| " + " | ".join(row) + " |")

@@ -1,10 +1,10 @@
 """Trace store: HDF5 files for tensors, a SQL index for search. See "The trace store" in README.md.
 
 from store import open_store, TraceQuery
-with open_store("traces") as st:
+with open_store("traces") as st:  # read-only; open_store(..., writable=True) to add
     page = st.query(TraceQuery(model="llava-hf/llava-1.5-7b-hf", text="red"))
     with st.open(page.items[0].trace_id) as tr:
-        heat = tr.attention(layer=10, head=3)
+        heat = tr.lm_attention[10, 3]  # [T, T] float32; rows are absolute query positions
 """
 
 from ._codec import (
@@ -53,6 +53,7 @@ from .schema import (
     new_trace_id,
     utc_now,
 )
+from .views import AttentionView
 
 __all__ = [
     "DB_FILE",
@@ -60,6 +61,7 @@ __all__ = [
     "LOG8_RELATIVE_ERROR",
     "LOG8_ZERO_BELOW",
     "SPARSE_THRESHOLD",
+    "AttentionView",
     "CorruptTrace",
     "CrossAttention",
     "FormatTooNew",
