@@ -13,6 +13,14 @@ import pytest
 DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "engine" / "demo" / "checkpoint"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tests run beside each other on 2 cores: one intra-op thread each (as CI measures)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def demo_checkpoint() -> Path:
     return DEMO_CHECKPOINT

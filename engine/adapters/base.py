@@ -1,10 +1,10 @@
 """The model-family boundary: everything the recorder needs to know about one VLM family.
 
 A family is one :class:`VlmAdapter` subclass in its own module, registered with
-:func:`register_adapter` for its ``config.model_type`` values (see "Add a model family" in
-README.md). What every family shares lives here: the processor call with the chat template,
-LM attention through forward hooks, vision attention through transformers'
-``AttentionInterface`` (engine/capture.py), the teacher-forced inputs. What differs is the
+:func:`register_adapter` for its ``config.model_type`` values (see docs/add-a-family.md).
+What every family shares lives here: the processor call with the chat template, LM attention
+through forward hooks, vision attention through transformers' ``AttentionInterface``
+(engine/capture.py), the teacher-forced inputs. What differs is the
 image geometry (tiles, merges, pixel shuffle, pooling: :meth:`VlmAdapter.geometry`) and, for
 a few families, how the captured vision attention calls split into sequences
 (:meth:`VlmAdapter.vision_pieces`) and how side inputs grow with the answer.

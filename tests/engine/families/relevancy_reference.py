@@ -112,8 +112,8 @@ def reference_relevancy(loaded, inputs: dict, sequence: np.ndarray, geometry: Im
                 u[patches >= 0] = 1.0 / int((patches >= 0).sum())
             row = u @ r - u
             summary_rows.append(row)
-            summary_total += float(row.sum())
-            kept += float(row[patches < 0].sum())
+            summary_total += float(row.detach().sum())
+            kept += float(row[patches < 0].detach().sum())
             v[patches[patches >= 0]] += row[patches >= 0]
         vision = v / summary_total
         back = ((w @ v) @ r_lm) @ w

@@ -12,10 +12,10 @@ import torch
 from transformers import AutoProcessor
 from transformers.utils import is_torchvision_available
 
-from engine.errors import InputError, UnsupportedModelError
-from engine.loading import StandInVideoProcessor, load_model, load_processor, load_weights
+from engine.capture import capture_vision_attention
+from engine.errors import InputError
+from engine.loading import StandInVideoProcessor, load_processor, load_weights
 from tests.engine.families import oracle
-from tests.engine.families.attention import vision_attention
 from tests.engine.families.builders import FAMILIES, VIDEO_SETTINGS, prompt_inputs
 from tests.engine.families.forcing import teacher_forced
 from tests.engine.families.images import noise_image, painted
@@ -114,7 +114,7 @@ def test_vision_and_lm_attention_with_gradients(build, name):
 
     handle = model.get_input_embeddings().register_forward_hook(embeddings_as_leaf)
     try:
-        with vision_attention(model) as chunks, torch.enable_grad():
+        with capture_vision_attention(model) as chunks, torch.enable_grad():
             output = model(**inputs, output_attentions=True)
             score = output.logits[0, -1].max()
             lm = list(output.attentions)
@@ -234,13 +234,6 @@ def test_processor_saved_without_video_settings_still_loads(build, tmp_path):
     assert torch.equal(inputs["input_ids"], prompt_inputs(built, [noise_image()])["input_ids"])
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n != "llava"])
-def test_load_model_loads_then_names_the_missing_adapter(build, name):
-    built = build(name)
-    with pytest.raises(UnsupportedModelError, match=built.model.config.model_type):
-        load_model(str(built.folder))
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_answer_depends_on_the_image(build, name):
     """The zero-init traps are fixed: Gemma 3's projector and Mllama's gates let pixels through."""
@@ -290,6 +283,6 @@ VISION_CHUNKS = {
 @pytest.mark.parametrize("name", list(VISION_CHUNKS))
 def test_vision_attention_chunks(build, name):
     built = build(name)
-    with vision_attention(built.model) as chunks, torch.no_grad():
+    with capture_vision_attention(built.model) as chunks, torch.no_grad():
         built.model(**prompt_inputs(built, [noise_image()]))
     assert [tuple(c.shape[-2:]) for c in chunks] == VISION_CHUNKS[name]
