@@ -9,6 +9,8 @@ the vision sequences must be what the tower attends over (a gradient per vision 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -33,10 +35,25 @@ def _adapter(built):
     return adapter_for(built.model.requires_grad_(False), built.processor)
 
 
-def _placement(built, images):
-    inputs = prompt_inputs(built, images)
+def _placement(built, images, processor=None):
+    processor = processor or built.processor
+    inputs = prompt_inputs(built, images, processor=processor)
     inputs_for = [load_image(im, f"image{i}") for i, im in enumerate(images)]
-    return inputs, _adapter(built).geometry(inputs, inputs_for)
+    return inputs, adapter_for(built.model, processor).geometry(inputs, inputs_for)
+
+
+def _cropping(built):
+    """The built processor, but each tile resized to 64 px then centre-cropped to 32: a tile
+    shows only the middle half of its part of the image (or of the canvas)."""
+    processor = copy.deepcopy(built.processor)
+    images = processor.image_processor
+    processor.image_processor = type(images)(
+        size={"shortest_edge": 64},
+        crop_size={"height": 32, "width": 32},
+        do_center_crop=True,
+        image_grid_pinpoints=images.image_grid_pinpoints,
+    )
+    return processor
 
 
 def _global_patch(geometry, image: int, tile: int, box, patch: int) -> int:
@@ -143,38 +160,52 @@ def test_onevision_multi_image_group_is_one_square_tile_each(build):
     assert (placement.image_index == 1).sum() == 16 + 1
 
 
-def _overlapping(boxes: np.ndarray, square, margin: float) -> set[int]:
+# How far (original pixels) a painted edge spreads through resampling: bicubic reads 2 source
+# pixels each side, a crop is resampled twice (into the canvas, into the tile), and the base
+# tile's squash shrinks 56 px to 32 (2 x 1.75 px).
+REACH = 4.0
+MIDDLE = (10, 12, 25, 27)  # a painted square that tiles of both test images show
+
+
+def _overlapping(boxes: np.ndarray, square, grow: float) -> set[int]:
+    """Patches whose box overlaps the inclusive pixel ``square`` grown by ``grow`` (negative:
+    shrunk)."""
     x0, y0, x1, y1 = square
     return set(
         np.flatnonzero(
-            (boxes[:, 0] < x1 + 1 + margin)
-            & (boxes[:, 2] > x0 - margin)
-            & (boxes[:, 1] < y1 + 1 + margin)
-            & (boxes[:, 3] > y0 - margin)
+            (boxes[:, 0] < x1 + 1 + grow)
+            & (boxes[:, 2] > x0 - grow)
+            & (boxes[:, 1] < y1 + 1 + grow)
+            & (boxes[:, 3] > y0 - grow)
         ).tolist()
     )
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("size", [(40, 56), (70, 30)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_tile_boxes_put_a_painted_square_where_the_pixels_change(build, name, size):
-    """Patches whose original-pixel box lies well inside the square change; patches well away
-    from it do not (the margin absorbs the resampling filter's reach, a few pixels)."""
+@pytest.mark.parametrize("crop", [False, True], ids=["stock", "centre-crop"])
+@pytest.mark.parametrize("square", [MIDDLE, (0, 0, 11, 11)], ids=["middle", "corner"])
+def test_tile_boxes_put_a_painted_square_where_the_pixels_change(build, name, size, crop, square):
+    """Patches whose original-pixel box overlaps the square shrunk by ``REACH`` change; no
+    patch farther than ``REACH`` from it does. Boxes that miss the canvas offset or the centre
+    crop are off by 7 px or more here, and fail (the corner square is outside the part of the
+    image a centre-cropped tile shows)."""
     built = build(name)
+    processor = _cropping(built) if crop else built.processor
     image = noise_image(*size)
-    square = (10, 12, 25, 27)
-    before, placement = _placement(built, [image])
-    after = prompt_inputs(built, [painted(image, square)])
+    before, placement = _placement(built, [image], processor)
+    after = prompt_inputs(built, [painted(image, square)], processor=processor)
     diff = oracle.pixel_maps(
-        built.model, before, after["pixel_values"] - before["pixel_values"], built.processor
+        built.model, before, after["pixel_values"] - before["pixel_values"], processor
     )
     geometry, patch = placement.geometry, oracle.patch_size(built.model)
     reads = oracle.patches_read({k: v > 1e-6 for k, v in diff.items()}, patch)
     changed = {_global_patch(geometry, r.image, r.tile, r.box, patch) for r in reads}
     boxes = geometry.patch_boxes
-    inside = _overlapping(boxes, (square[0] + 4, square[1] + 4, square[2] - 4, square[3] - 4), 0)
-    near = _overlapping(boxes, square, 4)
-    assert inside  # the check is not vacuous
+    inside = _overlapping(boxes, square, -REACH)
+    near = _overlapping(boxes, square, REACH)
+    if square == MIDDLE:
+        assert inside  # every tile shows the middle: the check is not vacuous
     assert inside <= changed <= near
 
 
