@@ -103,6 +103,7 @@ class VlmAdapter:
                     images=[im.image for im in images],
                     text=self.chat_text(prompt, len(images)),
                     return_tensors="pt",
+                    **self.processor_options(),
                 )
             )
         except ValueError as error:  # e.g. "0 <image> tokens and 1 images"
@@ -111,6 +112,10 @@ class VlmAdapter:
                 f"the model would not see the image ({error}). Check the processor's chat "
                 "template and image token."
             ) from error
+
+    def processor_options(self) -> dict:
+        """Keyword options for the processor call that the geometry must agree with."""
+        return {}
 
     @property
     def image_token_id(self) -> int:

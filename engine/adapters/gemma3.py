@@ -24,7 +24,6 @@ from torch import nn
 
 from engine.adapters.base import register_adapter
 from engine.adapters.square_views import SquareViewsAdapter, View, whole
-from engine.errors import PromptError
 from engine.geometry import Box
 from engine.inputs import ImageInput
 
@@ -81,24 +80,10 @@ class Gemma3Adapter(SquareViewsAdapter):
         tokens_per_side = round(self.model.config.mm_tokens_per_image**0.5)
         return self.patches_per_side // tokens_per_side
 
-    def build_inputs(self, images: Sequence[ImageInput], prompt: str) -> dict:
-        """The chat template's prompt; with pan & scan settings, passed to the processor."""
-        if self.pan_and_scan is None:
-            return super().build_inputs(images, prompt)
-        try:
-            return dict(
-                self.processor(
-                    images=[im.image for im in images],
-                    text=self.chat_text(prompt, len(images)),
-                    return_tensors="pt",
-                    **self.pan_and_scan.processor_options(),
-                )
-            )
-        except ValueError as error:
-            raise PromptError(
-                "The chat template did not place the images where the processor expects them "
-                f"({error})."
-            ) from error
+    def processor_options(self) -> dict:
+        """Pan & scan settings, when on: the processor's class defaults would override the
+        checkpoint's, and the geometry must cut the same crops."""
+        return {} if self.pan_and_scan is None else self.pan_and_scan.processor_options()
 
     def views(self, images: Sequence[ImageInput]) -> list[View]:
         """Per image the whole image, then its pan & scan crops (a wide image's left to right,

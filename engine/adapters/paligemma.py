@@ -19,7 +19,6 @@ from typing import ClassVar
 
 from engine.adapters.base import register_adapter
 from engine.adapters.square_views import SquareViewsAdapter, View, whole
-from engine.errors import PromptError
 from engine.inputs import ImageInput
 
 
@@ -38,11 +37,7 @@ class PaliGemmaAdapter(SquareViewsAdapter):
 
     def build_inputs(self, images: Sequence[ImageInput], prompt: str) -> dict:
         """The processor's tensors, without the training ``labels`` it adds."""
-        if len(images) != 1:
-            raise PromptError(f"PaliGemma reads one image per prompt; {len(images)} were given.")
-        inputs = self.processor(
-            images=[images[0].image], text=self.chat_text(prompt, 1), return_tensors="pt"
-        )
+        inputs = super().build_inputs(images, prompt)
         return {k: v for k, v in inputs.items() if k != "labels"}
 
     def views(self, images: Sequence[ImageInput]) -> list[View]:
