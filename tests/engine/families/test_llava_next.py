@@ -14,6 +14,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import transformers as tf
 from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
@@ -22,7 +23,7 @@ from engine.cli import app as cli
 from engine.inputs import load_image
 from store import TokenRole, open_store
 from tests.engine.families import oracle
-from tests.engine.families.builders import prompt_inputs
+from tests.engine.families.builders import VISION, prompt_inputs
 from tests.engine.families.images import noise_image, painted
 
 FAMILIES = ("llava_next", "llava_onevision")
@@ -292,3 +293,70 @@ def test_two_images_recorded_through_the_cli(build, tmp_path, name):
     newlines = second - set(geometry.token_patches.rows.tolist())
     assert changed == second - newlines
     assert newlines  # the second image's rows end in newline tokens, still its own
+
+
+# Checkpoint-sized settings: llava-v1.6 (CLIP 336/14, 5 canvases up to 672 x 672) and
+# llava-onevision (SigLIP 384/14, canvases up to 2304 x 2304 px, anyres_max_9); tiny widths.
+CHECKPOINT_SIZES = {
+    "llava_next": {
+        "vision": tf.CLIPVisionConfig(**VISION, image_size=336, patch_size=14),
+        "pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        "processor": {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}},
+        "counts": {"patch_size": 14},  # what the processor counts image tokens from
+    },
+    "llava_onevision": {
+        "vision": tf.SiglipVisionConfig(**VISION, image_size=384, patch_size=14),
+        "pinpoints": [[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)],
+        "processor": {"size": {"height": 384, "width": 384}},
+        "counts": {"num_image_tokens": 27 * 27},
+    },
+}
+# (height, width): photos, a panorama, a receipt, odd sizes whose rounding differs
+PHOTO_SIZES = [(480, 640), (1080, 1920), (300, 2000), (1000, 37), (333, 500), (719, 1283)]
+
+
+def _checkpoint_sized(built):
+    """``built`` with its vision tower, canvases and processor at checkpoint sizes."""
+    sizes = CHECKPOINT_SIZES[built.spec.name]
+    config = copy.deepcopy(built.model.config)
+    config.vision_config = sizes["vision"]
+    config.image_grid_pinpoints = sizes["pinpoints"]
+    model = type(built.model)._from_config(config, attn_implementation="eager").eval()
+    processor = copy.deepcopy(built.processor)
+    processor.image_processor = type(processor.image_processor)(
+        image_grid_pinpoints=sizes["pinpoints"], **sizes["processor"]
+    )
+    for key, value in sizes["counts"].items():
+        setattr(processor, key, value)
+    return model, processor
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_checkpoint_sized_map_is_the_models_packing(build, name):
+    """At checkpoint sizes (hundreds of tiles' patches, the oracle would take minutes) random
+    patch features pushed through the model's own ``pack_image_features`` must equal the
+    adapter's map applied to them: W @ F, newline rows zero. Any linear packing (unpadding,
+    bilinear shrink) is checked exactly, and the processor's token count with it."""
+    built = build(name)
+    model, processor = _checkpoint_sized(built)
+    for size in PHOTO_SIZES:
+        images = [noise_image(*size)]
+        inputs = prompt_inputs(built, images, processor=processor)
+        placement = adapter_for(model, processor).geometry(inputs, [load_image(images[0])])
+        geometry = placement.geometry
+        grid = model.config.vision_config.image_size // 14
+        features = torch.randn(geometry.num_patches, 8, generator=torch.Generator().manual_seed(0))
+        per_tile = features.reshape(len(geometry.tiles), grid * grid, 8)
+        newline = torch.zeros(8)
+        image_sizes = inputs["image_sizes"]
+        if name == "llava_next":
+            packed, _ = model.model.pack_image_features([per_tile], image_sizes, "default", newline)
+        else:
+            packed, _ = model.model.pack_image_features(
+                [per_tile], image_sizes, newline, model.config.vision_aspect_ratio
+            )
+        positions = np.flatnonzero(placement.image_index >= 0)
+        mapped = geometry.token_patches.matrix(positions, geometry.num_patches) @ features.numpy()
+        assert mapped.shape == packed[0].shape, size
+        # torch interpolates from float32 source coordinates: ~1e-5 off the exact weights
+        np.testing.assert_allclose(mapped, packed[0].numpy(), atol=1e-4, err_msg=str(size))
