@@ -36,6 +36,7 @@ from transformers.models.mllama.image_processing_pil_mllama import (
 )
 
 from engine.adapters.base import Placement, VlmAdapter, register_adapter, resolve
+from engine.errors import UnsupportedModelError
 from engine.geometry import GeometryBuilder, resized_box
 from engine.inputs import ImageInput
 
@@ -77,8 +78,8 @@ class MllamaAdapter(VlmAdapter):
         return int(vision.num_hidden_layers) + int(vision.num_global_layers)
 
     def image_positions(self, input_ids: torch.Tensor) -> np.ndarray:
-        """None: the ``<|image|>`` marker is a text token (it is not replaced by an image
-        feature; the image enters through cross-attention)."""
+        """No position holds an image feature: the ``<|image|>`` marker is a text token (its
+        own embedding; the image enters through cross-attention only)."""
         return np.zeros(0, dtype=np.int64)
 
     # -- geometry -----------------------------------------------------------------------------
@@ -114,9 +115,13 @@ class MllamaAdapter(VlmAdapter):
         """Real tiles of each image (padding tile slots are left out: no token reads them), key
         row -> patch for every tile's patch states (CLS rows read none), one vision sequence per
         image over all its tile slots."""
-        size, grid = self._tile_size, self._grid
+        size, grid, slots = self._tile_size, self._grid, self._max_tiles
+        if size != int(self.model.config.vision_config.image_size):
+            raise UnsupportedModelError(
+                f"{self.name}: the processor's {size} px tiles are not the vision tower's "
+                f"{self.model.config.vision_config.image_size} px"
+            )
         builder = GeometryBuilder(images)
-        key = 0
         for image, ((rows, cols), source) in enumerate(
             zip(self.tile_arrangements(inputs), images, strict=True)
         ):
@@ -125,21 +130,20 @@ class MllamaAdapter(VlmAdapter):
                 height, width, rows * size, cols * size, size
             )
             placed = (0.0, 0.0, float(new_width), float(new_height))
-            sequence = np.full(self._max_tiles * self.padded_tile_tokens, -1, np.int32)
-            for slot in range(self._max_tiles):
-                if slot < rows * cols:
-                    r, c = divmod(slot, cols)
-                    cell = (c * size, r * size, (c + 1) * size, (r + 1) * size)
-                    kind = "full" if rows * cols == 1 else "crop"
-                    tile = builder.add_tile(
-                        image, resized_box(source.size, placed, cell), grid, grid, kind
-                    )
-                    patches = builder.tile_patches(tile)
-                    for j, patch in enumerate(patches, start=1):
-                        builder.read_key(key + j, [patch])
-                    start = slot * self.padded_tile_tokens + 1
-                    sequence[start : start + len(patches)] = patches
-                key += self.tile_tokens
+            kind = "full" if rows * cols == 1 else "crop"
+            sequence = np.full(slots * self.padded_tile_tokens, -1, np.int32)
+            for slot in range(rows * cols):
+                r, c = divmod(slot, cols)
+                cell = (c * size, r * size, (c + 1) * size, (r + 1) * size)
+                tile = builder.add_tile(
+                    image, resized_box(source.size, placed, cell), grid, grid, kind
+                )
+                patches = builder.tile_patches(tile)
+                cls_key = (image * slots + slot) * self.tile_tokens
+                for j, patch in enumerate(patches, start=1):
+                    builder.read_key(cls_key + j, [patch])
+                cls_token = slot * self.padded_tile_tokens
+                sequence[cls_token + 1 : cls_token + 1 + len(patches)] = patches
             builder.add_vision_sequence(sequence)
         return Placement(builder.build("mean"), np.full(inputs["input_ids"].shape[1], -1, np.int32))
 

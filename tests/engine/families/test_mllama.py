@@ -16,6 +16,7 @@ from engine.adapters import adapter_for
 from engine.capture import capture_attention, capture_vision_attention
 from engine.cli import app as cli
 from engine.cross_relevancy import CrossRelevancyInputs, compute_cross_relevancy
+from engine.errors import UnsupportedModelError
 from engine.inputs import ImageInput
 from engine.relevancy import VisionInputs
 from store import open_store
@@ -96,6 +97,17 @@ def test_two_images_each_key_knows_its_image(built):
     assert geometry_reads(geometry, patch) == expected
     assert {reads[0][0] for reads in expected.values()} == {0, 1}
     assert [t.image for t in geometry.tiles] == [0] * 4 + [1] * 3
+
+
+def test_tiles_the_tower_was_not_built_for_are_refused(built):
+    processor = copy.deepcopy(built.processor)
+    processor.image_processor = type(processor.image_processor)(
+        size={"height": 64, "width": 64}, max_image_tiles=4
+    )
+    image = noise_image()
+    inputs = prompt_inputs(built, [image], processor=processor)
+    with pytest.raises(UnsupportedModelError, match="64 px tiles"):
+        adapter_for(built.model, processor).geometry(inputs, image_inputs(image))
 
 
 def tile_pixels(inputs, geometry, patch_index: int) -> torch.Tensor:
