@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from engine.adapters import adapter_for
 from engine.capture import capture_vision_attention
 from engine.cli import app as cli
+from engine.errors import UnsupportedModelError
 from engine.inputs import load_image
 from store import TokenRole, open_store
 from tests.engine.families import oracle
@@ -360,3 +361,14 @@ def test_checkpoint_sized_map_is_the_models_packing(build, name):
         assert mapped.shape == packed[0].shape, size
         # torch interpolates from float32 source coordinates: ~1e-5 off the exact weights
         np.testing.assert_allclose(mapped, packed[0].numpy(), atol=1e-4, err_msg=str(size))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_feature_strategy_that_breaks_the_packing_is_refused(build, monkeypatch, name):
+    """CLIP with its CLS kept (or SigLIP with a patch dropped) gives G^2 +- 1 features a tile,
+    which the model's packing cannot reshape: refused in one line, before recording."""
+    built = build(name)
+    wrong = {"llava_next": "full", "llava_onevision": "default"}[name]
+    monkeypatch.setattr(built.model.config, "vision_feature_select_strategy", wrong)
+    with pytest.raises(UnsupportedModelError, match=f"vision_feature_select_strategy '{wrong}'"):
+        _placement(built, [noise_image()])
