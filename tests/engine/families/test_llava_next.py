@@ -303,13 +303,14 @@ CHECKPOINT_SIZES = {
         "vision": tf.CLIPVisionConfig(**VISION, image_size=336, patch_size=14),
         "pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
         "processor": {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}},
-        "counts": {"patch_size": 14},  # what the processor counts image tokens from
+        "counts": {"patch_size": 14},  # the processor's settings for counting image tokens
     },
     "llava_onevision": {
         "vision": tf.SiglipVisionConfig(**VISION, image_size=384, patch_size=14),
         "pinpoints": [[h, w] for h in range(384, 2305, 384) for w in range(384, 2305, 384)],
         "processor": {"size": {"height": 384, "width": 384}},
-        "counts": {"num_image_tokens": 27 * 27},
+        "counts": {"num_image_tokens": 27 * 27, "vision_aspect_ratio": "anyres_max_9"},
+        "config": {"vision_aspect_ratio": "anyres_max_9"},
     },
 }
 # (height, width): photos, a panorama, a receipt, odd sizes whose rounding differs
@@ -322,6 +323,8 @@ def _checkpoint_sized(built):
     config = copy.deepcopy(built.model.config)
     config.vision_config = sizes["vision"]
     config.image_grid_pinpoints = sizes["pinpoints"]
+    for key, value in sizes.get("config", {}).items():
+        setattr(config, key, value)
     model = type(built.model)._from_config(config, attn_implementation="eager").eval()
     processor = copy.deepcopy(built.processor)
     processor.image_processor = type(processor.image_processor)(
