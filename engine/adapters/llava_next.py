@@ -190,7 +190,7 @@ class LlavaNextAdapter(LlavaAdapter):
         first = np.array([builder.tile_patches(t)[0] for t in crops])
         grid = first[(rows // g) * tiles_x + cols // g] + (rows % g) * g + cols % g
         keep_rows, keep_cols = unpadded(tiles_y * g, tiles_x * g, size)
-        reads: list[Reads] = [_one(p) for p in builder.tile_patches(base)]
+        reads: list[Reads] = [whole_patch(p) for p in builder.tile_patches(base)]
         for row in self._high_resolution(grid[keep_rows, keep_cols]):
             reads.extend(row)
             reads.append(None)  # the row's newline token
@@ -198,10 +198,11 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def _high_resolution(self, grid: np.ndarray) -> list[list[Reads]]:
         """The reads of the unpadded grid's tokens, row by row: one patch each."""
-        return [[_one(p) for p in row] for row in grid]
+        return [[whole_patch(p) for p in row] for row in grid]
 
 
-def _one(patch: int) -> Reads:
+def whole_patch(patch: int) -> Reads:
+    """The reads of a token that is one patch's feature, unmixed."""
     return np.array([patch]), np.ones(1)
 
 

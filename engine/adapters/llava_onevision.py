@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from engine.adapters.base import register_adapter
-from engine.adapters.llava_next import LlavaNextAdapter, Reads, shown_part
+from engine.adapters.llava_next import LlavaNextAdapter, Reads, shown_part, whole_patch
 from engine.geometry import GeometryBuilder
 
 
@@ -43,11 +43,9 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     ) -> list[Reads]:
         """Anyres tiles for an image alone in its group (the model's ``need_patching``),
         one padded square tile for an image of a multi-image group."""
-        groups = inputs.get("batch_num_images")
-        if groups is None:  # the model's default: every image alone
-            return self._anyres_image(builder, image, size)
-        alone = [n == 1 for n in groups.tolist() for _ in range(n)]
-        if alone[image]:
+        groups = inputs.get("batch_num_images")  # absent: every image alone (the model's default)
+        alone = groups is None or [n == 1 for n in groups.tolist() for _ in range(n)][image]
+        if alone:
             return self._anyres_image(builder, image, size)
         return self._square_image(builder, image, size)
 
@@ -61,8 +59,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         part = shown_part(self.processor.image_processor, side, side)
         box = (x0 + part[0], y0 + part[1], x0 + part[2], y0 + part[3])
         tile = self._tile(builder, image, box, "full")
-        one = np.ones(1)
-        return [(np.array([p]), one) for p in builder.tile_patches(tile)] + [None]
+        return [whole_patch(p) for p in builder.tile_patches(tile)] + [None]
 
     def _high_resolution(self, grid: np.ndarray) -> list[list[Reads]]:
         """Bilinearly shrunk to fit ``anyres_max_N`` x G^2 features when over it by 1.1x:
