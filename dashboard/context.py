@@ -164,10 +164,10 @@ def answer_selection(
     chosen = set(state.ints(state.TOKENS)) & set(range(len(labels)))
     if unit == "word":
         groups = [w.positions for w in answer_words(trace)]
-        names = [w.text for w in answer_words(trace)]
+        names = text.distinct([w.text for w in answer_words(trace)])
     else:
         groups = [(k,) for k in range(len(labels))]
-        names = labels
+        names = text.distinct(labels)
     seed = [i for i, g in enumerate(groups) if chosen & set(g)]
     area.pills(
         "Answer tokens" if unit == "token" else "Answer words",

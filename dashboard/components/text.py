@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +20,15 @@ def token_label(text: str) -> str:
     """A token as a short visible label: whitespace made visible, never empty."""
     visible = text.replace("\n", "↵").replace("\t", "⇥").strip()
     return visible or "␣"
+
+
+def distinct(labels: Sequence[str]) -> list[str]:
+    """Labels a widget can tell apart: a repeated label gets its index (``the #6``).
+
+    Streamlit's pills and select boxes map a click back to an option through its label, so
+    of two options labelled "the" a click on the first selected the last."""
+    counts = Counter(labels)
+    return [f"{label} #{i}" if counts[label] > 1 else label for i, label in enumerate(labels)]
 
 
 def markdown_literal(text: str) -> str:

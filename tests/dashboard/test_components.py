@@ -93,6 +93,11 @@ def test_markdown_literal_and_labels():
     assert text.token_label("  ") == "␣" and text.token_label("a\nb") == "a↵b"
 
 
+def test_repeated_labels_are_told_apart():
+    assert text.distinct(["the", "cat", "the"]) == ["the #0", "cat", "the #2"]
+    assert text.distinct(["a", "b"]) == ["a", "b"]
+
+
 def test_answer_diff():
     pieces = text.answer_diff("a red ball", "a blue ball")
     assert [(p.op, p.text) for p in pieces] == [
