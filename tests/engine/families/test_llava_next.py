@@ -22,10 +22,12 @@ from engine.capture import capture_vision_attention
 from engine.cli import app as cli
 from engine.errors import UnsupportedModelError
 from engine.inputs import load_image
-from store import TokenRole, open_store
+from engine.loading import load_model
+from store import RelevancyMode, TokenRole, open_store
 from tests.engine.families import oracle
 from tests.engine.families.builders import VISION, prompt_inputs
 from tests.engine.families.images import noise_image, painted
+from tests.engine.families.relevancy_reference import reference_relevancy
 
 FAMILIES = ("llava_next", "llava_onevision")
 # (height, width): a wide image on a square canvas (rows unpadded), a tall one on a 2x1
@@ -258,8 +260,9 @@ def _check_pieces(adapter, model, inputs, geometry) -> None:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_two_images_recorded_through_the_cli(build, tmp_path, name):
     """``lvlm-interpret record`` with two images of different aspect ratios stores both, every
-    tile's vision attention, and image tokens that know their image: repainting the second
-    image changes only LM rows the trace assigns to it."""
+    tile's vision attention, relevancy in every mode as the slow reference computes it, and
+    image tokens that know their image: repainting the second image changes only LM rows the
+    trace assigns to it."""
     built = build(name)
     images = [noise_image(40, 56, seed=1), noise_image(70, 30, seed=2)]
     paths = []
@@ -285,11 +288,16 @@ def test_two_images_recorded_through_the_cli(build, tmp_path, name):
     assert relevancy.vision.shape[1] == geometry.num_patches
     assert np.isfinite(relevancy.llm_through_vision).all()
 
-    adapter = _adapter(built)
+    loaded = load_model(str(built.folder))
+    adapter = loaded.adapter
     before = adapter.build_inputs([load_image(im) for im in images], "what is in the image ?")
+    expected = reference_relevancy(loaded, before, tokens.ids, geometry)
+    for mode, reference in zip(RelevancyMode, expected, strict=True):
+        scale = max(float(np.abs(reference).max()), 1.0)
+        np.testing.assert_allclose(relevancy.map(mode), reference, atol=1e-5 * scale, err_msg=mode)
     after_images = [images[0], painted(images[1], (0, 0, 29, 69))]
     after = adapter.build_inputs([load_image(im) for im in after_images], "what is in the image ?")
-    changed = oracle.embedding_change(built.model, before, after)
+    changed = oracle.embedding_change(loaded.model, before, after)
     second = set(np.flatnonzero(tokens.image_index == 1).tolist())
     newlines = second - set(geometry.token_patches.rows.tolist())
     assert changed == second - newlines
