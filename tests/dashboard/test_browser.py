@@ -69,7 +69,7 @@ def test_each_page_shows_its_maps_and_charts(site, page, demo_store):
     _shot(page, "attention")
 
     page.goto(f"{site}/attention?trace={demo_store.main}&view=text+%E2%86%92+image&patches=8,9,14")
-    page.locator(CHART).nth(2).wait_for()
+    page.locator(CHART).nth(1).wait_for()  # token bars, layer x token
     _shot(page, "attention-text-to-image")
 
     page.goto(f"{site}/attention?trace={demo_store.main}&view=vision+tower")
