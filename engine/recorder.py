@@ -16,6 +16,7 @@ import platform
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 
 from engine.adapters import Placement, VisionPiece
 from engine.capture import capture_attention, capture_vision_attention, require_all
+from engine.cross_relevancy import CrossRelevancyInputs, compute_cross_relevancy
 from engine.errors import PromptError
 from engine.inputs import (
     ImageInput,
@@ -217,6 +219,57 @@ def _token_table(
     )
 
 
+def _relevancy(
+    loaded: LoadedModel,
+    forward: Forward,
+    pieces: Sequence[VisionPiece],
+    geometry: ImageGeometry,
+    answer_ids: torch.Tensor,
+    prompt_length: int,
+    report: Progress,
+) -> Relevancy:
+    """Every relevancy mode of every answer token: through the LM's self-attention, or through
+    its cross-attention where the image never enters the sequence (engine/cross_relevancy.py)."""
+    adapter = loaded.adapter
+    feeding = adapter.vision_layers_feeding_lm()
+    vision = VisionInputs(
+        forward.vision_calls,
+        [piece for piece in pieces if piece.layer < feeding],
+        geometry.vision_sequences,
+        geometry.vision_summary,
+    )
+    on_token = partial(report, "relevancy")
+    if forward.cross:
+        cross = compute_cross_relevancy(
+            CrossRelevancyInputs(
+                answer_logits=forward.logits,
+                answer_ids=answer_ids,
+                self_attention=forward.lm,
+                cross_attention=forward.cross,
+                cross_layers=[layer for layer, _ in adapter.cross_attention_modules()],
+                vision=vision,
+                key_tokens=adapter.key_vision_tokens(len(geometry.images)),
+                prompt_length=prompt_length,
+                num_patches=geometry.num_patches,
+            ),
+            on_token=on_token,
+        )
+        return Relevancy(cross.llm, cross.vision, None, cross.llm_through_vision, cross.llm_keys)
+    maps = compute_relevancy(
+        RelevancyInputs(
+            answer_logits=forward.logits,
+            answer_ids=answer_ids,
+            language_attention=forward.lm,
+            vision=vision,
+            prompt_length=prompt_length,
+            token_patches=geometry.token_patches,
+            num_patches=geometry.num_patches,
+        ),
+        on_token=on_token,
+    )
+    return Relevancy(maps.llm, maps.vision, maps.all, maps.llm_through_vision)
+
+
 def _images_identity(images: Sequence[ImageInput]) -> tuple[str, str]:
     """The name and content hash a trace is indexed by: the image's own for one image."""
     if len(images) == 1:
@@ -272,25 +325,7 @@ def record(
 
     relevancy = None
     if options.relevancy:
-        feeding = adapter.vision_layers_feeding_lm()
-        maps = compute_relevancy(
-            RelevancyInputs(
-                answer_logits=forward.logits,
-                answer_ids=answer_ids,
-                language_attention=forward.lm,
-                vision=VisionInputs(
-                    forward.vision_calls,
-                    [piece for piece in pieces if piece.layer < feeding],
-                    geometry.vision_sequences,
-                    geometry.vision_summary,
-                ),
-                prompt_length=prompt_length,
-                token_patches=geometry.token_patches,
-                num_patches=geometry.num_patches,
-            ),
-            on_token=lambda done, total: report("relevancy", done, total),
-        )
-        relevancy = Relevancy(maps.llm, maps.vision, maps.all, maps.llm_through_vision)
+        relevancy = _relevancy(loaded, forward, pieces, geometry, answer_ids, prompt_length, report)
 
     sequence = generated.sequence.cpu().numpy()
     tokens = _token_table(tokenizer, sequence, prompt_length, image_positions, placement)
@@ -323,12 +358,7 @@ def record(
         )
     answer = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
     image_name, image_sha256 = _images_identity(images)
-    recording = {
-        "policy": policy.value,
-        "lm_mask": adapter.lm_mask,
-        "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
-        "images": len(images),
-    }
+    recording = {"policy": policy.value, "lm_mask": adapter.lm_mask, "images": len(images)}
     info = TraceInfo(
         trace_id=new_trace_id(),
         model_id=loaded.model_id,
@@ -344,7 +374,12 @@ def record(
         reference_answer=reference_answer,
         correct=None if reference_answer is None else _same_answer(answer, reference_answer),
         tags=list(tags),
-        extra={"versions": _library_versions(), "recording": recording, **(extra or {})},
+        extra={
+            "versions": _library_versions(),
+            "recording": recording,
+            "loading": loaded.provenance(),
+            **(extra or {}),
+        },
     )
     return Trace(
         info=info,

@@ -13,7 +13,8 @@ Layout of format 3 (format version in the root attributes; see "File layout" in 
                       vision_sequence_patches [sum V], vision_sequence_lengths [S]
     /top_k/           ids, probs, text, chosen_prob
     /summaries/       attention_shares, head_image_attention
-    /relevancy/       llm, vision, all, llm_through_vision (absent when not recorded)
+    /relevancy/       llm, vision, all, llm_through_vision, llm_keys (absent when not recorded;
+                      all: absent where it does not apply; llm_keys: cross-attention only)
     /lm_attention     [L, H, R, T]; attr encoding = "fp16" | "log8"
     /lm_rows          [R] int32: the query rows kept (absent when R = T, policy "full")
     /vision_attention/<s>  [Lv, Hv, V, V] per vision sequence, same encodings (absent when
@@ -298,6 +299,8 @@ def _fill(f: h5py.File, trace: Trace, precision: Precision) -> None:
         for mode in trace.relevancy.modes:  # the definition travels with the numbers
             _put(g, mode.value, np.asarray(trace.relevancy.map(mode), np.float32))
             g[mode.value].attrs["definition"] = mode.definition
+        if trace.relevancy.llm_keys is not None:
+            _put(g, "llm_keys", np.asarray(trace.relevancy.llm_keys, np.float32))
 
     subset = trace.lm_rows is not None
     _put_attention(f, "lm_attention", trace.lm_attention, precision, subset)
@@ -487,9 +490,10 @@ def read_relevancy(f: h5py.File) -> Relevancy | None:
         return None
     g = f["relevancy"]
     if int(f.attrs["format_version"]) < 2:  # its "all" is what format 2 calls llm_through_vision
-        return Relevancy(g["llm"][()], g["vision"][()], None, g["all"][()])
+        return Relevancy(g["llm"][()], g["vision"][()], None, g["all"][()], legacy=True)
     seed_all = g["all"][()] if "all" in g else None
-    return Relevancy(g["llm"][()], g["vision"][()], seed_all, g["llm_through_vision"][()])
+    keys = g["llm_keys"][()] if "llm_keys" in g else None
+    return Relevancy(g["llm"][()], g["vision"][()], seed_all, g["llm_through_vision"][()], keys)
 
 
 def read_attention(

@@ -346,8 +346,12 @@ class Relevancy:
 
     llm: np.ndarray  # [N, T] float32, row P-1+k of R for answer token k
     vision: np.ndarray  # [N, G] float32, vision-tower relevancy (summary row), answer token k
-    all: np.ndarray | None  # [N, G] float32, the seed's "all"
+    all: np.ndarray | None  # [N, G] float32, the seed's "all" (None where it does not apply)
     llm_through_vision: np.ndarray  # [N, G] float32, ours: r_img · R_vit
+    # [N, K] float32: the llm row's part on the cross-attention keys (Mllama, where the image
+    # is not in the sequence); llm and llm_keys together sum to 1
+    llm_keys: np.ndarray | None = None
+    legacy: bool = False  # read from a format-1 file (its "all" is llm_through_vision)
 
     def map(self, mode: RelevancyMode) -> np.ndarray | None:
         """The stored array of ``mode`` ([N, T] for llm, [N, G] otherwise), None if absent."""
@@ -368,12 +372,16 @@ class Relevancy:
         if mode is not RelevancyMode.LLM:
             return values
         rows = np.unique(geometry.token_patches.rows)
-        return values[:, rows] @ geometry.token_patches.matrix(rows, geometry.num_patches)
+        grid = values[:, rows] @ geometry.token_patches.matrix(rows, geometry.num_patches)
+        if self.llm_keys is not None and geometry.key_patches is not None:
+            keys = np.arange(self.llm_keys.shape[1])
+            grid = grid + self.llm_keys @ geometry.key_patches.matrix(keys, geometry.num_patches)
+        return grid
 
     @property
     def legacy_note(self) -> str | None:
         """Why a mode is missing, for traces recorded before the seed's "all" was added."""
-        if self.all is not None:
+        if not self.legacy:
             return None
         return (
             "This trace was recorded before lvlm-interpret stored the seed tool's 'all' map "

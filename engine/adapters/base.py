@@ -146,6 +146,11 @@ class VlmAdapter:
     def num_vision_layers(self) -> int:
         raise NotImplementedError
 
+    def key_vision_tokens(self, num_images: int) -> np.ndarray:
+        """Cross-attention families: each key row's token in the vision sequences laid end to
+        end (relevancy carries key values through the vision tower from there)."""
+        raise NotImplementedError(f"{self.name} has no cross-attention")
+
     def vision_layers_feeding_lm(self) -> int:
         """How many vision layers (from the first) the LM's image features depend on."""
         return self.num_vision_layers()

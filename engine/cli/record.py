@@ -38,6 +38,11 @@ class Policy(str, Enum):
     answer_rows = "answer_rows"
 
 
+class Quantize(str, Enum):
+    four_bit = "4bit"
+    eight_bit = "8bit"
+
+
 class Dtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
@@ -97,6 +102,10 @@ def record(
     dtype: Annotated[Dtype, typer.Option(help="Weights' precision.")] = Dtype.float32,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
     device_map: Annotated[str | None, typer.Option(help="e.g. 'auto' for multi-GPU.")] = None,
+    quantize: Annotated[
+        Quantize | None,
+        typer.Option(help="Load the language model in 4 or 8 bits (bitsandbytes; approximate)."),
+    ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="Run the model repo's own Python code (off: safer).")
     ] = False,
@@ -145,15 +154,26 @@ def record(
             check_text(db, "The --db URL")
         pictures = [load_image(path) for path in image]
         source = check_model_source(model, revision=revision, allow_pickle=allow_pickle)
+        from engine.loading import (  # torch: after the cheap checks
+            check_family,
+            check_load_options,
+            load_model,
+            resolve_source,
+        )
+
+        check_load_options(
+            device=device, device_map=device_map, quantize=quantize.value if quantize else None
+        )
+        source = resolve_source(source, revision)
+        family = check_family(source)
+        if len(pictures) > 1 and not family.multi_image:
+            fail(f"{family.name} models take one image per prompt; {len(pictures)} were given.")
         if causal and causal_layers and source.language_layers is not None:
             check_layers(causal_layers, source.language_layers, "--causal-layers")
         with open_store(store, db_url=db, writable=True) as opened:
-            from engine.loading import check_device, load_model  # torch: after the cheap checks
             from engine.recorder import RecordOptions
             from engine.recorder import record as record_trace
 
-            if device_map is None:
-                check_device(device)
             note(f"loading {model} ...")
             loaded = load_model(
                 model,
@@ -161,6 +181,7 @@ def record(
                 dtype=dtype.value,
                 device=device,
                 device_map=device_map,
+                quantize=quantize.value if quantize else None,
                 trust_remote_code=trust_remote_code,
                 allow_pickle=allow_pickle,
                 source=source,
