@@ -100,7 +100,7 @@ class VlmAdapter:
         try:
             return dict(
                 self.processor(
-                    images=[im.image for im in images],
+                    images=self.processor_images(images),
                     text=self.chat_text(prompt, len(images)),
                     return_tensors="pt",
                     **self.processor_options(),
@@ -112,6 +112,10 @@ class VlmAdapter:
                 f"the model would not see the image ({error}). Check the processor's chat "
                 "template and image token."
             ) from error
+
+    def processor_images(self, images: Sequence[ImageInput]) -> list:
+        """The processor's ``images`` argument for one prompt: the images, flat."""
+        return [im.image for im in images]
 
     def processor_options(self) -> dict:
         """Keyword options for the processor call that the geometry must agree with."""

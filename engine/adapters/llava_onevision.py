@@ -11,12 +11,14 @@ mean colour and squashed into one tile, read by G^2 tokens and one newline.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from engine.adapters.base import register_adapter
 from engine.adapters.llava_next import LlavaNextAdapter, Reads, shown_part, whole_patch
 from engine.geometry import GeometryBuilder
+from engine.inputs import ImageInput
 
 
 def bilinear_weights(size_in: int, size_out: int) -> np.ndarray:
@@ -37,6 +39,12 @@ def bilinear_weights(size_in: int, size_out: int) -> np.ndarray:
 class LlavaOnevisionAdapter(LlavaNextAdapter):
     name = "llava_onevision"
     model_types = ("llava_onevision",)
+
+    def processor_images(self, images: Sequence[ImageInput]) -> list:
+        """Several images go to the processor as one group, as the checkpoints were trained on
+        them: one padded square tile each (one image alone is tiled)."""
+        flat = super().processor_images(images)
+        return [flat] if len(flat) > 1 else flat
 
     def _image_reads(
         self, builder: GeometryBuilder, inputs: dict, image: int, size: tuple[int, int]

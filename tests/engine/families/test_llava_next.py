@@ -280,9 +280,12 @@ def test_two_images_recorded_through_the_cli(build, tmp_path, name):
         geometry, tokens, relevancy = t.image, t.tokens, t.relevancy
         vision_shapes = t.vision_shapes
     assert [im.size for im in geometry.images] == [(56, 40), (30, 70)]
-    assert [tile.image for tile in geometry.tiles] == [0] * 5 + [1] * 3
-    cls = 1 if name == "llava_next" else 0
-    assert [shape[2:] for shape in vision_shapes] == [(16 + cls, 16 + cls)] * 8
+    if name == "llava_next":  # each image tiled: base + 2x2 crops, base + 2x1 crops
+        assert [tile.image for tile in geometry.tiles] == [0] * 5 + [1] * 3
+        assert [shape[2:] for shape in vision_shapes] == [(17, 17)] * 8  # CLS + 16 patches
+    else:  # OneVision groups several images: one padded square tile each
+        assert [tile.image for tile in geometry.tiles] == [0, 1]
+        assert [shape[2:] for shape in vision_shapes] == [(16, 16)] * 2
     on_image = tokens.roles == TokenRole.IMAGE
     assert np.all((tokens.image_index >= 0) == on_image)
     assert relevancy.vision.shape[1] == geometry.num_patches
@@ -300,7 +303,14 @@ def test_two_images_recorded_through_the_cli(build, tmp_path, name):
     changed = oracle.embedding_change(loaded.model, before, after)
     second = set(np.flatnonzero(tokens.image_index == 1).tolist())
     newlines = second - set(geometry.token_patches.rows.tolist())
-    assert changed == second - newlines
+    mapped = geometry.token_patches
+    boxes = geometry.patch_boxes[mapped.patches]
+    width, height = geometry.images[1].size  # rows reading only padding keep its colour
+    on_photo = (
+        (boxes[:, 0] < width) & (boxes[:, 2] > 0) & (boxes[:, 1] < height) & (boxes[:, 3] > 0)
+    )
+    reading = set(mapped.rows[on_photo].tolist()) & second
+    assert changed == reading
     assert newlines  # the second image's rows end in newline tokens, still its own
 
 
