@@ -60,6 +60,7 @@ _TEMPLATE = ("<s>", "USER", ":", "\n")
 _ROW_CHUNK = 256  # LM query rows built at once: bounds memory for 7B-shaped full traces
 
 Grid = tuple[int, int]
+Read = tuple[np.ndarray, np.ndarray] | None  # a token's (patches, weights); None: no pixels
 
 
 def _noise(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
@@ -87,7 +88,7 @@ class _Layout:
     """The image side of a synthetic trace, before it is placed in the sequence."""
 
     geometry: ImageGeometry
-    token_reads: list[list[tuple[np.ndarray, np.ndarray]] | list[None]]  # per image, per token
+    token_reads: list[list[Read]]  # per image, per token
     patch_blob: np.ndarray  # [G] float32: how much each patch shows the drawn disk
 
 
@@ -191,8 +192,13 @@ def _layout(
 
 
 def _group_reads(
-    group: list[list[int]], tiles: list[Tile], grid_rows: int, grid_cols: int, merge: int, breaks
-) -> list:
+    group: list[list[int]],
+    tiles: list[Tile],
+    grid_rows: int,
+    grid_cols: int,
+    merge: int,
+    breaks: bool,
+) -> list[tuple[int, np.ndarray] | None]:
     """(tile, local patch indices) per token of a tile layout, None for a row break."""
     block_rows, block_cols = grid_rows // merge, grid_cols // merge
     out: list = []
@@ -207,7 +213,7 @@ def _group_reads(
     return out
 
 
-def _offset(read, offsets: np.ndarray):
+def _offset(read: tuple[int, np.ndarray] | None, offsets: np.ndarray) -> Read:
     """A token's (patches, weights) with patch numbers made global; None stays None."""
     if read is None:
         return None

@@ -122,10 +122,10 @@ class AttentionView:
         if self.rows is None:
             return pos
         at = np.minimum(np.searchsorted(self.rows, pos), max(len(self.rows) - 1, 0))
-        missing = pos[self.rows[at] != pos] if len(self.rows) else pos
+        missing = np.unique(pos[self.rows[at] != pos] if len(self.rows) else pos)
         if missing.size:
-            shown = ", ".join(str(int(r)) for r in np.unique(missing)[:5])
-            more = f" and {len(np.unique(missing)) - 5} more" if len(np.unique(missing)) > 5 else ""
+            shown = ", ".join(str(int(r)) for r in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             how = _HOW_TO_RECORD.get(self.policy, "record it again with `--policy full`")
             raise MissingData(
                 f"attention rows {shown}{more} were not recorded: this trace keeps the "
