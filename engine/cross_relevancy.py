@@ -44,8 +44,10 @@ import torch
 from engine.relevancy import (
     VisionInputs,
     VisionSequence,
-    gradient_weighted,
-    vision_cams,
+    VisionSummary,
+    backward_maps,
+    each_answer_token,
+    through_vision,
 )
 from store.schema import answer_row
 
@@ -111,35 +113,6 @@ def propagate_joint(
     return delta, keys
 
 
-def vision_map(sequences: Sequence[VisionSequence], num_patches: int) -> torch.Tensor:
-    """The ``vision`` mode: every sequence's summary row at its patch tokens, as shares of all
-    the summary rows' total (CLS and padding tokens count in the total)."""
-    rows = [sequence.summary_row() for sequence in sequences]
-    out = rows[0].new_zeros(num_patches)
-    for sequence, row in zip(sequences, rows, strict=True):
-        out.index_add_(0, sequence.patches[sequence.on_patch], row[sequence.on_patch])
-    total = sum(row.sum() for row in rows)
-    return out / total if total > 0 else out
-
-
-def through_vision(
-    keys: torch.Tensor,
-    key_tokens: torch.Tensor,
-    sequences: Sequence[VisionSequence],
-    num_patches: int,
-) -> torch.Tensor:
-    """``keys`` placed on their vision tokens, carried through each sequence's ``R`` to its
-    patch tokens, rescaled to keep ``keys``' total."""
-    lengths = [len(sequence.patches) for sequence in sequences]
-    placed = keys.new_zeros(sum(lengths)).index_add_(0, key_tokens, keys)
-    spread = keys.new_zeros(num_patches)
-    for sequence, row in zip(sequences, placed.split(lengths), strict=True):
-        carried = sequence.through(row)
-        spread.index_add_(0, sequence.patches[sequence.on_patch], carried[sequence.on_patch])
-    total = spread.sum()
-    return spread * (keys.sum() / total) if total > 0 else spread
-
-
 def token_cross_relevancy(
     blocks: Sequence[LmBlock],
     sequences: Sequence[VisionSequence],
@@ -155,8 +128,11 @@ def token_cross_relevancy(
     total = text.sum() + keys.sum()
     if total > 0:
         text, keys = text / total, keys / total
-    vision = vision_map(sequences, num_patches)
-    return text, keys, vision, through_vision(keys, key_tokens, sequences, num_patches)
+    vision = VisionSummary.of(sequences, num_patches).vision
+    lengths = [len(sequence.patches) for sequence in sequences]
+    placed = keys.new_zeros(sum(lengths)).index_add_(0, key_tokens, keys)
+    carried = through_vision(placed.split(lengths), sequences, num_patches)
+    return text, keys, vision, carried
 
 
 def compute_cross_relevancy(
@@ -164,26 +140,14 @@ def compute_cross_relevancy(
 ) -> CrossRelevancyMaps:
     """Relevancy of every answer token, one backward pass per token (parameters frozen; the
     graph reaches only the attention tensors and their inputs)."""
-    used_calls = sorted({piece.call for piece in inputs.vision.pieces})
     lm = [*inputs.self_attention, *inputs.cross_attention]
-    targets = [*lm, *(inputs.vision.calls[c] for c in used_calls)]
     key_tokens = torch.as_tensor(inputs.key_tokens, device=inputs.answer_logits.device).long()
-    num_self, num_answer = len(inputs.self_attention), int(inputs.answer_ids.shape[0])
-    rows: list[list[np.ndarray]] = []
-    for k in range(num_answer):
+    num_self = len(inputs.self_attention)
+
+    def explain(k: int) -> list[np.ndarray]:
         target = inputs.answer_logits[k, inputs.answer_ids[k]]
-        gradients = torch.autograd.grad(target, targets, retain_graph=True, allow_unused=True)
+        cams, sequences = backward_maps(target, lm, inputs.vision)
         with torch.no_grad():
-            cams = [
-                gradient_weighted(a.float(), g.float())
-                if g is not None
-                else a.new_zeros(a.shape[-2:]).float()
-                for a, g in zip(lm, gradients[: len(lm)], strict=True)
-            ]
-            by_call = dict(zip(used_calls, gradients[len(lm) :], strict=True))
-            sequences = vision_cams(
-                inputs.vision, [by_call.get(c) for c in range(len(inputs.vision.calls))]
-            )
             maps = token_cross_relevancy(
                 lm_blocks(cams[:num_self], cams[num_self:], inputs.cross_layers),
                 sequences,
@@ -191,7 +155,8 @@ def compute_cross_relevancy(
                 key_tokens,
                 inputs.num_patches,
             )
-        rows.append([values.cpu().numpy().astype(np.float32) for values in maps])
-        if on_token is not None:
-            on_token(k + 1, num_answer)
-    return CrossRelevancyMaps(*(np.stack(mode) for mode in zip(*rows, strict=True)))
+        return [values.cpu().numpy().astype(np.float32) for values in maps]
+
+    num_answer = int(inputs.answer_ids.shape[0])
+    device = inputs.answer_logits.device
+    return CrossRelevancyMaps(*each_answer_token(explain, num_answer, device, on_token))

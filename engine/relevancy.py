@@ -173,6 +173,41 @@ def _scatter(values: torch.Tensor, sequence: VisionSequence, into: torch.Tensor)
     into.index_add_(0, sequence.patches[sequence.on_patch], values[sequence.on_patch])
 
 
+@dataclass(frozen=True)
+class VisionSummary:
+    """Every vision sequence's summary row ``R_vit[s] - u_s``, gathered per patch."""
+
+    on_patches: torch.Tensor  # [G] the rows' values at patch tokens
+    total: torch.Tensor  # the rows' sum over every token (CLS and padding included)
+    kept: torch.Tensor  # the part of ``total`` at tokens that read no patch
+
+    @classmethod
+    def of(cls, sequences: Sequence[VisionSequence], num_patches: int) -> VisionSummary:
+        rows = [sequence.summary_row() for sequence in sequences]
+        on_patches = rows[0].new_zeros(num_patches)
+        for sequence, row in zip(sequences, rows, strict=True):
+            _scatter(row, sequence, on_patches)
+        kept = sum(row[~s.on_patch].sum() for s, row in zip(sequences, rows, strict=True))
+        return cls(on_patches, sum(row.sum() for row in rows), kept)
+
+    @property
+    def vision(self) -> torch.Tensor:
+        """The ``vision`` mode: shares of the summary rows' total."""
+        return self.on_patches / self.total if self.total > 0 else self.on_patches
+
+
+def through_vision(
+    rows: Sequence[torch.Tensor], sequences: Sequence[VisionSequence], num_patches: int
+) -> torch.Tensor:
+    """Each sequence's row (one value per vision token) carried through that sequence's ``R``
+    to its patch tokens, rescaled to keep the rows' total (the image's share)."""
+    spread = rows[0].new_zeros(num_patches)
+    for sequence, row in zip(sequences, rows, strict=True):
+        _scatter(sequence.through(row), sequence, spread)
+    share, total = sum(row.sum() for row in rows), spread.sum()
+    return spread * (share / total) if total > 0 else spread
+
+
 def token_relevancy(
     cams_lm: Sequence[torch.Tensor],
     sequences: Sequence[VisionSequence],
@@ -183,35 +218,21 @@ def token_relevancy(
     start = torch.zeros(token_map.seq_len, dtype=cams_lm[0].dtype, device=cams_lm[0].device)
     start[query_position] = 1.0
     llm = share_of_total(propagate_row(start, cams_lm))
-    zeros = start.new_zeros(token_map.num_patches)
+    summary = VisionSummary.of(sequences, token_map.num_patches)
 
-    summaries = [sequence.summary_row() for sequence in sequences]
-    summary_total = sum(row.sum() for row in summaries)
-    vision, on_patches = zeros.clone(), zeros.clone()
-    for sequence, row in zip(sequences, summaries, strict=True):
-        _scatter(row, sequence, on_patches)
-    if summary_total > 0:
-        vision = on_patches / summary_total
-
-    on_image = token_map.to_tokens(on_patches)
+    on_image = token_map.to_tokens(summary.on_patches)
     back = token_map.to_patches(on_image + propagate_row(on_image, cams_lm))
     # the seed's row over vision tokens: patches replaced by their trip through the LM, other
     # tokens (CLS, padding) keep their summary values, and all of it counts in the total
-    kept = sum(
-        row[~sequence.on_patch].sum() for sequence, row in zip(sequences, summaries, strict=True)
-    )
-    every_total = back.sum() + kept
+    every_total = back.sum() + summary.kept
     every = back / every_total if every_total > 0 else back
 
     carried = token_map.to_patches(llm)
-    image_share = carried.sum()
-    spread = zeros.clone()
-    for sequence in sequences:
-        row = torch.where(sequence.on_patch, carried[sequence.patches.clamp(min=0)], 0.0)
-        _scatter(sequence.through(row), sequence, spread)
-    total = spread.sum()
-    through_vision = spread * (image_share / total) if total > 0 else spread
-    return llm, vision, every, through_vision
+    rows = [
+        torch.where(sequence.on_patch, carried[sequence.patches.clamp(min=0)], 0.0)
+        for sequence in sequences
+    ]
+    return llm, summary.vision, every, through_vision(rows, sequences, token_map.num_patches)
 
 
 def vision_cams(
@@ -242,6 +263,30 @@ def vision_cams(
     ]
 
 
+def backward_maps(
+    target: torch.Tensor, attentions: Sequence[torch.Tensor], vision: VisionInputs
+) -> tuple[list[torch.Tensor], list[VisionSequence]]:
+    """One backward pass from ``target``: the gradient-weighted map of every LM attention
+    tensor (zero where it does not depend on the target) and each vision sequence's maps."""
+    used = sorted({piece.call for piece in vision.pieces})
+    gradients = torch.autograd.grad(
+        target,
+        [*attentions, *(vision.calls[c] for c in used)],
+        retain_graph=True,
+        allow_unused=True,
+    )
+    with torch.no_grad():
+        cams = [
+            gradient_weighted(a.float(), g.float())
+            if g is not None
+            else a.new_zeros(a.shape[-2:], dtype=torch.float32)
+            for a, g in zip(attentions, gradients[: len(attentions)], strict=True)
+        ]
+        by_call = dict(zip(used, gradients[len(attentions) :], strict=True))
+        sequences = vision_cams(vision, [by_call.get(c) for c in range(len(vision.calls))])
+    return cams, sequences
+
+
 @contextmanager
 def _one_intra_op_thread(enabled: bool) -> Iterator[None]:
     """Let each backward pass run on one core (restoring torch's thread count afterwards)."""
@@ -254,12 +299,14 @@ def _one_intra_op_thread(enabled: bool) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def compute_relevancy(
-    inputs: RelevancyInputs,
+def each_answer_token(
+    explain: Callable[[int], list[np.ndarray]],
+    num_answer: int,
+    device: torch.device,
     on_token: Callable[[int, int], None] | None = None,
     workers: int | None = None,
-) -> RelevancyMaps:
-    """Relevancy of every answer token in every mode, one backward pass per token.
+) -> list[np.ndarray]:
+    """``explain(k)`` for every answer token, stacked per output.
 
     On a CPU, token backward passes run side by side on ``workers`` threads (default: torch's
     intra-op thread count), one core each: the autograd engine releases the GIL, and a
@@ -268,13 +315,22 @@ def compute_relevancy(
     Batching tokens with ``is_grads_batched`` was 2x slower per token and is not used. On
     an accelerator the passes run one after another.
     """
-    used_calls = sorted({piece.call for piece in inputs.vision.pieces})
-    call_slot = {call: i for i, call in enumerate(used_calls)}
-    targets = [*inputs.language_attention, *(inputs.vision.calls[c] for c in used_calls)]
-    num_lm = len(inputs.language_attention)
-    num_answer = int(inputs.answer_ids.shape[0])
-    on_cpu = inputs.answer_logits.device.type == "cpu"
-    workers = (workers or torch.get_num_threads()) if on_cpu else 1
+    workers = (workers or torch.get_num_threads()) if device.type == "cpu" else 1
+    rows: list[list[np.ndarray]] = []
+    with _one_intra_op_thread(workers > 1), ThreadPoolExecutor(workers) as pool:
+        for k, maps in enumerate(pool.map(explain, range(num_answer))):
+            rows.append(maps)
+            if on_token is not None:
+                on_token(k + 1, num_answer)
+    return [np.stack(mode) for mode in zip(*rows, strict=True)]
+
+
+def compute_relevancy(
+    inputs: RelevancyInputs,
+    on_token: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+) -> RelevancyMaps:
+    """Relevancy of every answer token in every mode, one backward pass per token."""
     seq_len = int(inputs.language_attention[0].shape[-1])
     token_map = TokenPatchOperator.of(
         inputs.token_patches, seq_len, inputs.num_patches, inputs.answer_logits.float()
@@ -282,28 +338,13 @@ def compute_relevancy(
 
     def explain(k: int) -> list[np.ndarray]:
         target = inputs.answer_logits[k, inputs.answer_ids[k]]
-        gradients = torch.autograd.grad(target, targets, retain_graph=True, allow_unused=True)
+        cams_lm, sequences = backward_maps(target, inputs.language_attention, inputs.vision)
         with torch.no_grad():
-            cams_lm = [
-                gradient_weighted(a.float(), g.float())
-                if g is not None
-                else a.new_zeros(a.shape[-2:]).float()
-                for a, g in zip(inputs.language_attention, gradients[:num_lm], strict=True)
-            ]
-            by_call = [
-                gradients[num_lm + call_slot[c]] if c in call_slot else None
-                for c in range(len(inputs.vision.calls))
-            ]
-            sequences = vision_cams(inputs.vision, by_call)
             maps = token_relevancy(
                 cams_lm, sequences, answer_row(inputs.prompt_length, k), token_map
             )
         return [values.cpu().numpy().astype(np.float32) for values in maps]
 
-    rows: list[list[np.ndarray]] = []
-    with _one_intra_op_thread(workers > 1), ThreadPoolExecutor(workers) as pool:
-        for k, maps in enumerate(pool.map(explain, range(num_answer))):
-            rows.append(maps)
-            if on_token is not None:
-                on_token(k + 1, num_answer)
-    return RelevancyMaps(*(np.stack(mode) for mode in zip(*rows, strict=True)))
+    num_answer = int(inputs.answer_ids.shape[0])
+    device = inputs.answer_logits.device
+    return RelevancyMaps(*each_answer_token(explain, num_answer, device, on_token, workers))
