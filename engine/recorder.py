@@ -78,9 +78,10 @@ def _library_versions() -> dict[str, str]:
 
 
 def _generate(loaded: LoadedModel, inputs: dict, settings: GenerationSettings) -> Generated:
-    """Plain ``generate``, except that the image placeholder token is never chosen: an answer
-    holding one has no image features behind it, so the teacher-forced replay would fail
-    (random test models pick it; trained ones practically never do)."""
+    """Plain ``generate``, except that the processor's placeholder tokens (image, video,
+    vision start/end) are never chosen: an answer holding one has no pixels behind it, so the
+    teacher-forced replay would fail or mislead (random test models pick them; trained ones
+    practically never do)."""
     tokenizer = loaded.processor.tokenizer
     torch.manual_seed(settings.seed)
     sampling = {"temperature": settings.temperature, "top_p": settings.top_p}
@@ -91,7 +92,7 @@ def _generate(loaded: LoadedModel, inputs: dict, settings: GenerationSettings) -
             do_sample=settings.do_sample,
             **(sampling if settings.do_sample else {}),
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-            suppress_tokens=[loaded.adapter.image_token_id],
+            suppress_tokens=loaded.adapter.placeholder_token_ids(),
             return_dict_in_generate=True,
             output_logits=True,
         )

@@ -24,6 +24,13 @@ from engine.errors import PromptError, UnsupportedModelError
 from engine.inputs import ImageInput
 from store.schema import ImageGeometry
 
+# config attributes naming tokens only a processor writes (see placeholder_token_ids)
+PLACEHOLDER_TOKENS = (
+    "video_token_id",
+    "video_token_index",
+    "vision_start_token_id",
+    "vision_end_token_id",
+)
 ADD_A_FAMILY = "docs/add-a-family.md"
 
 
@@ -129,6 +136,17 @@ class VlmAdapter:
             if value is not None:
                 return int(value)
         raise UnsupportedModelError(f"{type(config).__name__} names no image token")
+
+    def placeholder_token_ids(self) -> list[int]:
+        """Tokens that only the processor writes (image, video, vision start/end): generation
+        never picks them, since a replayed answer holding one would have no pixels behind it."""
+        config = self.model.config
+        found = {self.image_token_id}
+        for name in PLACEHOLDER_TOKENS:
+            value = getattr(config, name, None)
+            if isinstance(value, int):
+                found.add(value)
+        return sorted(found)
 
     def image_positions(self, input_ids: torch.Tensor) -> np.ndarray:
         """Prompt positions that hold an image feature (``input_ids`` is [P])."""
