@@ -445,14 +445,25 @@ def make_synthetic_trace(
         spread = llm[:, read_rows] @ geometry.token_patches.matrix(
             np.asarray(read_rows, np.int64), geometry.num_patches
         )
+        keys = None
+        if cross is not None:  # the image's share sits on the keys; llm + keys sum to 1
+            answer_rows = [tokens.answer_row(k) for k in range(answer_len)]
+            keys = cross.weights[-1][:, answer_rows].astype(np.float32).mean(0)
+            total = llm.sum(-1, keepdims=True) + keys.sum(-1, keepdims=True)
+            llm, keys = llm / total, keys / total
+            spread = keys @ geometry.key_patches.matrix(
+                np.arange(keys.shape[1]), geometry.num_patches
+            )
         through = (spread + 1e-3 / geometry.num_patches) * vision_map
         through /= through.sum(-1, keepdims=True)
-        seed_all = 0.98 * vision_map + 0.02 * through  # near vision, as on real models
+        # near vision, as on real models; cross-attention families have no seed "all"
+        seed_all = None if cross is not None else 0.98 * vision_map + 0.02 * through
         relevancy = Relevancy(
             llm.astype(np.float32),
             vision_map.astype(np.float32),
-            seed_all.astype(np.float32),
+            None if seed_all is None else seed_all.astype(np.float32),
             through.astype(np.float32),
+            keys,
         )
 
     # top-k: the generated token first

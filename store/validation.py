@@ -141,3 +141,5 @@ def check_trace(trace: Trace) -> None:
             want = (n, t) if mode.value == "llm" else (n, g)
             if _shape(rel.map(mode)) != want:
                 raise ValueError(f"relevancy.{mode.value} must be {list(want)}")
+        if rel.llm_keys is not None and _shape(rel.llm_keys) != (n, keys):
+            raise ValueError(f"relevancy.llm_keys must be [{n}, K] with cross-attention's K keys")

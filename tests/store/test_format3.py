@@ -194,6 +194,7 @@ def test_a_format_2_file_copies_into_a_format_3_store(store, tmp_path):
         (lambda t: setattr(t.image, "patch_boxes", t.image.patch_boxes[:-1]), "patch_boxes"),
         (lambda t: setattr(t.tokens, "image_index", t.tokens.image_index + 1), "image_index"),
         (lambda t: setattr(t.image, "vision_summary", "first"), "vision_summary"),
+        (lambda t: setattr(t.relevancy, "llm_keys", t.relevancy.vision), "llm_keys"),
     ],
 )
 def test_inconsistent_traces_are_refused_before_writing(store, make_trace, change, message):

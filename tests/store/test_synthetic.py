@@ -130,3 +130,9 @@ def test_rejects_impossible_layouts():
         make_synthetic_trace(prompt_len=10, grid=(4, 6))
     with pytest.raises(ValueError, match="merge"):
         make_synthetic_trace(grid=(3, 4), merge=2)
+
+
+def test_cross_attention_relevancy_sits_on_the_keys():
+    rel = make_synthetic_trace(cross_attention=True).relevancy
+    assert rel.all is None and rel.llm_keys.shape == (8, 25)
+    np.testing.assert_allclose(rel.llm.sum(-1) + rel.llm_keys.sum(-1), 1.0, rtol=1e-5)
