@@ -50,6 +50,7 @@ from store.schema import (
     TopK,
     Trace,
     TraceInfo,
+    answer_row,
     new_trace_id,
     utc_now,
 )
@@ -346,7 +347,10 @@ def record(
         ]
     )
     answer_rows = np.stack(
-        [a[0, :, prompt_length - 1 : -1].detach().float().cpu().numpy() for a in forward.lm]
+        [
+            a[0, :, answer_row(prompt_length, 0) : -1].detach().float().cpu().numpy()
+            for a in forward.lm
+        ]
     )
     shares = attention_shares(answer_rows, tokens.roles)
     cross = None

@@ -99,7 +99,7 @@ def target_position(tokens: TokenTable, token: int) -> int:
     n = tokens.answer_length
     if not 0 <= token < n:
         raise IndexError(f"answer token {token} out of range 0..{n - 1}")
-    return tokens.prompt_length - 1 + int(token)
+    return tokens.answer_row(int(token))
 
 
 def explain_token(

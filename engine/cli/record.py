@@ -211,5 +211,11 @@ def record(
                 store_causal(opened, trace_id, causal_layers, label)
     except (EngineError, StoreError) as error:
         fail(error)
+    kept = trace.info.extra["recording"]["policy"]
+    if policy is None and kept != RecordingPolicy.FULL.value:
+        note(
+            f"note: the full LM attention would exceed 1 GiB, so only its '{kept}' rows are "
+            "stored; --policy full keeps every row"
+        )
     note(f"answer: {trace.info.answer!r}")
     typer.echo(trace_id)
