@@ -50,10 +50,8 @@ class GeometryBuilder:
         self.tiles: list[Tile] = []
         self._boxes: list[np.ndarray] = []
         self._offsets: list[int] = []
-        self._rows: list[int] = []
-        self._patches: list[int] = []
-        self._weights: list[float] = []
-        self._keys: tuple[list[int], list[int], list[float]] = ([], [], [])
+        self._token_reads = _MapParts()
+        self._key_reads = _MapParts()
         self.sequences: list[np.ndarray] = []
 
     @property
@@ -86,6 +84,17 @@ class GeometryBuilder:
         t = self.tiles[tile]
         return self._offsets[tile] + np.arange(t.rows * t.cols)
 
+    def tile_blocks(self, tile: int, k: int) -> np.ndarray:
+        """[blocks, k * k]: the patches of ``tile`` in ``k x k`` blocks, blocks row-major and
+        each block's patches row-major. One LM token reads one such block in a pixel shuffle
+        (Idefics3, InternVL, Aya Vision), a k x k average pooling (Gemma 3) and a patch merge
+        (Qwen-VL, whose vision tower also runs its patches in this order)."""
+        t = self.tiles[tile]
+        if t.rows % k or t.cols % k:
+            raise ValueError(f"tile {tile}'s {t.rows}x{t.cols} grid has no {k}x{k} blocks")
+        grid = self.tile_patches(tile).reshape(t.rows // k, k, t.cols // k, k)
+        return grid.transpose(0, 2, 1, 3).reshape(-1, k * k)
+
     def read(
         self,
         position: int,
@@ -93,25 +102,31 @@ class GeometryBuilder:
         weights: Sequence[float] | None = None,
     ) -> None:
         """LM sequence ``position`` reads ``patches`` (equal shares unless ``weights``)."""
-        self._add(self._rows, self._patches, self._weights, position, patches, weights)
+        row = None if weights is None else np.reshape(np.asarray(weights, np.float64), (1, -1))
+        self.read_many([position], np.reshape(patches, (1, -1)), row)
 
-    def read_key(
-        self, key: int, patches: Sequence[int] | np.ndarray, weights: Sequence[float] | None = None
+    def read_many(
+        self,
+        positions: Sequence[int] | np.ndarray,
+        patches: np.ndarray,
+        weights: np.ndarray | None = None,
     ) -> None:
-        """Cross-attention key row ``key`` reads ``patches`` (Mllama)."""
-        self._add(*self._keys, key, patches, weights)
+        """LM position ``positions[i]`` reads the patches of row ``patches[i]`` ([k, m]), in
+        equal shares unless ``weights`` ([k, m]). One call for a run of tokens that read
+        fixed-size patch groups: a Python call per token dominated the geometry time at
+        checkpoint sizes (thousands of image tokens). A row whose weights are all zero reads
+        nothing (a newline token in a run)."""
+        self._token_reads.add(positions, patches, weights)
 
-    @staticmethod
-    def _add(rows, patches_out, weights_out, row, patches, weights) -> None:
-        patches = np.asarray(patches, np.int64).reshape(-1)
-        if weights is None:
-            weights = np.full(len(patches), 1.0 / max(1, len(patches)))
-        weights = np.asarray(weights, np.float64).reshape(-1)
-        keep = weights > 0
-        total = weights[keep].sum()
-        rows.extend([int(row)] * int(keep.sum()))
-        patches_out.extend(int(p) for p in patches[keep])
-        weights_out.extend(float(w) for w in weights[keep] / total)
+    def read_keys(
+        self,
+        keys: Sequence[int] | np.ndarray,
+        patches: np.ndarray,
+        weights: np.ndarray | None = None,
+    ) -> None:
+        """Cross-attention key row ``keys[i]`` reads row ``patches[i]`` (Mllama), as
+        :meth:`read_many`."""
+        self._key_reads.add(keys, patches, weights)
 
     def add_vision_sequence(self, patches: Sequence[int] | np.ndarray) -> None:
         """One sequence the vision tower attended over: each token's patch, -1 for none."""
@@ -123,17 +138,6 @@ class GeometryBuilder:
         count = self.num_patches
         tile_of = np.repeat(np.arange(len(self.tiles)), [t.rows * t.cols for t in self.tiles])
         boxes = np.concatenate(self._boxes) if self._boxes else np.zeros((0, 4))
-
-        def patch_map(rows, patches, weights) -> PatchMap:
-            out = PatchMap(
-                np.asarray(rows, np.int32),
-                np.asarray(patches, np.int32),
-                np.asarray(weights, np.float32),
-            )
-            if len(out.patches) and (out.patches.min() < 0 or out.patches.max() >= count):
-                raise ValueError("a token reads a patch that no tile has")
-            return out
-
         if vision_summary == "cls" and any(len(s) == 0 or s[0] != -1 for s in self.sequences):
             raise ValueError("a 'cls' vision summary needs a CLS token first in every sequence")
         return ImageGeometry(
@@ -141,8 +145,49 @@ class GeometryBuilder:
             tiles=list(self.tiles),
             patch_tile=tile_of.astype(np.int32),
             patch_boxes=boxes.astype(np.float32),
-            token_patches=patch_map(self._rows, self._patches, self._weights),
+            token_patches=self._token_reads.freeze(count),
             vision_sequences=list(self.sequences),
             vision_summary=vision_summary,
-            key_patches=patch_map(*self._keys) if self._keys[0] else None,
+            key_patches=self._key_reads.freeze(count) if self._key_reads else None,
         )
+
+
+class _MapParts:
+    """A :class:`~store.PatchMap` collected in chunks of rows (kept in the order added), each
+    row's positive weights normalised to sum to 1."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def __bool__(self) -> bool:
+        return any(len(rows) for rows, _, _ in self._parts)
+
+    def add(
+        self, rows: Sequence[int] | np.ndarray, patches: np.ndarray, weights: np.ndarray | None
+    ) -> None:
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        patches = np.asarray(patches, np.int64)
+        if patches.ndim != 2 or len(patches) != len(rows):
+            raise ValueError(f"{len(rows)} rows need a [{len(rows)}, m] patch array")
+        if weights is None:
+            weights = np.full(patches.shape, 1.0 / max(1, patches.shape[1]))
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != patches.shape:
+            raise ValueError(f"weights {weights.shape} do not match patches {patches.shape}")
+        keep = weights > 0
+        totals = np.where(keep, weights, 0.0).sum(axis=1, keepdims=True)
+        shares = np.divide(weights, totals, out=np.zeros_like(weights), where=totals > 0)
+        self._parts.append(
+            (np.broadcast_to(rows[:, None], patches.shape)[keep], patches[keep], shares[keep])
+        )
+
+    def freeze(self, num_patches: int) -> PatchMap:
+        """The map; a patch index outside ``0 .. num_patches - 1`` is an adapter's bug."""
+        rows, patches, weights = (
+            np.concatenate([part[i] for part in self._parts]) if self._parts else np.zeros(0)
+            for i in range(3)
+        )
+        out = PatchMap(rows.astype(np.int32), patches.astype(np.int32), weights.astype(np.float32))
+        if len(out.patches) and (out.patches.min() < 0 or out.patches.max() >= num_patches):
+            raise ValueError("a token reads a patch that no tile has")
+        return out

@@ -9,8 +9,7 @@ relevancy reads the mean row.
 from __future__ import annotations
 
 from engine.adapters.base import register_adapter
-from engine.adapters.tiled import CanvasTilesAdapter, TowerPacking
-from engine.errors import UnsupportedModelError
+from engine.adapters.tiled import CanvasTilesAdapter
 
 
 @register_adapter
@@ -18,15 +17,8 @@ class AyaVisionAdapter(CanvasTilesAdapter):
     name = "aya_vision"
     model_types = ("aya_vision",)
     language_layers_path = "model.language_model.layers"
+    tower_has_cls = False
 
-    def packing(self, tile_pixels: int) -> TowerPacking:
-        config = self.model.config
-        if config.vision_feature_select_strategy != "full":
-            raise UnsupportedModelError(
-                "Aya Vision's SigLIP tower has no CLS token: the 'default' strategy would drop "
-                "a patch; only the 'full' strategy is supported"
-            )
-        patch = int(config.vision_config.patch_size)
-        return TowerPacking(
-            side=tile_pixels // patch, shuffle=int(config.downsample_factor), cls=False
-        )
+    @property
+    def shuffle(self) -> int:
+        return int(self.model.config.downsample_factor)

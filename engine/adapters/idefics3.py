@@ -19,7 +19,9 @@ import torch
 
 from engine.adapters.base import Placement, VlmAdapter, register_adapter
 from engine.adapters.tiled import CropGrid, TowerPacking, tiled_placement
+from engine.adapters.tower import patch_size
 from engine.errors import UnsupportedModelError
+from engine.inputs import ImageInput
 
 GLOBAL_VIEW = "<global-img>"
 MARKER = re.compile(r"<row_(\d+)_col_(\d+)>|<global-img>")
@@ -57,7 +59,7 @@ def grids_from_markers(markers: Sequence[re.Match]) -> list[CropGrid]:
     crops: list[tuple[int, int]] = []
     for marker in markers:
         if marker[0] == GLOBAL_VIEW:
-            grids.append(_grid(crops))
+            grids.append(_crop_grid(crops))
             crops = []
         else:
             crops.append((int(marker[1]) - 1, int(marker[2]) - 1))
@@ -66,7 +68,8 @@ def grids_from_markers(markers: Sequence[re.Match]) -> list[CropGrid]:
     return grids
 
 
-def _grid(crops: list[tuple[int, int]]) -> CropGrid:
+def _crop_grid(crops: list[tuple[int, int]]) -> CropGrid:
+    """One image's grid from its crops' (row, col) markers, which must be row-major."""
     if not crops:
         return CropGrid(1, 1)
     rows, cols = max(r for r, _ in crops) + 1, max(c for _, c in crops) + 1
@@ -85,7 +88,7 @@ class Idefics3Adapter(VlmAdapter):
     def num_vision_layers(self) -> int:
         return int(self.model.config.vision_config.num_hidden_layers)
 
-    def geometry(self, inputs, images) -> Placement:
+    def geometry(self, inputs: dict[str, torch.Tensor], images: Sequence[ImageInput]) -> Placement:
         pixel_values = inputs["pixel_values"]
         _check_tiles(pixel_values, inputs.get("pixel_attention_mask"))
         ids = inputs["input_ids"][0].tolist()
@@ -96,9 +99,8 @@ class Idefics3Adapter(VlmAdapter):
             raise UnsupportedModelError(
                 f"the prompt holds {len(grids)} image(s) for the {len(images)} given"
             )
-        patch = int(self.model.config.vision_config.patch_size)
         packing = TowerPacking(
-            side=int(pixel_values.shape[-1]) // patch,
+            side=int(pixel_values.shape[-1]) // patch_size(self.model.config.vision_config),
             shuffle=int(self.model.config.scale_factor),
             cls=False,
         )

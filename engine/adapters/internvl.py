@@ -9,8 +9,7 @@ vision relevancy reads the CLS row, as for LLaVA-1.5's CLIP.
 from __future__ import annotations
 
 from engine.adapters.base import register_adapter
-from engine.adapters.tiled import CanvasTilesAdapter, TowerPacking
-from engine.errors import UnsupportedModelError
+from engine.adapters.tiled import CanvasTilesAdapter
 
 
 @register_adapter
@@ -18,16 +17,9 @@ class InternVLAdapter(CanvasTilesAdapter):
     name = "internvl"
     model_types = ("internvl",)
     language_layers_path = "model.language_model.layers"
+    tower_has_cls = True
 
-    def packing(self, tile_pixels: int) -> TowerPacking:
-        config = self.model.config
-        if config.vision_feature_select_strategy != "default":
-            raise UnsupportedModelError(
-                "InternVL keeping the CLS feature ('full' strategy) cannot pixel-shuffle a "
-                "square grid; only the 'default' strategy is supported"
-            )
-        patch = config.vision_config.patch_size
-        patch = patch[0] if isinstance(patch, list | tuple) else patch
-        return TowerPacking(
-            side=tile_pixels // int(patch), shuffle=round(1 / config.downsample_ratio), cls=True
-        )
+    @property
+    def shuffle(self) -> int:
+        """The config gives the shuffle as the ratio of sides it keeps (0.5: 2x2 blocks)."""
+        return round(1 / self.model.config.downsample_ratio)

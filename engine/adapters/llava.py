@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import torch
+from torch import nn
 
 from engine.adapters.base import Placement, VlmAdapter, register_adapter, resolve
+from engine.adapters.processing import shown_part
+from engine.adapters.tower import feature_layer_depth, patch_size
 from engine.errors import UnsupportedModelError
 from engine.geometry import GeometryBuilder
-
-
-def _crop_geometry(
-    image_processor, original_size: tuple[int, int]
-) -> tuple[float, float, float, float]:
-    """Scales and crop offsets of a resize (shortest edge or fixed size) + centre-crop processor.
-
-    Returns ``(scale_x, scale_y, offset_x, offset_y)`` such that processed-image pixel
-    ``(x, y)`` came from original pixel ``((x + offset_x) / scale_x, (y + offset_y) / scale_y)``.
-    """
-    width, height = original_size
-    size = image_processor.size
-    scale_x = scale_y = 1.0
-    if getattr(image_processor, "do_resize", False):
-        if size.shortest_edge:
-            scale_x = scale_y = size.shortest_edge / min(width, height)
-        elif size.height and size.width:
-            scale_x, scale_y = size.width / width, size.height / height
-    offset_x = offset_y = 0.0
-    crop = getattr(image_processor, "crop_size", None)
-    if getattr(image_processor, "do_center_crop", False) and crop and crop.height:
-        offset_x = (width * scale_x - crop.width) / 2
-        offset_y = (height * scale_y - crop.height) / 2
-    return scale_x, scale_y, offset_x, offset_y
+from engine.inputs import ImageInput
 
 
 @register_adapter
@@ -42,7 +25,7 @@ class LlavaAdapter(VlmAdapter):
     # transformers < 5 nested the CLIP encoder one level deeper.
     legacy_vision_layers_path = "model.vision_tower.vision_model.encoder.layers"
 
-    def vision_attention_modules(self):
+    def vision_attention_modules(self) -> list[nn.Module]:
         try:
             layers = resolve(self.model, self.vision_layers_path)
         except AttributeError:
@@ -57,28 +40,16 @@ class LlavaAdapter(VlmAdapter):
         return len(self.vision_attention_modules())
 
     def vision_layers_feeding_lm(self) -> int:
-        total = self.num_vision_layers()
-        feature_layer = self.model.config.vision_feature_layer
-        deepest = max(feature_layer) if isinstance(feature_layer, list) else feature_layer
-        # hidden_states has total + 1 entries (embeddings first): index -1 is the last layer.
-        return deepest + 1 + total if deepest < 0 else deepest
+        return feature_layer_depth(self.model.config.vision_feature_layer, self.num_vision_layers())
 
-    def geometry(self, inputs, images) -> Placement:
-        """One tile: the processed image; image token i reads patch i (i - 1 when the CLS
-        feature is kept, which then reads no pixels)."""
-        pixel_values = inputs["pixel_values"]
-        patch = int(self.model.config.vision_config.patch_size)
-        height, width = pixel_values.shape[-2:]
-        rows, cols = height // patch, width // patch
-        scale_x, scale_y, offset_x, offset_y = _crop_geometry(
-            self.processor.image_processor, images[0].size
-        )
-        box = (
-            offset_x / scale_x,
-            offset_y / scale_y,
-            (width + offset_x) / scale_x,
-            (height + offset_y) / scale_y,
-        )
+    def geometry(self, inputs: dict[str, torch.Tensor], images: Sequence[ImageInput]) -> Placement:
+        """One tile: the part of the image the processed square shows (after its resize and
+        centre crop); image token i reads patch i (i - 1 when the CLS feature is kept, which
+        then reads no pixels)."""
+        patch = patch_size(self.model.config.vision_config)
+        rows, cols = (int(side) // patch for side in inputs["pixel_values"].shape[-2:])
+        width, height = images[0].size
+        box = shown_part(self.processor.image_processor, height, width)
         builder = GeometryBuilder(images)
         tile = builder.add_tile(0, box, rows, cols)
         positions = self.image_positions(inputs["input_ids"][0])
@@ -88,9 +59,9 @@ class LlavaAdapter(VlmAdapter):
                 f"{len(positions)} image tokens do not fit a {rows}x{cols} patch grid; this "
                 "LLaVA variant needs its own adapter"
             )
-        for position, p in zip(positions, patches, strict=True):
-            if p >= 0:
-                builder.read(position, [builder.patch(tile, *divmod(int(p), cols))])
+        feature = patches >= 0
+        rows_cols = np.divmod(patches[feature], cols)
+        builder.read_many(positions[feature], builder.patch(tile, *rows_cols)[:, None])
         builder.add_vision_sequence(np.concatenate([[-1], builder.tile_patches(tile)]))
         index = np.full(inputs["input_ids"].shape[1], -1, np.int32)
         index[positions] = 0

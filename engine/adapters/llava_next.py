@@ -17,16 +17,58 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from transformers.image_processing_utils import select_best_resolution
 
 from engine.adapters.base import Placement, register_adapter
 from engine.adapters.llava import LlavaAdapter
+from engine.adapters.processing import crop_side, shown_part
+from engine.adapters.tower import check_one_feature_per_patch, patches_per_side
 from engine.errors import UnsupportedModelError
 from engine.geometry import Box, GeometryBuilder, resized_box
 from engine.inputs import ImageInput
 
-# One token's reads: (patches, weights); None for a token that reads no pixels (a newline).
-Reads = tuple[np.ndarray, np.ndarray] | None
+
+@dataclass(frozen=True)
+class TokenReads:
+    """What a run of consecutive image tokens reads: token ``i`` reads the patches
+    ``patches[i]`` by ``weights[i]`` ([n, m] each, as :meth:`GeometryBuilder.read_many` takes
+    them); a row of zero weights reads nothing (a newline token)."""
+
+    patches: np.ndarray
+    weights: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    @classmethod
+    def one_patch_each(cls, patches: np.ndarray) -> TokenReads:
+        """Tokens that are each one patch's feature, unmixed (``patches`` in token order)."""
+        column = np.asarray(patches).reshape(-1, 1)
+        return cls(column, np.ones(column.shape))
+
+    @classmethod
+    def rows_with_newlines(cls, patches: np.ndarray, weights: np.ndarray) -> TokenReads:
+        """A grid of tokens (``[rows, cols, m]`` each) read row by row, a newline token (zero
+        weights) after each row."""
+        rows, _, m = patches.shape
+        return cls(
+            np.concatenate([patches, np.zeros((rows, 1, m), patches.dtype)], 1).reshape(-1, m),
+            np.concatenate([weights, np.zeros((rows, 1, m))], 1).reshape(-1, m),
+        )
+
+    @classmethod
+    def joined(cls, runs: Sequence[TokenReads]) -> TokenReads:
+        """``runs`` one after another, rows padded with zero weights to the widest run's m."""
+        m = max(run.patches.shape[1] for run in runs)
+
+        def padded(array: np.ndarray) -> np.ndarray:
+            return np.pad(array, ((0, 0), (0, m - array.shape[1])))
+
+        return cls(
+            np.concatenate([padded(run.patches) for run in runs]),
+            np.concatenate([padded(run.weights) for run in runs]),
+        )
 
 
 @dataclass(frozen=True)
@@ -50,31 +92,6 @@ class Canvas:
             new_h, new_w = canvas_h, min(math.ceil(width * canvas_h / height), canvas_w)
         x0, y0 = (canvas_w - new_w) // 2, (canvas_h - new_h) // 2
         return cls(canvas_h, canvas_w, (x0, y0, x0 + new_w, y0 + new_h))
-
-
-def shown_part(image_processor, height: int, width: int) -> Box:
-    """Which part of a ``height x width`` input (its own pixels) a processed tile shows after
-    the per-tile resize and centre crop (the whole input for the usual settings)."""
-    size = image_processor.size
-    out_h, out_w = height, width
-    if getattr(image_processor, "do_resize", False):
-        if size.height and size.width:
-            out_h, out_w = size.height, size.width
-        elif size.shortest_edge:  # get_resize_output_image_size, default_to_square=False
-            short, long = sorted((height, width))
-            new_short, new_long = size.shortest_edge, int(size.shortest_edge * long / short)
-            out_h, out_w = (new_short, new_long) if height <= width else (new_long, new_short)
-        else:
-            raise UnsupportedModelError(f"anyres tiles with an unexpected resize size {size}")
-    left, top, right, bottom = 0, 0, out_w, out_h
-    crop = getattr(image_processor, "crop_size", None)
-    if getattr(image_processor, "do_center_crop", False) and crop and crop.height:
-        if crop.height > out_h or crop.width > out_w:
-            raise UnsupportedModelError("anyres tiles whose centre crop is larger than the tile")
-        top, left = (out_h - crop.height) // 2, (out_w - crop.width) // 2
-        bottom, right = top + crop.height, left + crop.width
-    sx, sy = width / out_w, height / out_h
-    return (left * sx, top * sy, right * sx, bottom * sy)
 
 
 def unpadded(rows: int, cols: int, size: tuple[int, int]) -> tuple[slice, slice]:
@@ -103,22 +120,18 @@ class LlavaNextAdapter(LlavaAdapter):
         embeddings = getattr(tower, "embeddings", None) or tower.vision_model.embeddings
         return hasattr(embeddings, "class_embedding")
 
-    def _check_features(self) -> None:
-        """The packing needs exactly one feature per patch: CLS dropped ("default") where the
-        tower has one, everything kept ("full") where it has none."""
-        strategy = self.model.config.vision_feature_select_strategy
-        wanted = "default" if self._tower_has_cls else "full"
-        if strategy != wanted:
-            raise UnsupportedModelError(
-                f"{self.name}: vision_feature_select_strategy {strategy!r} with a tower "
-                f"{'with' if self._tower_has_cls else 'without'} a CLS token does not give one "
-                f"feature per patch (the model needs {wanted!r})"
-            )
+    @property
+    def patches_per_side(self) -> int:
+        """Patches along a tile's side (every tile is the tower's square)."""
+        return patches_per_side(self.model.config.vision_config)
 
     # -- the geometry -------------------------------------------------------------------------
-    def geometry(self, inputs, images: Sequence[ImageInput]) -> Placement:
+    def geometry(self, inputs: dict[str, torch.Tensor], images: Sequence[ImageInput]) -> Placement:
         """Base tile then crops per image; the image tokens of image i follow those of i - 1."""
-        self._check_features()
+        config = self.model.config
+        check_one_feature_per_patch(
+            self.name, config.vision_feature_select_strategy, self._tower_has_cls
+        )
         sizes = [(int(w), int(h)) for h, w in inputs["image_sizes"].tolist()]
         if sizes != [im.size for im in images]:
             raise UnsupportedModelError(
@@ -133,9 +146,7 @@ class LlavaNextAdapter(LlavaAdapter):
             mine = positions[start : start + len(reads)]
             if len(mine) < len(reads):
                 break
-            for position, read in zip(mine, reads, strict=True):
-                if read is not None:
-                    builder.read(position, *read)
+            builder.read_many(mine, reads.patches, reads.weights)
             index[mine] = image
             start += len(reads)
         if start != len(positions) or index[positions].min(initial=0) < 0:
@@ -147,25 +158,20 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def _image_reads(
         self, builder: GeometryBuilder, inputs: dict, image: int, size: tuple[int, int]
-    ) -> list[Reads]:
+    ) -> TokenReads:
         """Adds the tiles of ``image``; returns its tokens' reads in sequence order."""
         return self._anyres_image(builder, image, size)
 
-    @property
-    def _grid(self) -> int:
-        vision = self.model.config.vision_config
-        return int(vision.image_size) // int(vision.patch_size)
-
     def _tile(self, builder: GeometryBuilder, image: int, box: Box, kind: str) -> int:
         """A G x G tile and its vision sequence ([CLS, patches] or [patches])."""
-        tile = builder.add_tile(image, box, self._grid, self._grid, kind)
+        tile = builder.add_tile(image, box, self.patches_per_side, self.patches_per_side, kind)
         cls = [-1] if self._tower_has_cls else []
         builder.add_vision_sequence(np.concatenate([cls, builder.tile_patches(tile)]))
         return tile
 
     def _anyres_image(
         self, builder: GeometryBuilder, image: int, size: tuple[int, int]
-    ) -> list[Reads]:
+    ) -> TokenReads:
         """Tile 0 (the squashed image), then the canvas crops; the base tokens, then the
         unpadded high-resolution grid row by row, a newline after each row."""
         processor = self.processor.image_processor
@@ -175,7 +181,7 @@ class LlavaNextAdapter(LlavaAdapter):
         whole = _scaled(shown_part(processor, side_h, side_w), (side_w, side_h), size)
         base = self._tile(builder, image, whole, "full")
         canvas = Canvas.for_image(size, self.model.config.image_grid_pinpoints)
-        crop = _crop_side(processor)
+        crop = crop_side(processor)
         view = shown_part(processor, crop, crop)
         tiles_y, tiles_x = canvas.height // crop, canvas.width // crop
         crops = [
@@ -185,25 +191,18 @@ class LlavaNextAdapter(LlavaAdapter):
             for y in range(0, tiles_y * crop, crop)
             for x in range(0, tiles_x * crop, crop)
         ]
-        g = self._grid
+        g = self.patches_per_side
         rows, cols = np.mgrid[0 : tiles_y * g, 0 : tiles_x * g]
         first = np.array([builder.tile_patches(t)[0] for t in crops])
         grid = first[(rows // g) * tiles_x + cols // g] + (rows % g) * g + cols % g
         keep_rows, keep_cols = unpadded(tiles_y * g, tiles_x * g, size)
-        reads: list[Reads] = [whole_patch(p) for p in builder.tile_patches(base)]
-        for row in self._high_resolution(grid[keep_rows, keep_cols]):
-            reads.extend(row)
-            reads.append(None)  # the row's newline token
-        return reads
+        high = TokenReads.rows_with_newlines(*self._high_resolution(grid[keep_rows, keep_cols]))
+        return TokenReads.joined([TokenReads.one_patch_each(builder.tile_patches(base)), high])
 
-    def _high_resolution(self, grid: np.ndarray) -> list[list[Reads]]:
-        """The reads of the unpadded grid's tokens, row by row: one patch each."""
-        return [[whole_patch(p) for p in row] for row in grid]
-
-
-def whole_patch(patch: int) -> Reads:
-    """The reads of a token that is one patch's feature, unmixed."""
-    return np.array([patch]), np.ones(1)
+    def _high_resolution(self, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The patches and weights ([rows, cols, m] each) of the tokens of the unpadded
+        high-resolution patch grid: one patch each."""
+        return grid[..., None], np.ones((*grid.shape, 1))
 
 
 def _shifted(box: Box, dx: float, dy: float) -> Box:
@@ -215,11 +214,3 @@ def _scaled(box: Box, size_in: tuple[int, int], size_out: tuple[int, int]) -> Bo
     in the pixels of the latter."""
     sx, sy = size_out[0] / size_in[0], size_out[1] / size_in[1]
     return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-
-
-def _crop_side(image_processor) -> int:
-    """The side of the canvas crops (the processor's own choice of its ``patch_size``)."""
-    crop, size = getattr(image_processor, "crop_size", None), image_processor.size
-    if crop and crop.height:
-        return int(crop.height)
-    return int(size.height or size.shortest_edge)

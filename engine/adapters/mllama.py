@@ -36,6 +36,7 @@ from transformers.models.mllama.image_processing_pil_mllama import (
 )
 
 from engine.adapters.base import Placement, VlmAdapter, register_adapter, resolve
+from engine.adapters.tower import patches_per_side
 from engine.errors import UnsupportedModelError
 from engine.geometry import GeometryBuilder, resized_box
 from engine.inputs import ImageInput
@@ -88,9 +89,9 @@ class MllamaAdapter(VlmAdapter):
         return int(self.processor.image_processor.size["height"])
 
     @property
-    def _grid(self) -> int:
-        vision = self.model.config.vision_config
-        return int(vision.image_size) // int(vision.patch_size)
+    def patches_per_side(self) -> int:
+        """Patches along a tile's side."""
+        return patches_per_side(self.model.config.vision_config)
 
     @property
     def _max_tiles(self) -> int:
@@ -99,7 +100,7 @@ class MllamaAdapter(VlmAdapter):
     @property
     def tile_tokens(self) -> int:
         """Vision states per tile that the LM reads as keys: CLS + G² patches."""
-        return 1 + self._grid**2
+        return 1 + self.patches_per_side**2
 
     @property
     def padded_tile_tokens(self) -> int:
@@ -115,7 +116,7 @@ class MllamaAdapter(VlmAdapter):
         """Real tiles of each image (padding tile slots are left out: no token reads them), key
         row -> patch for every tile's patch states (CLS rows read none), one vision sequence per
         image over all its tile slots."""
-        size, grid, slots = self._tile_size, self._grid, self._max_tiles
+        size, grid, slots = self._tile_size, self.patches_per_side, self._max_tiles
         if size != int(self.model.config.vision_config.image_size):
             raise UnsupportedModelError(
                 f"{self.name}: the processor's {size} px tiles are not the vision tower's "
@@ -140,8 +141,7 @@ class MllamaAdapter(VlmAdapter):
                 )
                 patches = builder.tile_patches(tile)
                 cls_key = (image * slots + slot) * self.tile_tokens
-                for j, patch in enumerate(patches, start=1):
-                    builder.read_key(cls_key + j, [patch])
+                builder.read_keys(cls_key + 1 + np.arange(len(patches)), patches[:, None])
                 cls_token = slot * self.padded_tile_tokens
                 sequence[cls_token + 1 : cls_token + 1 + len(patches)] = patches
             builder.add_vision_sequence(sequence)

@@ -27,16 +27,8 @@ import torch
 from engine.adapters.base import Placement, VisionPiece, VlmAdapter, register_adapter, resolve
 from engine.errors import UnsupportedModelError
 from engine.geometry import GeometryBuilder
+from engine.inputs import ImageInput
 from store.schema import ImageGeometry
-
-
-def merge_order(rows: int, cols: int, merge: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, col) of each vision token of a ``rows x cols`` patch grid, in the tower's order."""
-    k = np.arange(rows * cols)
-    block, inner = np.divmod(k, merge * merge)
-    bh, bw = np.divmod(block, cols // merge)
-    ih, iw = np.divmod(inner, merge)
-    return merge * bh + ih, merge * bw + iw
 
 
 @register_adapter
@@ -58,7 +50,7 @@ class Qwen2VlAdapter(VlmAdapter):
     def num_vision_layers(self) -> int:
         return len(resolve(self.model, self.vision_blocks_path))
 
-    def geometry(self, inputs, images) -> Placement:
+    def geometry(self, inputs: dict[str, torch.Tensor], images: Sequence[ImageInput]) -> Placement:
         """One tile per image (its whole box: no crop, no padding), patches row-major on the
         ``image_grid_thw`` grid; one vision sequence per image in merge order; each LM image
         token reads its merge block."""
@@ -82,11 +74,10 @@ class Qwen2VlAdapter(VlmAdapter):
         starts = np.cumsum([0, *counts])
         for image, ((_, h, w), source) in enumerate(zip(grids, images, strict=True)):
             tile = builder.add_tile(image, (0.0, 0.0, *map(float, source.size)), h, w)
-            patches = builder.patch(tile, *merge_order(h, w, merge))
-            builder.add_vision_sequence(patches)
+            blocks = builder.tile_blocks(tile, merge)  # [merge block, its patches]
+            builder.add_vision_sequence(blocks.reshape(-1))
             mine = positions[starts[image] : starts[image + 1]]
-            for j, position in enumerate(mine):
-                builder.read(position, patches[group * j : group * (j + 1)])
+            builder.read_many(mine, blocks)
             index[mine] = image
         return Placement(builder.build("mean"), index)
 

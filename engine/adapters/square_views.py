@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from engine.adapters.base import Placement, VlmAdapter
+from engine.adapters.tower import patches_per_side
 from engine.errors import UnsupportedModelError
 from engine.geometry import Box, GeometryBuilder
 from engine.inputs import ImageInput
@@ -52,8 +54,7 @@ class SquareViewsAdapter(VlmAdapter):
 
     @property
     def patches_per_side(self) -> int:
-        vision = self.model.config.vision_config
-        return int(vision.image_size) // int(vision.patch_size)
+        return patches_per_side(self.model.config.vision_config)
 
     def num_vision_layers(self) -> int:
         return int(self.model.config.vision_config.num_hidden_layers)
@@ -75,7 +76,7 @@ class SquareViewsAdapter(VlmAdapter):
                 f"{tuple(pixel_values.shape)}); this adapter cannot place its patches"
             )
 
-    def geometry(self, inputs: dict, images: Sequence[ImageInput]) -> Placement:
+    def geometry(self, inputs: dict[str, torch.Tensor], images: Sequence[ImageInput]) -> Placement:
         """One tile per view; view v's image tokens are the v-th run of ``(side / pool)^2``
         image positions, each reading its ``pool x pool`` block in raster order."""
         pixel_values = inputs["pixel_values"]
@@ -90,16 +91,12 @@ class SquareViewsAdapter(VlmAdapter):
                 f"tokens here, but the inputs hold {pixel_values.shape[0]} view(s) and "
                 f"{len(positions)} image tokens (inputs built with other processor options?)"
             )
-        block_row, block_col = np.divmod(np.arange(per_view), side // pool)
-        inner_row, inner_col = np.divmod(np.arange(pool * pool), pool)
         builder = GeometryBuilder(images)
         index = np.full(inputs["input_ids"].shape[1], -1, np.int32)
         for v, view in enumerate(views):
             tile = builder.add_tile(view.image, view.box, side, side, view.kind)
             mine = positions[v * per_view : (v + 1) * per_view]
-            for position, row, col in zip(mine, block_row, block_col, strict=True):
-                patches = builder.patch(tile, pool * row + inner_row, pool * col + inner_col)
-                builder.read(position, patches)  # average pooling: equal shares
+            builder.read_many(mine, builder.tile_blocks(tile, pool))  # pooling: equal shares
             builder.add_vision_sequence(builder.tile_patches(tile))
             index[mine] = view.image
         return Placement(builder.build("mean"), index)

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+import torch
 
 from engine.adapters.base import Placement, VlmAdapter
+from engine.adapters.tower import check_one_feature_per_patch, feature_layer_depth, patch_size
 from engine.errors import UnsupportedModelError
-from engine.geometry import GeometryBuilder
+from engine.geometry import Box, GeometryBuilder
 from engine.inputs import ImageInput
 
 
@@ -52,7 +55,7 @@ class TowerPacking:
         return (self.side // self.shuffle) ** 2
 
 
-def tile_boxes(size: tuple[int, int], grid: CropGrid) -> list[tuple[tuple[float, ...], str]]:
+def tile_boxes(size: tuple[int, int], grid: CropGrid) -> list[tuple[Box, str]]:
     """(box in original pixels, kind) of each tile of an image of ``size`` (width, height), in
     the processor's order: crops row-major on the stretched canvas, then the global view."""
     width, height = size
@@ -90,27 +93,16 @@ def tiled_placement(
         )
     builder = GeometryBuilder(images)
     index = np.full(prompt_length, -1, np.int32)
-    blocks, s = packing.side // packing.shuffle, packing.shuffle
-    reads = iter(positions)
+    runs = iter(positions.reshape(-1, packing.tokens_per_tile))  # one run of tokens a tile
     for image, (source, grid) in enumerate(zip(images, grids, strict=True)):
         for box, kind in tile_boxes(source.size, grid):
             tile = builder.add_tile(image, box, packing.side, packing.side, kind)
             patches = builder.tile_patches(tile)
-            # [block, patches of the block]: blocks row-major, each block's patches row-major
-            per_block = patches.reshape(blocks, s, blocks, s).transpose(0, 2, 1, 3)
-            for block in per_block.reshape(blocks * blocks, s * s):
-                position = next(reads)
-                builder.read(position, block)
-                index[position] = image
+            mine = next(runs)
+            builder.read_many(mine, builder.tile_blocks(tile, packing.shuffle))
+            index[mine] = image
             builder.add_vision_sequence(np.concatenate([[-1], patches]) if packing.cls else patches)
     return Placement(builder.build("cls" if packing.cls else "mean"), index)
-
-
-def feature_layer_depth(feature_layer: int | Sequence[int], total: int) -> int:
-    """How many vision layers feed the LM when it reads ``hidden_states[feature_layer]`` (or
-    several of them): ``hidden_states`` has ``total + 1`` entries, the embeddings first."""
-    deepest = max(feature_layer) if isinstance(feature_layer, Sequence) else feature_layer
-    return deepest + 1 + total if deepest < 0 else deepest
 
 
 def optimal_canvas(
@@ -133,13 +125,28 @@ def optimal_canvas(
 class CanvasTilesAdapter(VlmAdapter):
     """InternVL and Aya Vision: a GotOcr2 image processor cuts each image on its optimal
     canvas (thumbnail last), ``pixel_values`` is [tiles, C, S, S] for all images, and every
-    image token of the prompt reads the next pixel-shuffle block. A family says only how its
-    tower packs a tile (:meth:`packing`)."""
+    image token of the prompt reads the next pixel-shuffle block. A family says only whether its
+    tower has a CLS token and its shuffle factor."""
 
     multi_image = True
+    tower_has_cls: ClassVar[bool]  # each tile's tower sequence starts with a CLS token
+
+    @property
+    def shuffle(self) -> int:
+        """Patches along a side of the block one LM token packs (the pixel shuffle)."""
+        raise NotImplementedError
 
     def packing(self, tile_pixels: int) -> TowerPacking:
-        raise NotImplementedError
+        """How a ``tile_pixels`` square tile becomes LM tokens."""
+        config = self.model.config
+        check_one_feature_per_patch(
+            self.name, config.vision_feature_select_strategy, self.tower_has_cls
+        )
+        return TowerPacking(
+            side=tile_pixels // patch_size(config.vision_config),
+            shuffle=self.shuffle,
+            cls=self.tower_has_cls,
+        )
 
     def num_vision_layers(self) -> int:
         return int(self.model.config.vision_config.num_hidden_layers)
@@ -165,7 +172,7 @@ class CanvasTilesAdapter(VlmAdapter):
             )
         return grids
 
-    def geometry(self, inputs, images) -> Placement:
+    def geometry(self, inputs: dict[str, torch.Tensor], images: Sequence[ImageInput]) -> Placement:
         pixel_values = inputs["pixel_values"]
         grids = self.grids(images, int(pixel_values.shape[0]))
         return tiled_placement(
