@@ -13,19 +13,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
 from engine.adapters.gemma3 import Gemma3Adapter, PanAndScan
-from engine.capture import capture_attention, capture_vision_attention
-from engine.cli import app as cli
+from engine.capture import capture_attention
 from engine.errors import PromptError, UnsupportedModelError
 from engine.inputs import ImageInput, load_image
 from engine.loading import load_model
 from engine.recorder import RecordOptions, record
 from store import GenerationSettings, RelevancyMode, open_store
 from tests.engine.families import oracle
+from tests.engine.families.generation import greedy_answer
 from tests.engine.families.images import noise_image, painted
+from tests.engine.families.pieces import check_whole_sequence_pieces
+from tests.engine.families.recording import record_with_cli, save_images
 from tests.engine.families.relevancy_reference import reference_relevancy
 
 PROMPT = "what is in the image ?"
@@ -187,18 +188,9 @@ def test_vision_pieces_cover_each_view(build, name, case):
     [V, V] attention of its sequence, rows summing to 1, every (layer, sequence) once."""
     built, adapter, images, inputs = setup(build, name, case)
     geometry = adapter.geometry(inputs, images).geometry
-    with torch.no_grad(), capture_vision_attention(built.model) as calls:
-        built.model(**inputs)
-    pieces = adapter.vision_pieces(calls, geometry)
-    seen = sorted((p.layer, p.sequence) for p in pieces)
-    layers, sequences = adapter.num_vision_layers(), len(geometry.vision_sequences)
-    assert seen == [(layer, s) for layer in range(layers) for s in range(sequences)]
-    assert sequences == inputs["pixel_values"].shape[0] == len(geometry.tiles)
+    pieces = check_whole_sequence_pieces(adapter, built.model, inputs, geometry)
+    assert len(geometry.vision_sequences) == inputs["pixel_values"].shape[0] == len(geometry.tiles)
     for piece in pieces:
-        values = calls[piece.call][piece.batch]
-        length = len(geometry.vision_sequences[piece.sequence])
-        assert piece.tokens is None and values.shape[-2:] == (length, length)
-        torch.testing.assert_close(values.sum(-1), torch.ones(values.shape[:-1]))
         tile = geometry.tile_patches(piece.sequence)
         sequence = geometry.vision_sequences[piece.sequence]
         np.testing.assert_array_equal(sequence, np.arange(tile.start, tile.stop))
@@ -213,21 +205,13 @@ def test_teacher_forced_pass_is_what_generation_saw(build, name, case):
     logits generation gave, and its LM attention has the mask the adapter names: Gemma 3's
     image blocks and PaliGemma's prefix attend both ways, everything else causally."""
     built, adapter, _, inputs = setup(build, name, case)
-    with torch.no_grad():
-        out = built.model.generate(
-            **inputs,
-            max_new_tokens=4,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    sequence = out.sequences[0]
+    sequence, steps = greedy_answer(built.model, inputs)
     prompt_length = inputs["input_ids"].shape[1]
     forced = adapter.forced_inputs(inputs, sequence)
     modules = adapter.language_attention_modules()
     with torch.no_grad(), capture_attention(modules) as captured:
         logits = built.model(**forced).logits[0, prompt_length - 1 : -1]
-    torch.testing.assert_close(logits, torch.cat(out.logits), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, steps, rtol=1e-4, atol=1e-4)
 
     attention = captured[0][0].sum(0)  # [T, T] over heads
     length = len(sequence)
@@ -265,15 +249,10 @@ def test_two_images_recorded_through_the_cli(build, tmp_path):
     """``record`` with two ``--image``: two tiles, each image token knows its image, one vision
     sequence per image, relevancy on all 128 patches; read back from the store."""
     built = build("gemma3")
-    paths = []
-    for i, (h, w) in enumerate([(40, 56), (48, 48)]):
-        paths += ["--image", str(tmp_path / f"image{i}.png")]
-        noise_image(h, w, seed=i).save(paths[-1])
+    noise = [noise_image(h, w, seed=i) for i, (h, w) in enumerate([(40, 56), (48, 48)])]
     store = tmp_path / "store"
-    args = ["record", "--model", str(built.folder), *paths, "--prompt", PROMPT]
-    result = CliRunner().invoke(cli, [*args, "--store", str(store), "--max-new-tokens", "3"])
-    assert result.exit_code == 0, result.output
-    with open_store(store) as opened, opened.open(result.stdout.strip().splitlines()[-1]) as trace:
+    trace_id = record_with_cli(built.folder, save_images(noise, tmp_path), PROMPT, store, 3)
+    with open_store(store) as opened, opened.open(trace_id) as trace:
         geometry, tokens = trace.image, trace.tokens
         assert [(t.image, t.kind, t.box) for t in geometry.tiles] == [
             (0, "full", (0, 0, 56, 40)),

@@ -15,11 +15,8 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
-from engine.capture import capture_vision_attention
-from engine.cli import app as cli
 from engine.errors import UnsupportedModelError
 from engine.inputs import load_image
 from engine.loading import load_model
@@ -27,6 +24,8 @@ from store import RelevancyMode, TokenRole, open_store
 from tests.engine.families import oracle
 from tests.engine.families.builders import VISION, prompt_inputs
 from tests.engine.families.images import noise_image, painted
+from tests.engine.families.pieces import check_whole_sequence_pieces
+from tests.engine.families.recording import record_with_cli, save_images
 from tests.engine.families.relevancy_reference import reference_relevancy
 
 FAMILIES = ("llava_next", "llava_onevision")
@@ -238,23 +237,7 @@ def test_vision_sequences_are_what_the_tower_reads(build, name):
                 got = [_global_patch(geometry, r.image, r.tile, r.box, patch) for r in read]
                 assert got == ([] if expected < 0 else [expected]), (s, j)
     assert geometry.vision_summary == ("cls" if name == "llava_next" else "mean")
-    _check_pieces(_adapter(built), model, inputs, geometry)
-
-
-def _check_pieces(adapter, model, inputs, geometry) -> None:
-    with capture_vision_attention(model) as calls, torch.no_grad():
-        model(**inputs)
-    pieces = adapter.vision_pieces(calls, geometry)
-    layers = adapter.num_vision_layers()
-    assert {(p.layer, p.sequence) for p in pieces} == {
-        (layer, s) for layer in range(layers) for s in range(len(geometry.vision_sequences))
-    }
-    for piece in pieces:
-        probs = calls[piece.call][piece.batch]
-        length = len(geometry.vision_sequences[piece.sequence])
-        assert piece.tokens is None
-        assert probs.shape[-2:] == (length, length)
-        assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+    check_whole_sequence_pieces(_adapter(built), model, inputs, geometry)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -265,18 +248,10 @@ def test_two_images_recorded_through_the_cli(build, tmp_path, name):
     trace assigns to it."""
     built = build(name)
     images = [noise_image(40, 56, seed=1), noise_image(70, 30, seed=2)]
-    paths = []
-    for i, im in enumerate(images):
-        paths += ["--image", str(tmp_path / f"image{i}.png")]
-        im.save(tmp_path / f"image{i}.png")
+    files = save_images(images, tmp_path)
     store_dir = tmp_path / "store"
-    result = CliRunner().invoke(
-        cli,
-        ["record", "--model", str(built.folder), *paths, "--prompt", "what is in the image ?",
-         "--store", str(store_dir), "--max-new-tokens", "2"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    with open_store(store_dir) as store, store.open(result.stdout.strip().splitlines()[-1]) as t:
+    trace_id = record_with_cli(built.folder, files, "what is in the image ?", store_dir, 2)
+    with open_store(store_dir) as store, store.open(trace_id) as t:
         geometry, tokens, relevancy = t.image, t.tokens, t.relevancy
         vision_shapes = t.vision_shapes
     assert [im.size for im in geometry.images] == [(56, 40), (30, 70)]

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
 from engine.capture import capture_attention, capture_vision_attention
-from engine.cli import app as cli
 from engine.cross_relevancy import CrossRelevancyInputs, compute_cross_relevancy
 from engine.errors import UnsupportedModelError
 from engine.inputs import ImageInput
@@ -24,6 +22,8 @@ from tests.engine.families import oracle
 from tests.engine.families.builders import prompt_inputs
 from tests.engine.families.cross_relevancy_reference import reference_relevancy
 from tests.engine.families.images import noise_image, painted
+from tests.engine.families.pieces import check_whole_sequence_pieces
+from tests.engine.families.recording import record_with_cli, save_images
 
 # (height, width): 2x2 tiles, all filled; 1x3 tiles plus a padding slot, the image not resized
 # (it fits the canvas) and padded below; 4x1 tiles, shrunk; one tile, enlarged.
@@ -226,17 +226,8 @@ def test_vision_sequences_and_pieces_match_the_tower(built):
                 assert got == want, f"image {image} token {v}"
     assert sum(int((s >= 0).sum()) for s in geometry.vision_sequences) == geometry.num_patches
 
-    with capture_vision_attention(built.model) as calls, torch.no_grad():
-        built.model(**inputs)
-    pieces = adapter.vision_pieces(calls, geometry)
-    assert sorted((p.layer, p.sequence) for p in pieces) == [
-        (layer, s) for layer in range(adapter.num_vision_layers()) for s in range(len(images))
-    ]
-    for piece in pieces:
-        weights = calls[piece.call][piece.batch]
-        length = len(geometry.vision_sequences[piece.sequence])
-        assert piece.tokens is None and weights.shape[-2:] == (length, length)
-        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    assert len(geometry.vision_sequences) == len(images)  # one sequence per image
+    check_whole_sequence_pieces(adapter, built.model, inputs, geometry)
 
 
 def teacher_forced(model, adapter, inputs, answer_words: str):
@@ -340,15 +331,11 @@ def test_two_images_recorded_through_the_cli(built, tmp_path):
     tiles, the key map and one vision sequence per image read back from the store; the
     ``<|image|>`` markers are text; cross-attention [Lx, H, T, K] over 2 x 4 x 17 keys, where
     no row from its image's marker on reads a padding slot or an image whose marker is later."""
-    paths = []
-    for i, (h, w) in enumerate([(40, 56), (20, 70)]):
-        paths += ["--image", str(tmp_path / f"image{i}.png")]
-        noise_image(h, w, seed=i).save(paths[-1])
+    noise = [noise_image(h, w, seed=i) for i, (h, w) in enumerate([(40, 56), (20, 70)])]
+    files = save_images(noise, tmp_path)
     store = tmp_path / "store"
-    args = ["record", "--model", str(built.folder), *paths, "--prompt", "what is in the image ?"]
-    result = CliRunner().invoke(cli, [*args, "--store", str(store), "--max-new-tokens", "3"])
-    assert result.exit_code == 0, result.output
-    with open_store(store) as opened, opened.open(result.stdout.strip().splitlines()[-1]) as trace:
+    trace_id = record_with_cli(built.folder, files, "what is in the image ?", store, 3)
+    with open_store(store) as opened, opened.open(trace_id) as trace:
         trace = trace.read()
     geometry, tokens = trace.image, trace.tokens
     assert trace.info.adapter == "mllama"

@@ -16,11 +16,9 @@ import pytest
 import torch
 import transformers as tf
 from PIL import Image
-from typer.testing import CliRunner
 
 from engine.adapters import Placement, VisionPiece, VlmAdapter, adapter_for
 from engine.capture import capture_vision_attention
-from engine.cli import app as cli
 from engine.errors import UnsupportedModelError
 from engine.inputs import ImageInput, load_image
 from engine.loading import load_model
@@ -28,7 +26,9 @@ from store import RelevancyMode, open_store
 from store.schema import ImageGeometry
 from tests.engine.families import oracle
 from tests.engine.families.builders import QWEN_TOKENS, Built, prompt_inputs, with_video
+from tests.engine.families.generation import greedy_answer
 from tests.engine.families.images import noise_image, painted
+from tests.engine.families.recording import record_with_cli, save_images
 from tests.engine.families.relevancy_reference import reference_relevancy
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -316,18 +316,10 @@ def test_teacher_forced_pass_matches_generation(build, name):
     inputs, adapter, _ = placement_of(built, images)
     tokenizer = built.processor.tokenizer
     banned = [[tokenizer.convert_tokens_to_ids(t)] for t in QWEN_TOKENS.values()]
+    sequence, steps = greedy_answer(built.model, inputs, bad_words_ids=banned)
     with torch.no_grad():
-        out = built.model.generate(
-            **inputs,
-            max_new_tokens=4,
-            do_sample=False,
-            bad_words_ids=banned,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        forced = built.model(**adapter.forced_inputs(inputs, out.sequences[0]))
+        forced = built.model(**adapter.forced_inputs(inputs, sequence))
     prompt = inputs["input_ids"].shape[1]
-    steps = torch.stack(out.logits, dim=1)[0]
     rows = forced.logits[0, prompt - 1 : prompt - 1 + steps.shape[0]]
     assert torch.allclose(rows, steps, atol=1e-4)
 
@@ -351,11 +343,7 @@ PROMPT = "what is in the image ?"
 
 @pytest.fixture(scope="module")
 def two_image_files(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("qwen-images")
-    paths = [folder / f"image{i}.png" for i in range(2)]
-    for path, image in zip(paths, images_of(SIZES["two images"]), strict=True):
-        image.save(path)
-    return paths
+    return save_images(images_of(SIZES["two images"]), tmp_path_factory.mktemp("qwen-images"))
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -365,14 +353,7 @@ def test_two_image_trace_through_the_cli(build, tmp_path, two_image_files, name)
     windows included), and relevancy in every mode equal to the slow reference."""
     built = build(name)
     store_dir = tmp_path / "store"
-    images = [arg for path in two_image_files for arg in ("--image", str(path))]
-    result = CliRunner().invoke(
-        cli,
-        ["record", "--model", str(built.folder), *images, "--prompt", PROMPT,
-         "--store", str(store_dir), "--max-new-tokens", "3"],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    trace_id = result.stdout.strip().splitlines()[-1]
+    trace_id = record_with_cli(built.folder, two_image_files, PROMPT, store_dir, 3)
 
     loaded = load_model(str(built.folder))
     sources = [load_image(path) for path in two_image_files]

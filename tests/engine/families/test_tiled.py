@@ -12,14 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from engine.adapters import adapter_for
 from engine.adapters.base import Placement
 from engine.adapters.idefics3 import grids_from_markers, tile_markers
 from engine.adapters.tiled import CropGrid
-from engine.capture import capture_vision_attention
-from engine.cli import app as cli
 from engine.errors import UnsupportedModelError
 from engine.inputs import ImageInput, load_image
 from engine.loading import load_model
@@ -28,6 +25,8 @@ from store.schema import TokenRole
 from tests.engine.families import oracle
 from tests.engine.families.builders import prompt_inputs
 from tests.engine.families.images import noise_image, painted
+from tests.engine.families.pieces import check_whole_sequence_pieces
+from tests.engine.families.recording import record_with_cli, save_images
 from tests.engine.families.relevancy_reference import reference_relevancy
 
 FAMILIES = ("idefics3", "smolvlm", "internvl", "aya_vision")
@@ -248,20 +247,7 @@ def test_vision_pieces_cover_every_sequence_at_every_layer(family):
     images = images_of(PROMPTS["two images"])
     inputs, placement = placed(family, images)
     adapter = adapter_for(family.model, family.processor)
-    with capture_vision_attention(family.model) as calls, torch.no_grad():
-        family.model(**inputs)
-    pieces = adapter.vision_pieces(calls, placement.geometry)
-    sequences = placement.geometry.vision_sequences
-    layers = adapter.num_vision_layers()
-    assert sorted((p.layer, p.sequence) for p in pieces) == [
-        (layer, s) for layer in range(layers) for s in range(len(sequences))
-    ]
-    for piece in pieces:
-        assert piece.tokens is None
-        weights = calls[piece.call][piece.batch]
-        length = len(sequences[piece.sequence])
-        assert weights.shape[-2:] == (length, length)
-        assert torch.allclose(weights.sum(-1), torch.ones(()), atol=1e-5)
+    check_whole_sequence_pieces(adapter, family.model, inputs, placement.geometry)
 
 
 @pytest.mark.parametrize("name", ["internvl", "aya_vision"])
@@ -307,19 +293,11 @@ def test_two_image_prompt_recorded_through_the_cli(build, tmp_path, name):
     adapter gives for the same inputs, the image each token reads, one vision attention block
     per tile, and relevancy over every patch."""
     built = build(name)
-    files = []
-    for i, (h, w) in enumerate(PROMPTS["two images"]):
-        files.append(tmp_path / f"noise{i}.png")
-        noise_image(h, w, seed=i).save(files[-1])
+    noise = [noise_image(h, w, seed=i) for i, (h, w) in enumerate(PROMPTS["two images"])]
+    files = save_images(noise, tmp_path)
     store_dir = tmp_path / "store"
     prompt = "what is in the image ?"
-    args = ["record", "--model", str(built.folder), "--prompt", prompt]
-    args += ["--store", str(store_dir), "--max-new-tokens", "2"]
-    for file in files:
-        args += ["--image", str(file)]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 0, result.output
-    trace_id = result.stdout.strip().splitlines()[-1]
+    trace_id = record_with_cli(built.folder, files, prompt, store_dir, 2)
 
     loaded = load_model(str(built.folder))
     images = [load_image(file) for file in files]
