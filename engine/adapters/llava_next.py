@@ -115,7 +115,8 @@ class LlavaNextAdapter(LlavaAdapter):
 
     # -- the vision tower ---------------------------------------------------------------------
     @property
-    def _tower_has_cls(self) -> bool:
+    def tower_has_cls(self) -> bool:
+        """CLIP (LLaVA-NeXT) has a CLS token, SigLIP (OneVision) none; read from the tower."""
         tower = self.model.model.vision_tower
         embeddings = getattr(tower, "embeddings", None) or tower.vision_model.embeddings
         return hasattr(embeddings, "class_embedding")
@@ -130,7 +131,7 @@ class LlavaNextAdapter(LlavaAdapter):
         """Base tile then crops per image; the image tokens of image i follow those of i - 1."""
         config = self.model.config
         check_one_feature_per_patch(
-            self.name, config.vision_feature_select_strategy, self._tower_has_cls
+            self.name, config.vision_feature_select_strategy, self.tower_has_cls
         )
         sizes = [(int(w), int(h)) for h, w in inputs["image_sizes"].tolist()]
         if sizes != [im.size for im in images]:
@@ -154,7 +155,7 @@ class LlavaNextAdapter(LlavaAdapter):
                 f"{self.name}: the prompt has {len(positions)} image tokens, not the number "
                 "the images' anyres layout gives; this checkpoint needs its own adapter"
             )
-        return Placement(builder.build("cls" if self._tower_has_cls else "mean"), index)
+        return Placement(builder.build("cls" if self.tower_has_cls else "mean"), index)
 
     def _image_reads(
         self, builder: GeometryBuilder, inputs: dict, image: int, size: tuple[int, int]
@@ -165,7 +166,7 @@ class LlavaNextAdapter(LlavaAdapter):
     def _tile(self, builder: GeometryBuilder, image: int, box: Box, kind: str) -> int:
         """A G x G tile and its vision sequence ([CLS, patches] or [patches])."""
         tile = builder.add_tile(image, box, self.patches_per_side, self.patches_per_side, kind)
-        cls = [-1] if self._tower_has_cls else []
+        cls = [-1] if self.tower_has_cls else []
         builder.add_vision_sequence(np.concatenate([cls, builder.tile_patches(tile)]))
         return tile
 

@@ -97,10 +97,10 @@ def tiled_placement(
     for image, (source, grid) in enumerate(zip(images, grids, strict=True)):
         for box, kind in tile_boxes(source.size, grid):
             tile = builder.add_tile(image, box, packing.side, packing.side, kind)
-            patches = builder.tile_patches(tile)
             mine = next(runs)
             builder.read_many(mine, builder.tile_blocks(tile, packing.shuffle))
             index[mine] = image
+            patches = builder.tile_patches(tile)
             builder.add_vision_sequence(np.concatenate([[-1], patches]) if packing.cls else patches)
     return Placement(builder.build("cls" if packing.cls else "mean"), index)
 
