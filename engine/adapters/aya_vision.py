@@ -16,7 +16,6 @@ from engine.adapters.tiled import CanvasTilesAdapter
 class AyaVisionAdapter(CanvasTilesAdapter):
     name = "aya_vision"
     model_types = ("aya_vision",)
-    language_layers_path = "model.language_model.layers"
     tower_has_cls = False
 
     @property

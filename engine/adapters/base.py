@@ -68,7 +68,7 @@ class VlmAdapter:
 
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # ``config.model_type`` values this adapter serves
-    language_layers_path: ClassVar[str]  # ModuleList of decoder layers
+    language_layers_path: ClassVar[str] = "model.language_model.layers"  # the decoder layers
     attention_attr: ClassVar[str] = "self_attn"
     # How the LM masks its attention: "causal", "prefix" (PaliGemma: the prompt attends both
     # ways) or "image blocks" (Gemma 3: each image's tokens attend both ways).
@@ -166,7 +166,8 @@ class VlmAdapter:
         return []
 
     def num_vision_layers(self) -> int:
-        raise NotImplementedError
+        """Vision-tower layers, each one captured attention call per forward pass."""
+        return int(self.model.config.vision_config.num_hidden_layers)
 
     def key_vision_tokens(self, num_images: int) -> np.ndarray:
         """Cross-attention families: each key row's token in the vision sequences laid end to

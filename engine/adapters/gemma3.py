@@ -66,7 +66,6 @@ class PanAndScan:
 class Gemma3Adapter(SquareViewsAdapter):
     name = "gemma3"
     model_types = ("gemma3",)
-    language_layers_path = "model.language_model.layers"
     lm_mask = "image blocks"
     grown_inputs: ClassVar[dict[str, int | None]] = {"token_type_ids": 0}
     multi_image = True

@@ -85,9 +85,6 @@ class Idefics3Adapter(VlmAdapter):
     language_layers_path = "model.text_model.layers"
     multi_image = True
 
-    def num_vision_layers(self) -> int:
-        return int(self.model.config.vision_config.num_hidden_layers)
-
     def geometry(self, inputs: dict[str, torch.Tensor], images: Sequence[ImageInput]) -> Placement:
         pixel_values = inputs["pixel_values"]
         _check_tiles(pixel_values, inputs.get("pixel_attention_mask"))

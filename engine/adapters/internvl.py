@@ -16,7 +16,6 @@ from engine.adapters.tiled import CanvasTilesAdapter
 class InternVLAdapter(CanvasTilesAdapter):
     name = "internvl"
     model_types = ("internvl",)
-    language_layers_path = "model.language_model.layers"
     tower_has_cls = True
 
     @property

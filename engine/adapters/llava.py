@@ -20,7 +20,6 @@ from engine.inputs import ImageInput
 class LlavaAdapter(VlmAdapter):
     name = "llava"
     model_types = ("llava",)
-    language_layers_path = "model.language_model.layers"
     vision_layers_path = "model.vision_tower.encoder.layers"
     # transformers < 5 nested the CLIP encoder one level deeper.
     legacy_vision_layers_path = "model.vision_tower.vision_model.encoder.layers"

@@ -48,7 +48,6 @@ PAD_MULTIPLE = 8  # the vision tower pads each tile's tokens to a multiple of th
 class MllamaAdapter(VlmAdapter):
     name = "mllama"
     model_types = ("mllama",)
-    language_layers_path = "model.language_model.layers"
     # Generation repeats the last row of the mask for each new token (the answer reads every
     # image the last prompt token reads).
     grown_inputs: ClassVar[dict[str, int | None]] = {"cross_attention_mask": None}

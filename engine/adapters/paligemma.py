@@ -26,7 +26,6 @@ from engine.inputs import ImageInput
 class PaliGemmaAdapter(SquareViewsAdapter):
     name = "paligemma"
     model_types = ("paligemma",)
-    language_layers_path = "model.language_model.layers"
     lm_mask = "prefix"
     grown_inputs: ClassVar[dict[str, int | None]] = {"token_type_ids": 1}
     pool = 1

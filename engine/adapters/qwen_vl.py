@@ -37,7 +37,6 @@ class Qwen2VlAdapter(VlmAdapter):
 
     name = "qwen2_vl"
     model_types = ("qwen2_vl",)
-    language_layers_path = "model.language_model.layers"
     vision_blocks_path = "model.visual.blocks"
     # The LM's rope positions come from mm_token_type_ids (1 = image); answers are text.
     grown_inputs: ClassVar[dict[str, int | None]] = {"mm_token_type_ids": 0}

@@ -56,9 +56,6 @@ class SquareViewsAdapter(VlmAdapter):
     def patches_per_side(self) -> int:
         return patches_per_side(self.model.config.vision_config)
 
-    def num_vision_layers(self) -> int:
-        return int(self.model.config.vision_config.num_hidden_layers)
-
     def _check_squash(self, pixel_values) -> None:
         """Boxes assume each view was resized whole to the tower's square (no crop, no pad)."""
         processor = self.processor.image_processor

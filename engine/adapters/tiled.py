@@ -148,9 +148,6 @@ class CanvasTilesAdapter(VlmAdapter):
             cls=self.tower_has_cls,
         )
 
-    def num_vision_layers(self) -> int:
-        return int(self.model.config.vision_config.num_hidden_layers)
-
     def vision_layers_feeding_lm(self) -> int:
         return feature_layer_depth(self.model.config.vision_feature_layer, self.num_vision_layers())
 

@@ -12,12 +12,12 @@ import torch
 from transformers import AutoProcessor
 from transformers.utils import is_torchvision_available
 
+from engine.adapters import adapter_class
 from engine.capture import capture_vision_attention
 from engine.errors import InputError
 from engine.loading import StandInVideoProcessor, load_processor, load_weights
 from tests.engine.families import oracle
 from tests.engine.families.builders import FAMILIES, VIDEO_SETTINGS, prompt_inputs
-from tests.engine.families.forcing import teacher_forced
 from tests.engine.families.images import noise_image, painted
 
 NAMES = list(FAMILIES)
@@ -88,14 +88,17 @@ def test_builds_tiny_and_reloads_with_identical_logits(build, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_generates_and_teacher_forcing_reproduces_the_answer(build, name):
-    """One pass over prompt + answer, side inputs grown, gives generation's logits at each step:
-    e.g. PaliGemma answer positions typed 0 (prefix) instead of 1 change them."""
+    """The adapter's one pass over prompt + answer, side inputs grown, gives generation's
+    logits at each step: e.g. PaliGemma answer positions typed 0 (prefix) instead of 1 change
+    them."""
     built = build(name)
     inputs = prompt_inputs(built, [noise_image()])
     answer, step_logits = _generate(built, inputs)
     assert answer.shape == (1, ANSWER_TOKENS)
+    adapter = adapter_class(built.model.config.model_type)(built.model, built.processor)
+    sequence = torch.cat([inputs["input_ids"][0], answer[0]])
     with torch.no_grad():
-        logits = built.model(**teacher_forced(name, inputs, answer)).logits
+        logits = built.model(**adapter.forced_inputs(inputs, sequence)).logits
     prompt = inputs["input_ids"].shape[-1]
     forced = logits[0, prompt - 1 : prompt - 1 + ANSWER_TOKENS]
     torch.testing.assert_close(forced, step_logits, atol=1e-4, rtol=1e-4)
