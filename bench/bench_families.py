@@ -24,8 +24,7 @@ PROMPT = "what is in the image ?"
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from engine.adapters import adapter_class
-    from engine.errors import UnsupportedModelError
+    from engine.adapters import served_model_types
     from engine.inputs import load_image
     from engine.loading import load_model
     from engine.recorder import RecordOptions, record
@@ -34,15 +33,9 @@ def main() -> None:
     from tests.engine.families.images import noise_image
     from tests.engine.families.relevancy_reference import reference_relevancy
 
-    def registered(name: str) -> bool:
-        try:
-            adapter_class(name)
-        except UnsupportedModelError:
-            return False
-        return True
-
+    served = served_model_types()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", nargs="*", default=[n for n in FAMILIES if registered(n)])
+    parser.add_argument("--families", nargs="*", default=[n for n in FAMILIES if n in served])
     args = parser.parse_args()
     torch.set_num_threads(1)
     image = load_image(noise_image(), "noise.png")

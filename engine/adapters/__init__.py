@@ -19,6 +19,7 @@ from engine.adapters.base import (
     adapter_for,
     list_adapters,
     register_adapter,
+    served_model_types,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "adapter_for",
     "list_adapters",
     "register_adapter",
+    "served_model_types",
 ]

@@ -230,12 +230,17 @@ def list_adapters() -> list[type[VlmAdapter]]:
     return [_ADAPTERS[name] for name in sorted(_ADAPTERS)]
 
 
+def served_model_types() -> set[str]:
+    """Every ``config.model_type`` some registered adapter serves."""
+    return {t for cls in _ADAPTERS.values() for t in cls.model_types}
+
+
 def adapter_class(model_type: str) -> type[VlmAdapter]:
     """The adapter serving ``model_type``, or a clear error naming the known ones."""
     for cls in _ADAPTERS.values():
         if model_type in cls.model_types:
             return cls
-    known = ", ".join(sorted(t for cls in _ADAPTERS.values() for t in cls.model_types))
+    known = ", ".join(sorted(served_model_types()))
     raise UnsupportedModelError(
         f"No adapter for model type {model_type!r}. Supported: {known}. "
         f"A new family is one small module in engine/adapters/ (see {ADD_A_FAMILY})."

@@ -14,17 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
-from typer.testing import CliRunner
 
 from dashboard.config import STORE_ENV
-from engine.adapters import adapter_class
-from engine.cli import app as cli
-from engine.errors import UnsupportedModelError
+from engine.adapters import adapter_class, served_model_types
 from engine.inputs import load_image
 from store import RelevancyMode, open_store
 from tests.engine.families import oracle
 from tests.engine.families.builders import FAMILIES
 from tests.engine.families.images import noise_image, painted
+from tests.engine.families.recording import record_with_cli
 from tests.engine.families.relevancy_reference import reference_relevancy
 
 APP = Path(__file__).resolve().parents[3] / "dashboard" / "app.py"
@@ -33,15 +31,7 @@ PROMPT = "what is in the image ?"
 SQUARE = (14, 10, 41, 29)  # x0, y0, x1, y1 (inclusive) on the 56x40 noise image
 
 
-def _registered(name: str) -> bool:
-    try:
-        adapter_class(name)
-    except UnsupportedModelError:
-        return False
-    return True
-
-
-FAMILY_NAMES = [name for name in FAMILIES if _registered(name)]
+FAMILY_NAMES = [name for name in FAMILIES if name in served_model_types()]
 CROSS = set(oracle.CROSS_ATTENTION_FAMILIES)
 
 
@@ -65,20 +55,7 @@ def recorded(build, store_dir, image_file):
 
     def get(name: str) -> str:
         if name not in ids:
-            built = build(name)
-            result = CliRunner().invoke(
-                cli,
-                [
-                    "record",
-                    "--model", str(built.folder),
-                    "--image", str(image_file),
-                    "--prompt", PROMPT,
-                    "--store", str(store_dir),
-                    "--max-new-tokens", "3",
-                ],
-            )  # fmt: skip
-            assert result.exit_code == 0, f"{name}: {result.output}"
-            ids[name] = result.stdout.strip().splitlines()[-1]
+            ids[name] = record_with_cli(build(name).folder, [image_file], PROMPT, store_dir, 3)
         return ids[name]
 
     return get
