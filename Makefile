@@ -49,6 +49,7 @@ bench: install browser
 	$(PY) bench/seed_relevancy.py
 	$(PY) bench/bench_store.py
 	$(PY) bench/bench_long.py
+	$(PY) bench/bench_families.py
 	$(PY) bench/bench_causal.py
 	@[ -e $(BENCH_STORE)/index.sqlite ] || \
 		$(VENV)/bin/lvlm-interpret demo record --store $(BENCH_STORE) --count 6 >/dev/null
