@@ -301,17 +301,33 @@ class TraceStore:
 
         ``lossy``: False keeps fp16 attention exactly; True (= "log8") or "sparse" trade a
         bounded error for size (see ``store._codec``). An empty ``info.trace_id`` gets a new id.
+        An id already stored is an error (see :meth:`add_new` to skip it instead).
+        """
+        if not trace.info.trace_id:
+            trace = replace(trace, info=replace(trace.info, trace_id=new_trace_id()))
+        if not self.add_new(trace, lossy=lossy):
+            raise StoreError(
+                f"trace {trace.info.trace_id} is already in the store; delete it first"
+            )
+        return check_trace_id(trace.info.trace_id)
+
+    def add_new(self, trace: Trace, *, lossy: bool | str | Precision = False) -> bool:
+        """Add ``trace`` under its own id unless that id is stored: then False, nothing written.
+
+        This is what makes recording idempotent when the id is derived from what was recorded
+        (engine/recording.py): writers racing on one id store it once. The file is placed with
+        a hard link, which, unlike a rename, never replaces a file already at the final name;
+        the writer that loses finds the winner's row and skips. Only a file left unindexed by
+        a killed writer (or a writer between placing and indexing) can stand in the way: that
+        is an error naming ``store gc``, never an overwrite.
         """
         self._writable()
         precision = _codec.resolve(lossy)
-        if not trace.info.trace_id:
-            trace = replace(trace, info=replace(trace.info, trace_id=new_trace_id()))
         trace = replace(trace, info=_normalised(trace.info))
         trace_id = trace.info.trace_id
         check_trace(trace)
-        with guard(f"adding trace {trace_id}"):
-            if self._index.exists(trace_id):
-                raise StoreError(f"trace {trace_id} is already in the store; delete it first")
+        if self._stored(trace_id):
+            return False
         lay = self.layout
         final, tmp = lay.no_links(lay.trace_path(trace_id)), lay.no_links(lay.temp_path(trace_id))
         with store_lock(lay, exclusive=False):
@@ -319,13 +335,22 @@ class TraceStore:
                 digest, size = _write_durably(tmp, trace, precision)
                 new_dir = not final.parent.exists()
                 final.parent.mkdir(exist_ok=True)
-                os.replace(tmp, final)
-                fsync_dir(final.parent)
-                if new_dir:
-                    fsync_dir(lay.data_dir)
+                placed = _place(tmp, final)
+                if placed:
+                    fsync_dir(final.parent)
+                    if new_dir:
+                        fsync_dir(lay.data_dir)
             except BaseException as exc:
                 tmp.unlink(missing_ok=True)
                 raise translate(exc, f"adding trace {trace_id}") from exc
+            if not placed:
+                if self._stored(trace_id):
+                    return False
+                raise StoreError(
+                    f"an unindexed file of trace {trace_id} is in the way at {final}: another "
+                    "process is adding it, or an interrupted add left it; run `lvlm-interpret "
+                    "store gc` when no recording is running"
+                )
             try:
                 self._index.insert(
                     trace.info,
@@ -339,7 +364,11 @@ class TraceStore:
             except BaseException as exc:
                 final.unlink(missing_ok=True)
                 raise translate(exc, f"indexing trace {trace_id}") from exc
-        return trace_id
+        return True
+
+    def _stored(self, trace_id: str) -> bool:
+        with guard(f"adding trace {trace_id}"):
+            return self._index.exists(trace_id)
 
     # -- reading -----------------------------------------------------------------------------
     def query(self, q: TraceQuery | None = None) -> Page:
@@ -596,6 +625,18 @@ class TraceStore:
             if damaged:
                 report.damaged.append(tid)
         return report
+
+
+def _place(tmp: Path, final: Path) -> bool:
+    """Give the written temp file its final name unless a file has it already (False; the
+    temp file is removed either way)."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
 
 
 def _no_follow(path: str, flags: int) -> int:

@@ -79,30 +79,28 @@ def record_demo(
     try:
         with open_store(store, db_url=db, writable=True) as opened:
             from engine.loading import load_model  # torch: after the store is known to open
-            from engine.recorder import record
+            from engine.recording import RecordRequest, record_into_store
 
             loaded = load_model(str(checkpoint))
             for index in range(count):
                 scene = make_scene(rng.getrandbits(32))
                 question = ask(scene, QUESTION_KINDS[index % len(QUESTION_KINDS)], rng)
+                request = RecordRequest(
+                    (load_image(scene.image, f"scene-{scene.seed}.png"),),
+                    question.text,
+                    reference=question.answer,
+                    tags=("demo", question.kind),
+                    extra={"ground_truth": scene.ground_truth(), "question_kind": question.kind},
+                )
                 with recording_progress(f"{index + 1}/{count}") as progress:
-                    trace = record(
-                        loaded,
-                        load_image(scene.image, f"scene-{scene.seed}.png"),
-                        question.text,
-                        reference_answer=question.answer,
-                        tags=("demo", question.kind),
-                        extra={
-                            "ground_truth": scene.ground_truth(),
-                            "question_kind": question.kind,
-                        },
-                        progress=progress,
-                    )
-                trace_id = opened.add(trace)
+                    recorded = record_into_store(opened, loaded, request, progress)
+                if recorded.info is None:
+                    console.print(f"= {escape(question.text)} (already stored)")
+                    continue
                 if causal:
-                    store_causal(opened, trace_id, causal_layers, f"{index + 1}/{count}")
-                mark = "[green]✓[/green]" if trace.info.correct else "[red]✗[/red]"
-                answer = escape(repr(trace.info.answer))
+                    store_causal(opened, recorded.trace_id, causal_layers, f"{index + 1}/{count}")
+                mark = "[green]✓[/green]" if recorded.info.correct else "[red]✗[/red]"
+                answer = escape(repr(recorded.info.answer))
                 console.print(f"{mark} {escape(question.text)} -> {answer}")
     except (EngineError, StoreError) as error:
         fail(error)

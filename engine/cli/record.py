@@ -172,7 +172,7 @@ def record(
             check_layers(causal_layers, source.language_layers, "--causal-layers")
         with open_store(store, db_url=db, writable=True) as opened:
             from engine.recorder import RecordOptions
-            from engine.recorder import record as record_trace
+            from engine.recording import RecordRequest, record_into_store
 
             note(f"loading {model} ...")
             loaded = load_model(
@@ -195,27 +195,32 @@ def record(
                 vision_attention=vision_attention,
                 policy=RecordingPolicy(policy.value) if policy else None,
             )
+            request = RecordRequest(
+                tuple(pictures),
+                question,
+                options,
+                reference=reference,
+                tags=tuple(tags),
+                lossy=lossy.value if lossy else None,
+            )
             label = " + ".join(picture.name for picture in pictures)
             with recording_progress(label) as progress:
-                trace = record_trace(
-                    loaded,
-                    pictures,
-                    question,
-                    options,
-                    reference_answer=reference,
-                    tags=tags,
-                    progress=progress,
-                )
-            trace_id = opened.add(trace, lossy=lossy.value if lossy else False)
-            if causal:
-                store_causal(opened, trace_id, causal_layers, label)
+                recorded = record_into_store(opened, loaded, request, progress)
+            trace_id = recorded.trace_id
+            if recorded.info is None:
+                note(f"already stored (same model, images, prompt and settings): {trace_id}")
+                info = opened.get(trace_id)
+            else:
+                info = recorded.info
+                if causal:
+                    store_causal(opened, trace_id, causal_layers, label)
     except (EngineError, StoreError) as error:
         fail(error)
-    kept = trace.info.extra["recording"]["policy"]
+    kept = info.extra["recording"]["policy"]
     if policy is None and kept != RecordingPolicy.FULL.value:
         note(
             f"note: the full LM attention would exceed 1 GiB, so only its '{kept}' rows are "
             "stored; --policy full keeps every row"
         )
-    note(f"answer: {trace.info.answer!r}")
+    note(f"answer: {info.answer!r}")
     typer.echo(trace_id)
