@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from typer._click import exceptions as click_errors  # typer vendors Click
 
-from engine.cli import demo, families, record
+from engine.cli import dataset, demo, families, record
 from engine.cli.messages import fail, note
 from store.cli import app as store_app
 from store.cli import ls as store_ls
@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("record")(record.record)
+app.command("record-dataset")(dataset.record_dataset)
 app.command("families")(families.families)
 app.add_typer(demo.app, name="demo")
 app.add_typer(store_app, name="store")

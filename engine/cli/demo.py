@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Annotated
 
@@ -56,6 +55,24 @@ def evaluate(
     console.print(table)
 
 
+@app.command()
+def manifest(
+    out: Annotated[Path, typer.Option(help="Folder for the images and manifest.jsonl.")],
+    count: Annotated[int, typer.Option(min=1, help="Number of rows (one per question).")] = 10,
+    seed: int = 7,
+) -> None:
+    """Write shapes-world images and a manifest for `record-dataset` (the items `demo record`
+    records with the same seed)."""
+    from engine.demo.world import write_manifest
+
+    try:
+        typer.echo(write_manifest(out, count, seed))
+    except FileExistsError:
+        fail(f"{out / 'manifest.jsonl'} exists; choose another --out")
+    except OSError as error:
+        fail(f"cannot write to {out}: {error.strerror}")
+
+
 @app.command("record")
 def record_demo(
     store: StoreDir = Path("traces"),
@@ -70,21 +87,18 @@ def record_demo(
 ) -> None:
     """Record demo traces of held-out scenes, with ground truth and reference answers."""
     from engine.cli.progress import recording_progress
-    from engine.demo.world import QUESTION_KINDS, ask, make_scene
+    from engine.demo.world import demo_items
     from engine.errors import EngineError
     from engine.inputs import load_image
     from store import StoreError, open_store
 
-    rng = random.Random(seed)
     try:
         with open_store(store, db_url=db, writable=True) as opened:
             from engine.loading import load_model  # torch: after the store is known to open
             from engine.recording import RecordRequest, record_into_store
 
             loaded = load_model(str(checkpoint))
-            for index in range(count):
-                scene = make_scene(rng.getrandbits(32))
-                question = ask(scene, QUESTION_KINDS[index % len(QUESTION_KINDS)], rng)
+            for index, (scene, question) in enumerate(demo_items(count, seed)):
                 request = RecordRequest(
                     (load_image(scene.image, f"scene-{scene.seed}.png"),),
                     question.text,

@@ -17,6 +17,8 @@ from engine.cli.options import DbUrl, StoreDir
 from engine.inputs import MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
+    from engine.adapters.base import VlmAdapter
+    from engine.checkpoint import ModelSource
     from store import TraceStore
 
 CausalLayers = Annotated[
@@ -64,6 +66,29 @@ def store_causal(store: TraceStore, trace_id: str, layers: list[int] | None, lab
             )
         except IndexError as error:
             fail(f"--causal-layers: {error} (trace {trace_id} is stored)")
+
+
+def checked_source(
+    model: str,
+    *,
+    revision: str | None,
+    allow_pickle: bool,
+    device: str,
+    device_map: str | None,
+    quantize: Quantize | None,
+) -> tuple[ModelSource, type[VlmAdapter]]:
+    """The model's source and family, and the load options, checked before anything loads
+    (torch is imported here, after the cheap checks of the caller)."""
+    from engine.checkpoint import check_model_source
+
+    source = check_model_source(model, revision=revision, allow_pickle=allow_pickle)
+    from engine.loading import check_family, check_load_options, resolve_source
+
+    check_load_options(
+        device=device, device_map=device_map, quantize=quantize.value if quantize else None
+    )
+    source = resolve_source(source, revision)
+    return source, check_family(source)
 
 
 def record(
@@ -119,7 +144,7 @@ def record(
     causal_layers: CausalLayers = None,
 ) -> None:
     """Generate an answer and record its full interpretability trace into the store."""
-    from engine.checkpoint import check_layers, check_model_source
+    from engine.checkpoint import check_layers
     from engine.cli.progress import recording_progress
     from engine.errors import EngineError
     from engine.inputs import (
@@ -153,19 +178,16 @@ def record(
         if db is not None:
             check_text(db, "The --db URL")
         pictures = [load_image(path) for path in image]
-        source = check_model_source(model, revision=revision, allow_pickle=allow_pickle)
-        from engine.loading import (  # torch: after the cheap checks
-            check_family,
-            check_load_options,
-            load_model,
-            resolve_source,
+        source, family = checked_source(
+            model,
+            revision=revision,
+            allow_pickle=allow_pickle,
+            device=device,
+            device_map=device_map,
+            quantize=quantize,
         )
+        from engine.loading import load_model
 
-        check_load_options(
-            device=device, device_map=device_map, quantize=quantize.value if quantize else None
-        )
-        source = resolve_source(source, revision)
-        family = check_family(source)
         if len(pictures) > 1 and not family.multi_image:
             fail(f"{family.name} models take one image per prompt; {len(pictures)} were given.")
         if causal and causal_layers and source.language_layers is not None:

@@ -8,8 +8,11 @@ every question has exactly one correct answer.
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -147,6 +150,36 @@ def questions(seed: int, per_kind: int) -> list[tuple[Scene, Question]]:
             scene = make_scene(rng.getrandbits(32))
             items.append((scene, ask(scene, kind, rng)))
     return items
+
+
+def demo_items(count: int, seed: int) -> Iterator[tuple[Scene, Question]]:
+    """The held-out items ``demo record`` records: kinds in turn, one new scene each."""
+    rng = random.Random(seed)
+    for index in range(count):
+        scene = make_scene(rng.getrandbits(32))
+        yield scene, ask(scene, QUESTION_KINDS[index % len(QUESTION_KINDS)], rng)
+
+
+def write_manifest(out: Path, count: int, seed: int) -> Path:
+    """The items of :func:`demo_items` as ``out/manifest.jsonl`` beside their images, for
+    ``record-dataset``: reference answers, the question kind as a tag and, when the question
+    is about one object, its box. An existing manifest is never overwritten."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "manifest.jsonl"
+    with manifest.open("x", encoding="utf-8") as lines:
+        for scene, question in demo_items(count, seed):
+            name = f"scene-{scene.seed}.png"
+            scene.image.save(out / name)
+            row = {
+                "image": name,
+                "prompt": question.text,
+                "reference": question.answer,
+                "tags": ["demo", question.kind],
+            }
+            if question.target is not None:
+                row["boxes"] = [list(scene.objects[question.target].box)]
+            lines.write(json.dumps(row) + "\n")
+    return manifest
 
 
 def vocabulary() -> list[str]:

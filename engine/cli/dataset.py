@@ -1,0 +1,229 @@
+"""``lvlm-interpret record-dataset MANIFEST``: many traces, one model load, resumable.
+
+Every row is checked before the model loads (engine/dataset.py); bad rows are reported with
+their line and left out. Each trace's id is derived from what it records
+(engine/recording.py), so a re-run or a retried shard skips what the store holds, and an
+interruption loses at most the trace in flight (the store's add is atomic).
+Exit code: 0 when every row was recorded or already stored, 1 when some row was bad or
+failed, 2 when the manifest is unusable (or another usage error), 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from engine.cli.messages import fail, note, one_line
+from engine.cli.options import DbUrl, StoreDir
+from engine.cli.record import Dtype, Lossy, Policy, checked_source
+from engine.inputs import MAX_NEW_TOKENS
+
+if TYPE_CHECKING:
+    from engine.dataset import ManifestRow
+    from engine.loading import LoadedModel
+    from engine.recorder import RecordOptions
+    from store import TraceStore
+
+INTERRUPTED = 130
+
+
+@dataclass
+class Summary:
+    """What a run did: failures keep their line and reason (invalid rows were reported with
+    theirs before the model loaded, and are counted here)."""
+
+    recorded: int = 0
+    skipped: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        head = (
+            f"recorded {self.recorded}, already stored {self.skipped}, "
+            f"failed {len(self.failed)}, invalid rows {len(self.invalid)}"
+        )
+        return [head, *(f"line {n}: failed: {one_line(r)}" for n, r in self.failed)]
+
+
+def record_dataset(
+    manifest: Annotated[
+        Path,
+        typer.Argument(help="JSONL or CSV manifest, or a folder of images (with --prompt)."),
+    ],
+    model: Annotated[str, typer.Option(help="Hub id or local checkpoint folder.")],
+    prompt: Annotated[
+        str | None, typer.Option(help="The prompt for every image of a folder.")
+    ] = None,
+    store: StoreDir = Path("traces"),
+    db: DbUrl = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Tag every trace (repeatable).")] = None,
+    allow_outside: Annotated[
+        bool,
+        typer.Option(help="Accept absolute image paths and paths leading out of its folder."),
+    ] = False,
+    max_new_tokens: Annotated[
+        int, typer.Option(help=f"Answer length limit; above {MAX_NEW_TOKENS} it is capped.")
+    ] = 32,
+    sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[float, typer.Option(help="Above 0 when sampling.")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="0-1.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="0 to 2**63-1.")] = 0,
+    relevancy: Annotated[bool, typer.Option(help="Compute relevancy maps.")] = True,
+    vision_attention: Annotated[bool, typer.Option(help="Store vision-tower attention.")] = True,
+    lossy: Annotated[Lossy | None, typer.Option(help="Store attention lossily.")] = None,
+    policy: Annotated[
+        Policy | None, typer.Option(help="LM attention rows to keep (see `record --help`).")
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="Hub revision (branch, tag, commit); hub ids only.")
+    ] = None,
+    dtype: Annotated[Dtype, typer.Option(help="Weights' precision.")] = Dtype.float32,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Run the model repo's own Python code (off: safer).")
+    ] = False,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(help="Load pickle weights (*.bin) when no safetensors exist: runs code."),
+    ] = False,
+) -> None:
+    """Record a trace for every row of a manifest, skipping those already stored."""
+    from engine.dataset import read_manifest
+    from engine.errors import EngineError
+    from engine.inputs import check_generation, check_tags, check_text
+    from store import StoreError, open_store
+    from store.schema import GenerationSettings, RecordingPolicy
+
+    if max_new_tokens > MAX_NEW_TOKENS:
+        note(f"note: --max-new-tokens {max_new_tokens} capped at {MAX_NEW_TOKENS}")
+        max_new_tokens = MAX_NEW_TOKENS
+    try:
+        settings = check_generation(
+            GenerationSettings(
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+            )
+        )
+        extra_tags = tuple(check_tags(tag or ()))
+        check_text(str(store), "The --store path")
+        if db is not None:
+            check_text(db, "The --db URL")
+        rows = read_manifest(manifest, prompt, allow_outside=allow_outside)
+        summary = Summary(invalid=[(p.line, p.reason) for p in rows.problems])
+        for problem in rows.problems:
+            note(f"line {problem.line}: skipped: {problem.reason}")
+        source, family = checked_source(
+            model,
+            revision=revision,
+            allow_pickle=allow_pickle,
+            device=device,
+            device_map=None,
+            quantize=None,
+        )
+        if not family.multi_image:
+            for row in [r for r in rows.rows if len(r.images) > 1]:
+                reason = f"{family.name} models take one image per prompt"
+                note(f"line {row.line}: skipped: {reason}")
+                summary.invalid.append((row.line, reason))
+                rows.rows.remove(row)
+        with open_store(store, db_url=db, writable=True) as opened:
+            from engine.loading import load_model
+            from engine.recorder import RecordOptions
+
+            note(f"loading {model} ...")
+            loaded = load_model(
+                model,
+                revision=revision,
+                dtype=dtype.value,
+                device=device,
+                trust_remote_code=trust_remote_code,
+                allow_pickle=allow_pickle,
+                source=source,
+            )
+            options = RecordOptions(
+                settings,
+                relevancy=relevancy,
+                vision_attention=vision_attention,
+                policy=RecordingPolicy(policy.value) if policy else None,
+            )
+            interrupted = _record_rows(
+                opened, loaded, rows.rows, options, extra_tags, lossy, summary
+            )
+    except (EngineError, StoreError) as error:
+        fail(error)
+    for line in summary.lines():
+        note(line)
+    if interrupted:
+        note("interrupted: re-run the same command to record the rest")
+        raise typer.Exit(INTERRUPTED)
+    if summary.failed or summary.invalid:
+        raise typer.Exit(1)
+
+
+def _record_rows(
+    opened: TraceStore,
+    loaded: LoadedModel,
+    rows: list[ManifestRow],
+    options: RecordOptions,
+    extra_tags: tuple[str, ...],
+    lossy: Lossy | None,
+    summary: Summary,
+) -> bool:
+    """Record every row into ``summary``; True when Ctrl-C stopped the run (the trace in
+    flight is dropped whole: the store never holds half of one)."""
+    from engine.errors import EngineError
+    from engine.inputs import load_image
+    from engine.recording import RecordRequest, record_into_store
+    from store import StoreError
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns) as bar:
+        task = bar.add_task("recording", total=len(rows), rate="")
+        for row in rows:
+            try:
+                request = RecordRequest(
+                    tuple(load_image(path) for path in row.images),
+                    row.prompt,
+                    options,
+                    reference=row.reference,
+                    tags=tuple(dict.fromkeys(row.tags + extra_tags)),
+                    extra={"annotations": row.annotations} if row.annotations else {},
+                    lossy=lossy.value if lossy else None,
+                )
+                recorded = record_into_store(opened, loaded, request)
+            except KeyboardInterrupt:
+                return True
+            except (EngineError, StoreError, RuntimeError, ValueError) as error:
+                summary.failed.append((row.line, str(error)))
+                bar.console.print(f"line {row.line}: failed: {one_line(error)}", markup=False)
+            else:
+                if recorded.skipped:
+                    summary.skipped += 1
+                else:
+                    summary.recorded += 1
+            bar.advance(task)
+            speed = bar.tasks[0].speed
+            bar.update(task, rate=f"{speed * 60:.1f}/min" if speed else "")
+    return False
