@@ -80,6 +80,7 @@ class VlmAdapter:
         "mm_token_type_ids": 0,
     }
     multi_image: ClassVar[bool] = False  # several images in one prompt are supported
+    vision_attention: ClassVar[bool] = True  # the vision tower's attention is captured
 
     def __init__(self, model: nn.Module, processor) -> None:
         self.model = model

@@ -54,8 +54,8 @@ def _cell(value: object) -> str:
 def family_rows() -> list[FamilyRow]:
     """One row per registered adapter, by family name.
 
-    An adapter records vision attention when it counts the tower's layers and cross-attention
-    when it names cross-attention modules (both are base-class hooks it overrides). Its
+    An adapter records vision attention when it says so (``vision_attention``) and
+    cross-attention when it names cross-attention modules (a base-class hook it overrides). Its
     relevancy modes are the maps its relevancy computation returns (engine/relevancy.py, or
     engine/cross_relevancy.py for cross-attention families); all but ``llm`` need the vision
     attention.
@@ -70,7 +70,7 @@ def family_rows() -> list[FamilyRow]:
 
     rows = []
     for cls in list_adapters():
-        vision = overrides(cls, "num_vision_layers")
+        vision = cls.vision_attention
         cross = overrides(cls, "cross_attention_modules")
         maps = {f.name for f in fields(CrossRelevancyMaps if cross else RelevancyMaps)}
         modes = [m.value for m in RelevancyMode if m.value in maps]

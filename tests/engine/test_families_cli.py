@@ -51,6 +51,7 @@ class _Toy(VlmAdapter):
     model_types = ("toy_vlm", "toy_vlm_2")
     language_layers_path = "model.layers"
     lm_mask = "prefix"
+    vision_attention = False
 
     def cross_attention_modules(self):
         return []
@@ -59,9 +60,7 @@ class _Toy(VlmAdapter):
 class _SeeingToy(_Toy):
     name = "seeing_toy"
     model_types = ("seeing_toy",)
-
-    def num_vision_layers(self) -> int:
-        return 1
+    vision_attention = True
 
 
 def test_a_newly_registered_adapter_appears_with_what_it_records(monkeypatch):
