@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from engine.errors import InputError
+from engine.errors import EngineError, InputError
 from engine.inputs import check_prompt, check_reference, check_tags
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
@@ -86,7 +86,7 @@ def read_manifest(
     for line, fields in raw:
         try:
             manifest.rows.append(_row(line, fields, base, allow_outside))
-        except (InputError, ValueError, TypeError) as error:
+        except (EngineError, ValueError, TypeError) as error:
             manifest.problems.append(RowProblem(line, str(error)))
     if not manifest.rows:
         reasons = "; ".join(f"line {p.line}: {p.reason}" for p in manifest.problems[:3])
