@@ -10,9 +10,10 @@ failed, 2 when the manifest is unusable (or another usage error), 130 on Ctrl-C.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -174,6 +175,29 @@ def record_dataset(
         raise typer.Exit(1)
 
 
+class _Interrupts:
+    """Ctrl-C stops the run after the trace in flight is stored, not inside it: an interrupt
+    raised while the store writes a trace file is swallowed by HDF5's callbacks (the run went
+    on and later crashed). A second Ctrl-C stops at once, dropping the trace in flight."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        self._previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _on_interrupt(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        note("stopping after the trace in flight (Ctrl-C again: stop now, losing it)")
+
+
 def _record_rows(
     opened: TraceStore,
     loaded: LoadedModel,
@@ -183,8 +207,8 @@ def _record_rows(
     lossy: Lossy | None,
     summary: Summary,
 ) -> bool:
-    """Record every row into ``summary``; True when Ctrl-C stopped the run (the trace in
-    flight is dropped whole: the store never holds half of one)."""
+    """Record every row into ``summary``; True when Ctrl-C stopped the run (see
+    :class:`_Interrupts`; the store never holds half a trace)."""
     from engine.errors import EngineError
     from engine.inputs import load_image
     from engine.recording import RecordRequest, record_into_store
@@ -199,9 +223,11 @@ def _record_rows(
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns) as bar:
+    with Progress(*columns) as bar, _Interrupts() as interrupts:
         task = bar.add_task("recording", total=len(rows), rate="")
         for row in rows:
+            if interrupts.requested:
+                return True
             try:
                 request = RecordRequest(
                     tuple(load_image(path) for path in row.images),
@@ -226,4 +252,4 @@ def _record_rows(
             bar.advance(task)
             speed = bar.tasks[0].speed
             bar.update(task, rate=f"{speed * 60:.1f}/min" if speed else "")
-    return False
+    return interrupts.requested

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +16,7 @@ from typer.testing import CliRunner
 from engine.cli import app
 from engine.dataset import ManifestError, read_manifest
 from engine.demo.world import make_scene, write_manifest
-from store import TraceQuery, open_store
+from store import StoreError, TraceQuery, open_store
 
 runner = CliRunner()
 
@@ -146,14 +148,52 @@ def test_record_dataset_is_resumable(tmp_path: Path, demo_checkpoint):
         wrong = opened.query(TraceQuery(correct=False)).total
         assert right + wrong == 5
         assert right == sum(i.answer == i.reference_answer for i in items)
+    whole = (manifest.parent / rows[0]["image"]).read_bytes()
+    (manifest.parent / "cut.png").write_bytes(whole[: len(whole) // 2])  # header reads, body not
     with manifest.open("a") as extra:
         extra.write('{"image": "missing.png", "prompt": "Colour?"}\n')
+        extra.write('{"image": "cut.png", "prompt": "Colour?"}\n')
+        extra.write(json.dumps({"image": rows[0]["image"], "prompt": "How many?"}) + "\n")
     again = runner.invoke(app, args)
     assert again.exit_code == 1, again.output
     assert "line 6: skipped: image file not found" in again.output
-    assert "recorded 0, already stored 5, failed 0, invalid rows 1" in again.output
+    assert "line 7: failed: cut.png is not a readable image" in again.output
+    assert "recorded 1, already stored 5, failed 1, invalid rows 1" in again.output
     with open_store(store) as opened:
-        assert opened.query(TraceQuery()).total == 5
+        assert opened.query(TraceQuery()).total == 6
+
+
+def test_ctrl_c_loses_at_most_the_trace_in_flight(tmp_path: Path, demo_checkpoint):
+    from tests.engine.test_cli_hostile import LVLM
+
+    manifest = write_manifest(tmp_path / "m", count=60, seed=5)
+    store = tmp_path / "store"
+    args = [str(LVLM), "record-dataset", str(manifest), "--model", str(demo_checkpoint)]
+    args += ["--store", str(store), "--no-relevancy"]
+    env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not _stored(store) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err.decode()
+    assert b"stopping after the trace in flight" in err and b"re-run the same command" in err
+    with open_store(store) as opened:
+        done = opened.query(TraceQuery()).total
+        assert 0 < done < 60
+        assert opened.verify() == []  # no temp file, no unindexed file
+    rerun = subprocess.run(args, env=env, capture_output=True, timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    assert f"recorded {60 - done}, already stored {done}," in rerun.stderr.decode()
+
+
+def _stored(store: Path) -> bool:
+    try:
+        with open_store(store) as opened:
+            return opened.query(TraceQuery()).total > 0
+    except StoreError:  # not created yet, or being created
+        return False
 
 
 def test_identity_decides_the_id(tmp_path: Path, demo_model):
