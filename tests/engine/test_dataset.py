@@ -236,8 +236,8 @@ RSS_GROWTH_LIMIT = 32 * 2**20
 def test_memory_stays_flat_over_many_traces(tmp_path: Path, demo_model):
     """Recording 200 demo traces with relevancy into one store: RSS after the first 50 grows
     by less than 32 MiB over the remaining 150 (measured: about 9 MiB). Keeping each recorded
-    Trace alive would already add about 45 MiB (its fp16 LM attention alone is 0.19 MB),
-    keeping its float32 tensors or autograd graph far more."""
+    Trace alive would already add about 49 MiB (0.34 MB of arrays each), keeping its float32
+    tensors or autograd graph more."""
     from engine.demo.world import demo_items
     from engine.inputs import load_image
     from engine.recorder import RecordOptions
