@@ -15,6 +15,9 @@ no spaces) with SHA-256, of which the first 32 hex digits are the id:
 
 Reference answers, tags and extra metadata are labels about a trace, not part of what was
 measured, so they are not in the identity: a re-run with a corrected reference skips.
+Causal explanations (CLEANN) are results derived from a stored trace, not part of it either:
+asking for them again computes those missing, on a new trace or one stored before (after a
+crash between storing and explaining, say).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from engine.causal.trace import record_causal
 from engine.inputs import ImageInput, check_generation, check_prompt
 from engine.loading import LoadedModel
 from engine.recorder import Progress, RecordOptions, record
@@ -42,6 +46,7 @@ class RecordRequest:
     tags: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     lossy: str | None = None  # "log8" or "sparse"; None keeps fp16 attention exactly
+    causal: tuple[int, ...] | None = None  # CLEANN layers; () the last; None: no explanations
 
 
 @dataclass(frozen=True)
@@ -92,15 +97,33 @@ def record_into_store(
     request: RecordRequest,
     progress: Progress | None = None,
 ) -> Recorded:
-    """Record ``request`` and add it under its identity's id, unless that id is stored.
+    """Record ``request`` and add it under its identity's id, unless that id is stored; then
+    compute the causal explanations it asks for that are not stored yet.
 
     The store is asked before recording (a re-run costs a lookup per trace) and again by the
     add itself, which is atomic and refuses a second copy: an interruption loses at most the
     trace in flight, and a concurrent writer of the same trace wins without a duplicate.
     """
     trace_id = identity_trace_id(trace_identity(loaded, request))
-    if trace_id in store:
-        return Recorded(trace_id, None)
+    report = progress or (lambda stage, done, total: None)
+    recorded = (
+        Recorded(trace_id, None)
+        if trace_id in store
+        else _record(store, loaded, request, trace_id, report)
+    )
+    if request.causal is not None:
+        layers = list(request.causal) or None
+        record_causal(store, trace_id, layers, on_progress=lambda d, t: report("causal", d, t))
+    return recorded
+
+
+def _record(
+    store: TraceStore,
+    loaded: LoadedModel,
+    request: RecordRequest,
+    trace_id: str,
+    progress: Progress,
+) -> Recorded:
     trace = record(
         loaded,
         list(request.images),

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from engine.cli.messages import fail
 from engine.cli.options import DbUrl, StoreDir
-from engine.cli.record import CausalLayers, store_causal
+from engine.cli.record import CausalLayers
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "demo" / "checkpoint"
 DEMO_MODEL_ID = "lvlm-interpret/shapes-demo"  # the name the bundled checkpoint's config carries
@@ -86,6 +86,7 @@ def record_demo(
     causal_layers: CausalLayers = None,
 ) -> None:
     """Record demo traces of held-out scenes, with ground truth and reference answers."""
+    from engine.checkpoint import check_layers
     from engine.cli.progress import recording_progress
     from engine.demo.world import demo_items
     from engine.errors import EngineError
@@ -98,6 +99,9 @@ def record_demo(
             from engine.recording import RecordRequest, record_into_store
 
             loaded = load_model(str(checkpoint))
+            if causal and causal_layers:
+                count_layers = len(loaded.adapter.language_attention_modules())
+                check_layers(causal_layers, count_layers, "--causal-layers")
             for index, (scene, question) in enumerate(demo_items(count, seed)):
                 request = RecordRequest(
                     (load_image(scene.image, f"scene-{scene.seed}.png"),),
@@ -105,14 +109,13 @@ def record_demo(
                     reference=question.answer,
                     tags=("demo", question.kind),
                     extra={"ground_truth": scene.ground_truth(), "question_kind": question.kind},
+                    causal=tuple(causal_layers or ()) if causal else None,
                 )
                 with recording_progress(f"{index + 1}/{count}") as progress:
                     recorded = record_into_store(opened, loaded, request, progress)
                 if recorded.info is None:
                     console.print(f"= {escape(question.text)} (already stored)")
                     continue
-                if causal:
-                    store_causal(opened, recorded.trace_id, causal_layers, f"{index + 1}/{count}")
                 mark = "[green]✓[/green]" if recorded.info.correct else "[red]✗[/red]"
                 answer = escape(repr(recorded.info.answer))
                 console.print(f"{mark} {escape(question.text)} -> {answer}")

@@ -19,7 +19,6 @@ from engine.inputs import MAX_NEW_TOKENS
 if TYPE_CHECKING:
     from engine.adapters.base import VlmAdapter
     from engine.checkpoint import ModelSource
-    from store import TraceStore
 
 CausalLayers = Annotated[
     list[int] | None,
@@ -49,23 +48,6 @@ class Dtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
     bfloat16 = "bfloat16"
-
-
-def store_causal(store: TraceStore, trace_id: str, layers: list[int] | None, label: str) -> None:
-    """CLEANN for every answer token and head of ``layers``, stored with the trace.
-
-    A bad layer is reported and ends the command, but the trace itself stays stored.
-    """
-    from engine.causal.trace import record_causal
-    from engine.cli.progress import recording_progress
-
-    with recording_progress(label) as progress:
-        try:
-            record_causal(
-                store, trace_id, layers, on_progress=lambda d, t: progress("causal", d, t)
-            )
-        except IndexError as error:
-            fail(f"--causal-layers: {error} (trace {trace_id} is stored)")
 
 
 def checked_source(
@@ -224,6 +206,7 @@ def record(
                 reference=reference,
                 tags=tuple(tags),
                 lossy=lossy.value if lossy else None,
+                causal=tuple(causal_layers or ()) if causal else None,
             )
             label = " + ".join(picture.name for picture in pictures)
             with recording_progress(label) as progress:
@@ -231,11 +214,7 @@ def record(
             trace_id = recorded.trace_id
             if recorded.info is None:
                 note(f"already stored (same model, images, prompt and settings): {trace_id}")
-                info = opened.get(trace_id)
-            else:
-                info = recorded.info
-                if causal:
-                    store_causal(opened, trace_id, causal_layers, label)
+            info = recorded.info or opened.get(trace_id)
     except (EngineError, StoreError) as error:
         fail(error)
     kept = info.extra["recording"]["policy"]

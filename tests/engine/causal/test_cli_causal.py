@@ -42,21 +42,23 @@ def test_record_causal_layers_and_default_off(tmp_path, demo_checkpoint):
     base += ["--prompt", "How many shapes are there?", "--max-new-tokens", "3"]
     base += ["--no-relevancy", "--no-vision-attention", "--store", str(tmp_path / "s")]
     plain = runner.invoke(app, base)
+    assert plain.exit_code == 0, plain.output
+    plain_id = plain.output.strip().splitlines()[-1]
+    with open_store(tmp_path / "s") as store:
+        assert store.list_results(plain_id, KIND) == {}
     chosen = runner.invoke(
         app, [*base, "--causal", "--causal-layers", "-1", "--causal-layers", "1"]
     )
     bad = runner.invoke(app, [*base, "--causal", "--causal-layers", "9"])
-    for result in (plain, chosen):
-        assert result.exit_code == 0, result.output
+    assert chosen.exit_code == 0, chosen.output
     assert bad.exit_code == 2 and "--causal-layers 9 is out of range" in " ".join(
         bad.output.split()
     )
     assert "Traceback" not in bad.output and "loading" not in bad.output  # before the model
     with open_store(tmp_path / "s") as store:
-        plain_id = plain.output.strip().splitlines()[-1]
         chosen_id = chosen.output.strip().splitlines()[-1]
-        assert store.list_results(plain_id, KIND) == {}
+        assert chosen_id == plain_id  # the same measurement: --causal explains the stored trace
         with store.open(chosen_id) as trace:
             layers = [trace.num_layers - 1, 1]
         assert set(store.list_results(chosen_id, KIND)) == _expected_keys(store, chosen_id, layers)
-        assert store.query().total == 2  # a bad --causal-layers records nothing
+        assert store.query().total == 1  # a bad --causal-layers records nothing
