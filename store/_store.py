@@ -29,6 +29,7 @@ from ._codec import Precision
 from ._failures import READONLY_ERRNOS, guard, translate
 from ._index import Index, Page, TraceQuery, make_engine
 from ._index import metadata as _index_metadata
+from ._interrupts import interrupts_deferred
 from ._paths import (
     Layout,
     check_name,
@@ -330,7 +331,7 @@ class TraceStore:
             return False
         lay = self.layout
         final, tmp = lay.no_links(lay.trace_path(trace_id)), lay.no_links(lay.temp_path(trace_id))
-        with store_lock(lay, exclusive=False):
+        with interrupts_deferred(), store_lock(lay, exclusive=False):
             try:
                 digest, size = _write_durably(tmp, trace, precision)
                 new_dir = not final.parent.exists()
