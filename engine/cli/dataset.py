@@ -26,8 +26,27 @@ from rich.progress import (
 )
 
 from engine.cli.messages import fail, note, one_line
-from engine.cli.options import DbUrl, StoreDir
-from engine.cli.record import Dtype, Lossy, Policy, checked_source
+from engine.cli.options import (
+    AllowPickle,
+    DbUrl,
+    Device,
+    Dtype,
+    Lossy,
+    LossyStorage,
+    MaxNewTokens,
+    Revision,
+    RowPolicy,
+    Sample,
+    Seed,
+    StoreDir,
+    Temperature,
+    TopP,
+    TrustRemoteCode,
+    WeightsDtype,
+    WithRelevancy,
+    WithVisionAttention,
+)
+from engine.cli.record import checked_source
 from engine.inputs import MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
@@ -73,31 +92,20 @@ def record_dataset(
         bool,
         typer.Option(help="Accept absolute image paths and paths leading out of its folder."),
     ] = False,
-    max_new_tokens: Annotated[
-        int, typer.Option(help=f"Answer length limit; above {MAX_NEW_TOKENS} it is capped.")
-    ] = 32,
-    sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
-    temperature: Annotated[float, typer.Option(help="Above 0 when sampling.")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="0-1.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="0 to 2**63-1.")] = 0,
-    relevancy: Annotated[bool, typer.Option(help="Compute relevancy maps.")] = True,
-    vision_attention: Annotated[bool, typer.Option(help="Store vision-tower attention.")] = True,
-    lossy: Annotated[Lossy | None, typer.Option(help="Store attention lossily.")] = None,
-    policy: Annotated[
-        Policy | None, typer.Option(help="LM attention rows to keep (see `record --help`).")
-    ] = None,
-    revision: Annotated[
-        str | None, typer.Option(help="Hub revision (branch, tag, commit); hub ids only.")
-    ] = None,
-    dtype: Annotated[Dtype, typer.Option(help="Weights' precision.")] = Dtype.float32,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    trust_remote_code: Annotated[
-        bool, typer.Option(help="Run the model repo's own Python code (off: safer).")
-    ] = False,
-    allow_pickle: Annotated[
-        bool,
-        typer.Option(help="Load pickle weights (*.bin) when no safetensors exist: runs code."),
-    ] = False,
+    max_new_tokens: MaxNewTokens = 32,
+    sample: Sample = False,
+    temperature: Temperature = 1.0,
+    top_p: TopP = 1.0,
+    seed: Seed = 0,
+    relevancy: WithRelevancy = True,
+    vision_attention: WithVisionAttention = True,
+    lossy: LossyStorage = None,
+    policy: RowPolicy = None,
+    revision: Revision = None,
+    dtype: WeightsDtype = Dtype.float32,
+    device: Device = "cpu",
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Record a trace for every row of a manifest, skipping those already stored."""
     from engine.dataset import read_manifest

@@ -13,7 +13,25 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from engine.cli.messages import fail, note
-from engine.cli.options import DbUrl, StoreDir
+from engine.cli.options import (
+    AllowPickle,
+    DbUrl,
+    Device,
+    Dtype,
+    LossyStorage,
+    MaxNewTokens,
+    Revision,
+    RowPolicy,
+    Sample,
+    Seed,
+    StoreDir,
+    Temperature,
+    TopP,
+    TrustRemoteCode,
+    WeightsDtype,
+    WithRelevancy,
+    WithVisionAttention,
+)
 from engine.inputs import MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
@@ -28,26 +46,9 @@ CausalLayers = Annotated[
 ]
 
 
-class Lossy(str, Enum):
-    log8 = "log8"
-    sparse = "sparse"
-
-
-class Policy(str, Enum):
-    full = "full"
-    text_rows = "text_rows"
-    answer_rows = "answer_rows"
-
-
 class Quantize(str, Enum):
     four_bit = "4bit"
     eight_bit = "8bit"
-
-
-class Dtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
 
 
 def checked_source(
@@ -86,40 +87,25 @@ def record(
         str | None, typer.Option(help="Expected answer; the trace records correctness.")
     ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag the trace (repeatable).")] = None,
-    max_new_tokens: Annotated[
-        int, typer.Option(help=f"Answer length limit; above {MAX_NEW_TOKENS} it is capped.")
-    ] = 32,
-    sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
-    temperature: Annotated[float, typer.Option(help="Above 0 when sampling.")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="0-1.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="0 to 2**63-1.")] = 0,
-    relevancy: Annotated[bool, typer.Option(help="Compute relevancy maps.")] = True,
-    vision_attention: Annotated[bool, typer.Option(help="Store vision-tower attention.")] = True,
-    lossy: Annotated[Lossy | None, typer.Option(help="Store attention lossily.")] = None,
-    policy: Annotated[
-        Policy | None,
-        typer.Option(
-            help="LM attention rows to keep: full, text_rows (all but image-token rows) or "
-            "answer_rows. Default: full when it fits in ~1 GiB, else the largest that does."
-        ),
-    ] = None,
-    revision: Annotated[
-        str | None, typer.Option(help="Hub revision (branch, tag, commit); hub ids only.")
-    ] = None,
-    dtype: Annotated[Dtype, typer.Option(help="Weights' precision.")] = Dtype.float32,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+    max_new_tokens: MaxNewTokens = 32,
+    sample: Sample = False,
+    temperature: Temperature = 1.0,
+    top_p: TopP = 1.0,
+    seed: Seed = 0,
+    relevancy: WithRelevancy = True,
+    vision_attention: WithVisionAttention = True,
+    lossy: LossyStorage = None,
+    policy: RowPolicy = None,
+    revision: Revision = None,
+    dtype: WeightsDtype = Dtype.float32,
+    device: Device = "cpu",
     device_map: Annotated[str | None, typer.Option(help="e.g. 'auto' for multi-GPU.")] = None,
     quantize: Annotated[
         Quantize | None,
         typer.Option(help="Load the language model in 4 or 8 bits (bitsandbytes; approximate)."),
     ] = None,
-    trust_remote_code: Annotated[
-        bool, typer.Option(help="Run the model repo's own Python code (off: safer).")
-    ] = False,
-    allow_pickle: Annotated[
-        bool,
-        typer.Option(help="Load pickle weights (*.bin) when no safetensors exist: runs code."),
-    ] = False,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
     causal: Annotated[
         bool, typer.Option(help="Store CLEANN explanations: every answer token, all heads.")
     ] = False,
