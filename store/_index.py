@@ -29,7 +29,7 @@ from .errors import (
 )
 from .schema import TraceInfo
 
-INDEX_SCHEMA_VERSION = 1
+INDEX_SCHEMA_VERSION = 2
 SCAN_ROWS_LIMIT = 20_000  # below this many candidate rows, text search scans instead of FTS
 ONE_PASS_ROWS = 2_000  # below this many candidate rows, one query gives page and total
 MAX_ROWS = 2**63 - 1  # SQL integers: a larger limit or offset cannot even be sent
@@ -112,7 +112,54 @@ results = sa.Table(
     sa.Column("updated_at", sa.String(40), nullable=False),
 )
 
-_CHILDREN = (tags, metrics, answer_tokens, results)
+notes = sa.Table(
+    "trace_notes",
+    metadata,
+    sa.Column("note_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("trace_id", sa.String(32), sa.ForeignKey("traces.trace_id", **_fk), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("token_position", sa.Integer),  # a position in the trace's token table, or None
+    sa.Column("region_json", sa.Text),  # {"image": i, "box": [x0, y0, x1, y1]} original pixels
+    sa.Column("author", sa.String(200)),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Index("ix_notes_trace", "trace_id", "note_id"),
+)
+
+# Live mode: recording jobs queued by the dashboard and taken by worker processes. The queue
+# lives in the index's own database so that no broker has to run beside it.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.String(32), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # queued, running, done, failed
+    sa.Column("request_json", sa.Text, nullable=False),  # what to record (JSON)
+    sa.Column("submitted_at", sa.String(40), nullable=False),
+    sa.Column("started_at", sa.String(40)),
+    sa.Column("finished_at", sa.String(40)),
+    sa.Column("heartbeat_at", sa.String(40)),
+    sa.Column("worker_id", sa.String(64)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("progress", sa.Float),  # 0..1
+    sa.Column("progress_text", sa.Text),
+    sa.Column("error", sa.Text),  # one line for the user when state is failed
+    sa.Column("trace_id", sa.String(32)),  # the recorded trace when state is done
+    sa.Index("ix_jobs_state_submitted", "state", "submitted_at"),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("worker_id", sa.String(64), primary_key=True),
+    sa.Column("model_id", sa.String(512), nullable=False),
+    sa.Column("model_revision", sa.String(256)),
+    sa.Column("host", sa.String(256), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.String(40), nullable=False),
+    sa.Column("heartbeat_at", sa.String(40), nullable=False),
+    sa.Column("stopped_at", sa.String(40)),
+)
+
+_CHILDREN = (tags, metrics, answer_tokens, results, notes)
 # SQLite only: model + date filters combined with a text scan read prompts from this index
 # instead of the (wide) rows: 0.9 vs 4.7 ms for ~1,000 candidate rows of 100k (measured).
 # Not for other databases: PostgreSQL and MySQL limit the size of an index entry.
@@ -180,7 +227,8 @@ def normalize_token(text: str) -> str:
 class TraceQuery:
     """Filters for :meth:`TraceStore.query`; ``None`` means "any"; text match ignores case.
 
-    ``text`` matches a substring of the prompt or the answer; ``answer_token`` one whole
+    ``text`` matches a substring of the prompt or the answer; ``note_contains`` a substring of
+    an analyst's note on the trace; ``answer_token`` one whole
     generated token (case and leading-space markers ignored); ``metric_ranges`` maps a metric
     name to inclusive ``(lo, hi)`` bounds, either may be None. ``order_by`` is a column from
     ``ORDER_COLUMNS`` or ``"metric:<name>"``.
@@ -198,6 +246,7 @@ class TraceQuery:
     created_after: str | None = None
     created_before: str | None = None
     metric_ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    note_contains: str | None = None  # case-insensitive substring of any note on the trace
     order_by: str = "created_at"
     descending: bool = True
     limit: int = 50
@@ -336,8 +385,16 @@ class Index:
                 f"the index has schema version {version}; this lvlm-interpret knows up to "
                 f"{INDEX_SCHEMA_VERSION}. Upgrade: pip install -U lvlm-interpret"
             )
+        if version == 1 and self.writable:
+            # Version 2 only adds tables (notes, jobs, workers): create them in place.
+            with self.engine.begin() as conn:
+                metadata.create_all(conn, tables=[notes, jobs, workers])
+                conn.execute(
+                    meta.update().where(meta.c.key == "schema_version"),
+                    {"value": str(INDEX_SCHEMA_VERSION)},
+                )
+            version = INDEX_SCHEMA_VERSION
         if version < INDEX_SCHEMA_VERSION:
-            # No migrations exist yet (version 1 is the first); an older index is rebuilt.
             raise IndexSchemaTooOld(
                 f"the index has schema version {version}, this lvlm-interpret needs "
                 f"{INDEX_SCHEMA_VERSION}; {REINDEX_HINT}. Trace files are untouched."
@@ -524,6 +581,22 @@ class Index:
                 },
             )
 
+    def add_note(self, trace_id: str, note: dict[str, Any]) -> int:
+        with self.engine.begin() as conn:
+            self._require(conn, trace_id)
+            return conn.execute(
+                notes.insert(), {"trace_id": trace_id, **note}
+            ).inserted_primary_key[0]
+
+    def delete_note(self, note_id: int) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(notes.delete().where(notes.c.note_id == note_id)).rowcount > 0
+
+    def notes(self, trace_id: str) -> list[dict[str, Any]]:
+        stmt = sa.select(notes).where(notes.c.trace_id == trace_id).order_by(notes.c.note_id)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(stmt)]
+
     # -- reading -----------------------------------------------------------------------------
     def exists(self, trace_id: str) -> bool:
         with self.engine.connect() as conn:
@@ -628,6 +701,11 @@ class Index:
             conds.append(t.trace_id.in_(sub))
         if q.tag is not None:
             conds.append(t.trace_id.in_(sa.select(tags.c.trace_id).where(tags.c.tag == q.tag)))
+        if q.note_contains:
+            sub = sa.select(notes.c.trace_id).where(
+                notes.c.text.icontains(q.note_contains, autoescape=True)
+            )
+            conds.append(t.trace_id.in_(sub))
         for name, (lo, hi) in q.metric_ranges.items():
             sub = sa.select(metrics.c.trace_id).where(metrics.c.name == name)
             if lo is not None:

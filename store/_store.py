@@ -8,14 +8,17 @@ Deleting goes the other way (row first, then file).
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import hashlib
 import json
+import math
 import mmap
 import os
 import shutil
 import threading
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -40,8 +43,8 @@ from ._paths import (
     store_lock,
 )
 from ._stored import StoredTrace
-from .errors import CorruptTrace, StoreError, StoreOpenError, StoreReadOnly
-from .schema import Trace, TraceInfo, new_trace_id
+from .errors import CorruptTrace, InvalidName, StoreError, StoreOpenError, StoreReadOnly
+from .schema import Note, Trace, TraceInfo, new_trace_id
 from .validation import check_trace
 
 Mode = Literal["r", "a"]
@@ -432,6 +435,43 @@ class TraceStore:
         values = {check_name(k, "metric name"): float(v) for k, v in metrics.items()}
         self._edit("setting metrics of", trace_id, lambda t: self._index.set_metrics(t, values))
 
+    # -- analysts' notes ---------------------------------------------------------------------
+    def add_note(
+        self,
+        trace_id: str,
+        text: str,
+        *,
+        token_position: int | None = None,
+        region: tuple[int, Sequence[float]] | None = None,
+        author: str | None = None,
+    ) -> Note:
+        """Attach a note to a trace (or to one of its tokens, or a box on one of its images).
+
+        The text is kept verbatim (it is shown escaped, never rendered as Markdown)."""
+        self._writable()
+        trace_id = check_trace_id(trace_id)
+        note = _note_row(text, token_position, region, author)
+        with guard(f"adding a note to trace {trace_id}"):
+            note_id = self._index.add_note(trace_id, note)
+        return _note(
+            {**note, "note_id": note_id, "trace_id": trace_id},
+        )
+
+    def notes(self, trace_id: str) -> list[Note]:
+        """The notes on a trace, oldest first."""
+        trace_id = check_trace_id(trace_id)
+        with guard("reading notes"):
+            return [_note(row) for row in self._index.notes(trace_id)]
+
+    def delete_note(self, note_id: int) -> None:
+        """Remove one note (:class:`KeyError` if there is no such note)."""
+        self._writable()
+        if isinstance(note_id, bool) or not isinstance(note_id, int):
+            raise TypeError(f"a note id is an integer, not {note_id!r}")
+        with guard(f"deleting note {note_id}"):
+            if not self._index.delete_note(note_id):
+                raise KeyError(f"no note {note_id} in this store")
+
     # -- derived results (e.g. causal explanations computed on demand) -----------------------
     def put_result(self, trace_id: str, kind: str, key: str, payload: dict) -> None:
         """Store (or replace) a JSON payload under (trace, kind, key)."""
@@ -626,6 +666,63 @@ class TraceStore:
             if damaged:
                 report.damaged.append(tid)
         return report
+
+
+MAX_NOTE_LENGTH = 20_000
+
+
+def _note_row(
+    text: object,
+    token_position: int | None,
+    region: tuple[int, Sequence[float]] | None,
+    author: str | None,
+) -> dict:
+    """The index row of a new note, every field checked (bad input never reaches SQL)."""
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_NOTE_LENGTH:
+        raise InvalidName(f"a note is 1-{MAX_NOTE_LENGTH} characters of text")
+    if token_position is not None and (
+        isinstance(token_position, bool)
+        or not isinstance(token_position, int)
+        or token_position < 0
+    ):
+        raise InvalidName(f"a note's token position is an integer >= 0, not {token_position!r}")
+    region_json = None
+    if region is not None:
+        try:
+            image, box = region
+            image, box = int(image), [float(v) for v in box]
+        except (TypeError, ValueError):
+            raise InvalidName(
+                f"a note's region is (image, (x0, y0, x1, y1)), not {region!r}"
+            ) from None
+        if image < 0 or len(box) != 4 or not all(math.isfinite(v) for v in box):
+            raise InvalidName(f"a note's region is (image, (x0, y0, x1, y1)), not {region!r}")
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise InvalidName(f"a note's region box {box} is empty (x1 <= x0 or y1 <= y0)")
+        region_json = json.dumps({"image": image, "box": box})
+    return {
+        "text": unicodedata.normalize("NFC", text),
+        "token_position": token_position,
+        "region_json": region_json,
+        "author": None if author is None else check_name(author, "author"),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+    }
+
+
+def _note(row: dict) -> Note:
+    region = None
+    if row.get("region_json"):
+        data = json.loads(row["region_json"])
+        region = (int(data["image"]), tuple(float(v) for v in data["box"]))
+    return Note(
+        note_id=int(row["note_id"]),
+        trace_id=row["trace_id"],
+        text=row["text"],
+        created_at=row["created_at"],
+        token_position=row["token_position"],
+        region=region,
+        author=row["author"],
+    )
 
 
 def _place(tmp: Path, final: Path) -> bool:

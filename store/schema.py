@@ -165,6 +165,23 @@ class TraceInfo:
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class Note:
+    """An analyst's note on a trace, optionally on one token or one image region.
+
+    ``token_position`` indexes the trace's token table; ``region`` is ``(image, (x0, y0, x1,
+    y1))`` in the original image's pixels (the same frame as ``ImageGeometry`` tiles).
+    """
+
+    note_id: int
+    trace_id: str
+    text: str
+    created_at: str  # ISO-8601, UTC
+    token_position: int | None = None
+    region: tuple[int, tuple[float, float, float, float]] | None = None
+    author: str | None = None
+
+
 _INFO_FIELDS = frozenset(f.name for f in fields(TraceInfo))
 _GENERATION_FIELDS = frozenset(f.name for f in fields(GenerationSettings))
 
