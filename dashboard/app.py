@@ -30,6 +30,8 @@ PAGES = [
     ),
     st.Page("views/causal.py", title="Causal", icon=":material/science:", url_path="causal"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page("views/dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
+    st.Page("views/ask.py", title="Ask", icon=":material/forum:", url_path="ask"),
 ]
 
 state.adopt(state.SHARED)
