@@ -14,14 +14,13 @@ import streamlit as st
 from PIL import Image
 
 from dashboard import state
-from dashboard.components import analysis, images, overlay, stitch, text
+from dashboard.components import analysis, images, maps, overlay, stitch, text
 from dashboard.components.overlay import OverlayStyle, Scale
 from dashboard.components.stitch import View
 from store import ImageGeometry, StoredTrace
 
 STITCHED = "stitched"
 ONE_TILE = "one tile"
-GAP_PX = 8  # between the images of a multi-image map in a gallery cell
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -39,24 +38,11 @@ def picture(
     marked: Sequence[int] = (),
 ) -> Image.Image:
     """One view of a per-patch map; ``marked`` patches are outlined."""
-    geometry = trace.image
-    base = frame(trace.trace_id, view, geometry)
-    grid = stitch.field(geometry, values, view, base.pixels.shape[:2], smooth=style.smooth)
-    boxes = [b for p in marked if (b := stitch.patch_fractions(geometry, view, p)) is not None]
-    return overlay.overlay(base.pixels, grid, style, scale, outlines=boxes)
+    base = frame(trace.trace_id, view, trace.image)
+    return maps.draw(trace.image, values, view, style, scale, marked, base=base)
 
 
-def side_by_side(pictures: Sequence[Image.Image]) -> Image.Image:
-    """Pictures in a row, top-aligned: one gallery cell for a map over several images."""
-    if len(pictures) == 1:
-        return pictures[0]
-    width = sum(p.width for p in pictures) + GAP_PX * (len(pictures) - 1)
-    row = Image.new("RGB", (width, max(p.height for p in pictures)), "white")
-    x = 0
-    for p in pictures:
-        row.paste(p, (x, 0))
-        x += p.width + GAP_PX
-    return row
+side_by_side = maps.side_by_side
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)

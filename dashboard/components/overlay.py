@@ -114,23 +114,47 @@ def outline(
 LEGEND_FONT_PX = 13
 
 
-def legend(style: OverlayStyle, scale: Scale, width: int = 336, height: int = 52) -> Image.Image:
-    """A horizontal colour bar with the quantity's title and its min / mid / max values."""
+def legend(
+    style: OverlayStyle,
+    scale: Scale,
+    width: int = 336,
+    height: int | None = None,
+    font_px: int = LEGEND_FONT_PX,
+) -> Image.Image:
+    """A horizontal colour bar with the quantity's title and its min / mid / max values.
+
+    Every distance grows with ``font_px`` (height 52 px at the default 13 px), so a figure
+    exported at print resolution draws the same legend, larger, rather than a blurred one."""
+    unit = font_px / LEGEND_FONT_PX
+    height = round(52 * unit) if height is None else height
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    face = font(LEGEND_FONT_PX)
-    margin, bar_top, bar_height = 6, 19, 12
+    face = font(font_px)
+    margin, bar_top, bar_height = round(6 * unit), round(19 * unit), round(12 * unit)
     ramp = np.linspace(scale.vmin, scale.vmax, width - 2 * margin)
     bar = colormap.apply(np.tile(ramp, (bar_height, 1)), style.colormap, scale.vmin, scale.vmax)
     canvas.paste(Image.fromarray(bar, mode="RGB"), (margin, bar_top))
-    draw.text((margin, 2), drawable(scale.title, face), fill="black", font=face)
-    ticks = [(scale.vmin, "la"), ((scale.vmin + scale.vmax) / 2, "ma"), (scale.vmax, "ra")]
-    for value, anchor in ticks:
-        x = margin + (width - 2 * margin) * (value - scale.vmin) / (scale.vmax - scale.vmin)
+    draw.text((margin, round(2 * unit)), drawable(scale.title, face), fill="black", font=face)
+    for share, label, anchor in legend_ticks(scale):
         draw.text(
-            (x, bar_top + bar_height + 3), f"{value:.3g}", fill="black", font=face, anchor=anchor
+            (margin + (width - 2 * margin) * share, bar_top + bar_height + round(3 * unit)),
+            label,
+            fill="black",
+            font=face,
+            anchor=f"{anchor[0]}a",
         )
     return canvas
+
+
+def legend_ticks(scale: Scale) -> list[tuple[float, str, str]]:
+    """The colour bar's labels: (position along the bar 0-1, text, anchor "l"/"m"/"r") at
+    min, middle and max; shared by the drawn legend and the vector (SVG) one."""
+    middle = (scale.vmin + scale.vmax) / 2
+    return [
+        (0.0, f"{scale.vmin:.3g}", "l"),
+        (0.5, f"{middle:.3g}", "m"),
+        (1.0, f"{scale.vmax:.3g}", "r"),
+    ]
 
 
 def with_legend(picture: Image.Image, style: OverlayStyle, scale: Scale) -> Image.Image:

@@ -271,3 +271,11 @@ def sequence_view(geometry: ImageGeometry, sequence: int) -> View:
     if is_legacy(geometry) or len(tiles) > 1 or len(_tiles_of(geometry, View(image))) == 1:
         return View(image)
     return View(image, int(tiles[0]))
+
+
+def same_layout(first: ImageGeometry, second: ImageGeometry) -> bool:
+    """Whether two traces' patches line up one to one (same images' sizes, same tiles), so
+    their maps can be subtracted patch by patch."""
+    return [i.size for i in first.images] == [i.size for i in second.images] and [
+        (t.image, tuple(t.box), t.rows, t.cols) for t in first.tiles
+    ] == [(t.image, tuple(t.box), t.rows, t.cols) for t in second.tiles]
