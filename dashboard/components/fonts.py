@@ -14,7 +14,9 @@ from PIL import ImageFont
 Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
 # Typographic characters the bundled font lacks, with their closest ASCII form.
-_SUBSTITUTES = str.maketrans({"−": "-", "–": "-", "—": "-", "×": "x", "·": "-", "…": "..."})
+_SUBSTITUTES = str.maketrans(
+    {"−": "-", "–": "-", "—": "-", "×": "x", "·": "-", "…": "...", "≤": "<=", "≥": ">="}
+)
 
 
 @cache

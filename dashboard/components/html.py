@@ -41,11 +41,18 @@ _DIFF_TAGS = {
     "delete": ('<del style="background:#fdd">', "</del>"),
     "insert": ('<ins style="background:#dfd">', "</ins>"),
 }
+_BARE_TAGS = {
+    "equal": ("<span>", "</span>"),
+    "delete": ("<del>", "</del>"),
+    "insert": ("<ins>", "</ins>"),
+}
 
 
-def diff(pieces: Sequence[DiffPiece]) -> str:
-    """An answer diff with deletions struck through and insertions underlined."""
-    body = " ".join(
-        f"{_DIFF_TAGS[p.op][0]}{html.escape(p.text)}{_DIFF_TAGS[p.op][1]}" for p in pieces
-    )
+def diff(pieces: Sequence[DiffPiece], inline_style: bool = True) -> str:
+    """An answer diff with deletions struck through and insertions underlined.
+
+    ``inline_style=False`` leaves colours to the page's stylesheet (a report whose
+    Content-Security-Policy allows no ``style`` attributes)."""
+    tags = _DIFF_TAGS if inline_style else _BARE_TAGS
+    body = " ".join(f"{tags[p.op][0]}{html.escape(p.text)}{tags[p.op][1]}" for p in pieces)
     return f'<div class="lvlm-diff">{body}</div>'
