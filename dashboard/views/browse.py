@@ -8,95 +8,15 @@ the URL.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from datetime import date
 
 import pandas as pd
 import streamlit as st
 
 from dashboard import context, data, state
-from dashboard.components.filters import PAGE_SIZE, PARAMS, SORT_COLUMNS, BrowseFilters
+from dashboard.components.filters import PAGE_SIZE, PARAMS, BrowseFilters, filter_form
 from dashboard.components.text import short_id, short_time
 from dashboard.config import StoreConfig
 from store import StoreError, TraceInfo
-
-_ANY = "any"
-SORT_LABELS = {
-    "created_at": "recorded",
-    "model_id": "model",
-    "model_revision": "checkpoint",
-    "prompt": "prompt",
-    "answer": "answer",
-    "correct": "correct",
-}
-
-
-def _write(field_param: str, value: object) -> None:
-    """Store one filter's new value and go back to the first page."""
-    if isinstance(value, date):
-        value = value.isoformat()
-    elif isinstance(value, float):
-        value = repr(value)
-    state.update({field_param: None if value in (None, "", _ANY) else str(value), "page": None})
-
-
-def _options(known: list[str], current: str | None, what: str) -> tuple[list[str], Callable]:
-    """Choices for a model or tag filter. A value from the URL that no trace has stays
-    visible (marked as such), so the widget shows what filters the table and choosing
-    "any" clears it."""
-    options = [_ANY, *known]
-    if current and current not in known:
-        options.append(current)
-    return options, lambda v: f"{v} (no trace has this {what})" if v not in (_ANY, *known) else v
-
-
-def _filter_widgets(config: StoreConfig, filters: BrowseFilters) -> None:
-    """The filter form; each widget writes its own URL parameter."""
-    store = data.store(config)
-
-    def bound(param: str, seed: object) -> dict:
-        return state.widget(f"browse:{param}", seed, lambda v: _write(param, v))
-
-    top = st.columns([2, 2, 3, 1.2])
-    models, model_label = _options(store.models(), filters.model, "model")
-    top[0].selectbox(
-        "Model", models, format_func=model_label, **bound("model", filters.model or _ANY)
-    )
-    top[1].text_input("Checkpoint / revision contains", **bound("rev", filters.revision or ""))
-    top[2].text_input("Prompt or answer contains", **bound("q", filters.text or ""))
-    correct = {True: "yes", False: "no", None: _ANY}[filters.correct]
-    top[3].selectbox("Correct", [_ANY, "yes", "no"], **bound("correct", correct))
-    answers = st.columns([3, 2, 3])
-    answers[0].text_input("Answer contains", **bound("ans", filters.answer or ""))
-    answers[1].text_input(
-        "Answer token",
-        help="One whole generated token, e.g. red (case ignored)",
-        **bound("tok", filters.answer_token or ""),
-    )
-    row = st.columns([2, 1.5, 1.5, 2, 1.2, 1.2])
-    tags, tag_label = _options(store.tags(), filters.tag, "tag")
-    row[0].selectbox("Tag", tags, format_func=tag_label, **bound("tag", filters.tag or _ANY))
-    row[1].date_input("Recorded after", value=None, **bound("after", filters.after))
-    row[2].date_input("Recorded before", value=None, **bound("before", filters.before))
-    row[3].text_input("Metric name", **bound("metric", filters.metric or ""))
-    row[4].number_input("Metric min", value=None, **bound("mmin", filters.metric_min))
-    row[5].number_input("Metric max", value=None, **bound("mmax", filters.metric_max))
-    sort_row = st.columns([2, 1.5, 4.5])
-    sorts = list(
-        dict.fromkeys([*SORT_COLUMNS, *([f"metric:{filters.metric}"] if filters.metric else [])])
-    )
-    sort_row[0].selectbox(
-        "Sort by",
-        sorts,
-        format_func=lambda c: SORT_LABELS.get(c, c.replace("metric:", "metric ")),
-        **bound("sort", filters.sort),
-    )
-    sort_row[1].toggle(
-        "Descending",
-        **state.widget(
-            "browse:desc", filters.descending, lambda v: _write("asc", None if v else "1")
-        ),
-    )
 
 
 def _table(config: StoreConfig, items: list[TraceInfo], selected: set[str]) -> pd.DataFrame:
@@ -174,7 +94,7 @@ def render() -> None:
     st.title("Browse traces")
     filters = BrowseFilters.from_params(state.snapshot(PARAMS))
     with st.expander("Filters", expanded=True):
-        _filter_widgets(config, filters)
+        filter_form(data.store(config), filters)
     try:
         page = data.query(config, filters.to_query(PAGE_SIZE))
     except (ValueError, StoreError) as error:
