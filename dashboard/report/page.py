@@ -23,6 +23,7 @@ header { border-bottom: 2px solid #333; margin-bottom: 16px; }
 h1 { font-size: 26px; margin: 24px 0 4px; }
 h2 { font-size: 21px; margin: 32px 0 8px; border-bottom: 1px solid #bbb; }
 h3 { font-size: 17px; margin: 20px 0 6px; }
+h4 { font-size: 15px; margin: 14px 0 4px; }
 .meta, .empty, figcaption { color: #444; font-size: 13px; }
 nav ol { columns: 2; font-size: 13px; }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 8px 0; }

@@ -183,7 +183,7 @@ def numbers_section(trace: StoredTrace, store: TraceStore, options: ReportOption
     for kind in RESULT_KINDS:
         for key, payload in sorted(store.list_results(trace.trace_id, kind).items()):
             found = True
-            parts.append(f"<h3>{page.esc(kind)}: {page.esc(key)}</h3>")
+            parts.append(f"<h4>{page.esc(kind)}: {page.esc(key)}</h4>")
             parts.append(_payload(trace, key, payload, options))
     if not found:
         kinds = ", ".join(RESULT_KINDS)
@@ -196,7 +196,7 @@ def flags_section(trace: StoredTrace, store: TraceStore) -> str:
     if not flagged:
         return page.empty("No flagged tokens recorded for this trace.")
     return "".join(
-        f"<h3>{page.esc(key)}</h3>{page.json_text(payload)}"
+        f"<h4>{page.esc(key)}</h4>{page.json_text(payload)}"
         for key, payload in sorted(flagged.items())
     )
 
@@ -294,7 +294,7 @@ def provenance_section(trace: StoredTrace) -> str:
             str(trace.precision.value if hasattr(trace.precision, "value") else trace.precision),
         ),
     ]
-    parts = [page.facts(pairs), "<h3>Generation settings</h3>"]
+    parts = [page.facts(pairs), "<h4>Generation settings</h4>"]
     parts.append(
         page.table(["setting", "value"], [(k, str(v)) for k, v in asdict(info.generation).items()])
     )
@@ -304,7 +304,7 @@ def provenance_section(trace: StoredTrace) -> str:
         ("versions", "Versions"),
     ):
         if key in extra:
-            parts.append(f"<h3>{title}</h3>{page.json_text(extra[key])}")
+            parts.append(f"<h4>{title}</h4>{page.json_text(extra[key])}")
     return "".join(parts)
 
 
