@@ -24,7 +24,6 @@ Unusable requests (an unknown trace id, both ``compare`` and ``query``) raise
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import metadata
@@ -34,12 +33,12 @@ from dashboard.components import html as fragments
 from dashboard.components import images, stitch, text
 from dashboard.report import page
 from dashboard.report.sections import ReportOptions, anchor, embed, overview, trace_sections
-from store import StoreError, TraceInfo, TraceNotFound, TraceQuery, TraceStore
+from store import StoreError, TraceInfo, TraceNotFound, TraceQuery, TraceStore, dataset
+from store.dataset import AccuracyRow
 
-SUMMARY_CAP = 10_000  # traces a set report's accuracy tables read (index rows only)
 MAX_LIMIT = 1_000  # most traces a set report lists with thumbnails
 
-__all__ = ["MAX_LIMIT", "SUMMARY_CAP", "ReportError", "ReportOptions", "build_report"]
+__all__ = ["MAX_LIMIT", "ReportError", "ReportOptions", "build_report"]
 
 
 class ReportError(ValueError):
@@ -157,56 +156,37 @@ def _comparison(first, second, options: ReportOptions) -> tuple[str, list[tuple[
     return page.section(where, title, "".join(parts)), [(where, title)]
 
 
-def _accuracy(infos: list[TraceInfo], key) -> list[list[object]]:
-    """Rows (group, traces, judged, correct, accuracy) of the traces grouped by ``key``
-    (which may give several groups per trace, e.g. its tags)."""
-    total, judged, right = Counter(), Counter(), Counter()
-    for info in infos:
-        for group in key(info):
-            total[group] += 1
-            if info.correct is not None:
-                judged[group] += 1
-                right[group] += bool(info.correct)
-    rows = []
-    for group in sorted(total):
-        accuracy = f"{right[group] / judged[group]:.1%}" if judged[group] else "–"
-        rows.append([group, total[group], judged[group], right[group], accuracy])
-    return rows
+def _accuracy_rows(rows: list[AccuracyRow], with_tag: bool) -> list[list[object]]:
+    """Table rows of the store's accuracy counts (``store.dataset``)."""
+    out = []
+    for row in rows:
+        accuracy = "–" if row.accuracy is None else f"{row.accuracy:.1%}"
+        head = [row.tag] if with_tag else []
+        out.append([*head, row.checkpoint.label, row.traces, row.judged, row.correct, accuracy])
+    return out
 
 
 def _set_report(store: TraceStore, query: TraceQuery, options: ReportOptions) -> str:
-    infos, total = [], None
-    offset = 0
-    while len(infos) < SUMMARY_CAP:
-        batch = store.query(
-            dataclasses.replace(query, limit=min(500, SUMMARY_CAP - len(infos)), offset=offset)
-        )
-        total = batch.total
-        infos += batch.items
-        offset += len(batch.items)
-        if not batch.items or not batch.has_more:
-            break
-    total = total or 0
-    summary_note = (
-        f"{total:,} trace(s) match."
-        + (
-            f" Accuracy is over the first {len(infos):,} (cap {SUMMARY_CAP:,})."
-            if total > len(infos)
-            else ""
-        )
-        + " Judged: traces with a reference answer; accuracy = correct / judged."
-    )
+    """Accuracy over the whole filtered set (SQL counts), then its first traces listed."""
+    found = store.query(dataclasses.replace(query, limit=options.limit, offset=0))
+    total, shown = found.total, found.items
     headers = ["traces", "judged", "correct", "accuracy"]
-    by_model = _accuracy(infos, lambda i: [f"{i.model_id} @ {i.model_revision}"])
-    by_tag = _accuracy(infos, lambda i: i.tags or ["(no tag)"])
     summary = (
-        page.empty(summary_note)
+        page.empty(
+            f"{total:,} trace(s) match. Judged: traces with a reference answer; "
+            "accuracy = correct / judged."
+        )
         + "<h3>By model and revision</h3>"
-        + page.table(["model @ revision", *headers], by_model)
+        + page.table(
+            ["model @ revision", *headers],
+            _accuracy_rows(dataset.accuracy_by_checkpoint(store, query), False),
+        )
         + "<h3>By tag</h3>"
-        + page.table(["tag", *headers], by_tag)
+        + page.table(
+            ["tag", "model @ revision", *headers],
+            _accuracy_rows(dataset.accuracy_by_tag(store, query), True),
+        )
     )
-    shown = infos[: options.limit]
     rows = []
     for info in shown:
         rows.append(

@@ -181,6 +181,9 @@ def test_comparison_and_set_reports_offline(demo, browser):
     with open_store(directory) as store:
         compared = build_report(store, [ids[0]], compare=ids[1])
         listed = build_report(store, query=TraceQuery(tag="demo"), options=ReportOptions(limit=1))
+        infos = store.query(TraceQuery(tag="demo")).items
+    judged = [i.correct for i in infos if i.correct is not None]
+    accuracy = f"{sum(judged) / len(judged):.1%}"  # the one checkpoint's, computed here
     page, tried = open_offline(browser, compared)
     try:
         assert tried == []
@@ -198,6 +201,8 @@ def test_comparison_and_set_reports_offline(demo, browser):
         body = page.inner_text("body")
         assert "By model and revision" in body and "By tag" in body
         assert "lvlm-interpret/shapes-demo" in body
+        checkpoint = page.inner_text("#set-summary table >> nth=0")
+        assert f"{len(infos)}\t{len(judged)}\t{sum(judged)}\t{accuracy}" in checkpoint
         assert "Showing 1 of 2 (the report lists at most 1" in body
         assert page.eval_on_selector_all("img.thumb", "els => els.length") == 1
         assert _images_decoded(page)[1] == 0
