@@ -54,7 +54,12 @@ def _short(label: str, limit: int) -> str:
 
 
 def _end_mark(
-    draw: ImageDraw.ImageDraw, tip: tuple[float, float], angle: float, mark: str, size: float
+    draw: ImageDraw.ImageDraw,
+    tip: tuple[float, float],
+    angle: float,
+    mark: str,
+    size: float,
+    unit: float = 1.0,
 ) -> None:
     """Draw ``mark`` at ``tip``; ``angle`` points from the edge into the node."""
     x, y = tip
@@ -68,12 +73,17 @@ def _end_mark(
     elif mark == "circle":
         r = size / 2.6
         cx, cy = x - r * math.cos(angle), y - r * math.sin(angle)
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill="white", outline=EDGE_COLOUR, width=2)
+        draw.ellipse(
+            (cx - r, cy - r, cx + r, cy + r),
+            fill="white",
+            outline=EDGE_COLOUR,
+            width=round(2 * unit),
+        )
 
 
-def _layout(count: int, node: int) -> tuple[int, list[tuple[float, float]]]:
+def _layout(count: int, node: int, unit: float) -> tuple[int, list[tuple[float, float]]]:
     """Canvas side and node centres on a ring wide enough to keep nodes apart."""
-    radius = max(140.0, count * node * 1.35 / (2 * math.pi))
+    radius = max(140.0 * unit, count * node * 1.35 / (2 * math.pi))
     side = int(2 * radius + 2.6 * node)
     centre = side / 2
     points = [
@@ -92,60 +102,80 @@ def _draw_node(
     node: GraphNode,
     at: tuple[float, float],
     size: int,
+    unit: float,
 ) -> None:
     x, y = at
     half = size / 2
     box = (x - half, y - half, x + half, y + half)
-    border = 4 if node.colour == TARGET_COLOUR else 3
+    border = round((4 if node.colour == TARGET_COLOUR else 3) * unit)
     if node.picture is not None:
         picture = node.picture
         canvas.paste(picture, (round(x - picture.width / 2), round(y - picture.height / 2)))
         draw.rectangle(box, outline=node.colour, width=border)
     else:
-        draw.rounded_rectangle(box, radius=6, fill="white", outline=node.colour, width=border)
-        face = font(13)
+        draw.rounded_rectangle(
+            box, radius=round(6 * unit), fill="white", outline=node.colour, width=border
+        )
+        face = font(round(13 * unit))
         label = drawable(_short(node.label, 6), face)
         draw.text((x, y), label, fill="black", font=face, anchor="mm")
-    draw.text((x, y + half + 2), f"{node.position}", fill="#444", font=font(13), anchor="ma")
+    draw.text(
+        (x, y + half + 2 * unit),
+        f"{node.position}",
+        fill="#444",
+        font=font(round(13 * unit)),
+        anchor="ma",
+    )
 
 
-def _legend(width: int, radii: int) -> Image.Image:
+def _legend(width: int, radii: int, unit: float = 1.0) -> Image.Image:
     """Edge marks and node colours, explained in one strip under the graph."""
-    legend = Image.new("RGB", (width, 70), "white")
+    legend = Image.new("RGB", (width, round(70 * unit)), "white")
     draw = ImageDraw.Draw(legend)
-    face = font(13)
+    face = font(round(13 * unit))
+
+    def u(value: float) -> float:
+        return value * unit
+
     meanings = {
         "arrow": "arrowhead: not an ancestor",
         "tail": "tail: an ancestor",
         "circle": "circle: undetermined",
     }
-    x = 10
+    x = u(10)
     for mark, meaning in meanings.items():
-        draw.line((x, 14, x + 40, 14), fill=EDGE_COLOUR, width=2)
-        _end_mark(draw, (x + 40, 14), 0.0, mark, 11)
-        draw.text((x + 48, 14), meaning, fill="black", font=face, anchor="lm")
-        x += 48 + int(draw.textlength(meaning, font=face)) + 24
+        draw.line((x, u(14), x + u(40), u(14)), fill=EDGE_COLOUR, width=round(u(2)))
+        _end_mark(draw, (x + u(40), u(14)), 0.0, mark, u(11), unit)
+        draw.text((x + u(48), u(14)), meaning, fill="black", font=face, anchor="lm")
+        x += u(48) + int(draw.textlength(meaning, font=face)) + u(24)
     swatches = [("explained token", TARGET_COLOUR)]
     swatches += [(f"radius {r}", radius_colour(r)) for r in range(1, radii + 1)]
     swatches += [("outside the explanation", OTHER_COLOUR)]
-    x = 10
+    x = u(10)
     for name, colour in swatches:
-        draw.rectangle((x, 40, x + 14, 54), outline=colour, width=3)
-        draw.text((x + 20, 47), name, fill="black", font=face, anchor="lm")
-        x += 20 + int(draw.textlength(name, font=face)) + 18
+        draw.rectangle((x, u(40), x + u(14), u(54)), outline=colour, width=round(u(3)))
+        draw.text((x + u(20), u(47)), name, fill="black", font=face, anchor="lm")
+        x += u(20) + int(draw.textlength(name, font=face)) + u(18)
     return legend
 
 
 def draw_graph(
-    nodes: Sequence[GraphNode], edges: Sequence[Edge], radii: int, node_size: int = 54
+    nodes: Sequence[GraphNode],
+    edges: Sequence[Edge],
+    radii: int,
+    node_size: int = 54,
+    unit: float = 1.0,
 ) -> Image.Image:
     """The graph with its legend underneath, as one image.
 
     Edges are drawn first and shortened to stop at each node's border, so marks stay
     visible next to the crops. Nodes are drawn in ``position`` order around the ring.
+    ``unit`` scales every size (text, lines, marks, nodes) for print resolution; node
+    pictures are pasted as given, so pass crops drawn at ``unit`` times their size.
     """
     ordered = sorted(nodes, key=lambda n: n.position)
-    side, points = _layout(max(len(ordered), 1), node_size)
+    node_size = round(node_size * unit)
+    side, points = _layout(max(len(ordered), 1), node_size, unit)
     where = {n.position: p for n, p in zip(ordered, points, strict=True)}
     canvas = Image.new("RGB", (side, side), "white")
     draw = ImageDraw.Draw(canvas)
@@ -160,12 +190,12 @@ def draw_graph(
             continue
         start = (xa + stop * math.cos(angle), ya + stop * math.sin(angle))
         end = (xb - stop * math.cos(angle), yb - stop * math.sin(angle))
-        draw.line((start, end), fill=EDGE_COLOUR, width=2)
-        _end_mark(draw, end, angle, edge.mark_b, 12)
-        _end_mark(draw, start, angle + math.pi, edge.mark_a, 12)
+        draw.line((start, end), fill=EDGE_COLOUR, width=round(2 * unit))
+        _end_mark(draw, end, angle, edge.mark_b, 12 * unit, unit)
+        _end_mark(draw, start, angle + math.pi, edge.mark_a, 12 * unit, unit)
     for node in ordered:
-        _draw_node(canvas, draw, node, where[node.position], node_size)
-    legend = _legend(max(side, 720), radii)
+        _draw_node(canvas, draw, node, where[node.position], node_size, unit)
+    legend = _legend(max(side, round(720 * unit)), radii, unit)
     framed = Image.new("RGB", (legend.width, side + legend.height), "white")
     framed.paste(canvas, ((legend.width - side) // 2, 0))
     framed.paste(legend, (0, side))

@@ -37,6 +37,7 @@ SCORE = "relevancy (normalised score)"
 WEIGHT = "attention weight (share of row)"
 MAP_SIDE = 336  # CSS px: the longer side of one map (the dashboard's overlay size)
 GALLERY_SIDE = 224  # CSS px: a map in a gallery of heads or tokens
+CROP_PX = 40  # CSS px: an image patch's crop in a causal graph node (the Causal page's)
 COMPARE_SOURCES = ("attention", "relevancy")
 
 
@@ -491,11 +492,10 @@ def causal_figures(
             )
         )
     nodes, edges = explanation.graph(view, shown, whole=whole)
-    drawn = causal_graph.draw_graph(nodes, edges, shown.params.max_radius)
 
     def graph(s: float) -> Image.Image:
-        size = (round(drawn.width * s), round(drawn.height * s))
-        return drawn if s == 1 else drawn.resize(size, Image.Resampling.LANCZOS)
+        crops = explanation.graph(view, shown, whole=whole, crop_size=round(CROP_PX * s))[0]
+        return causal_graph.draw_graph(crops, edges, shown.params.max_radius, unit=s)
 
     figures.append(
         picture_figure(
