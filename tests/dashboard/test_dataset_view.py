@@ -1,0 +1,110 @@
+"""The Dataset page on a store of two checkpoints (AppTest of the real app)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from store import TraceQuery, open_store
+from store.dataset import SUMMARY_KEY, SUMMARY_KIND, pairs_page
+from store.synthetic import make_synthetic_trace
+from tests.dashboard.conftest import MD_IMAGE, XSS_SCRIPT
+from tests.dashboard.test_defects import _markdown
+
+REVISIONS = ("rev-a", "rev-b")
+QUESTIONS = 5
+SHAPE = dict(num_layers=2, num_heads=2, prompt_len=36, answer_len=3, grid=(3, 4))
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """Five questions, each on both checkpoints; rev-b answers questions 1 and 3 otherwise
+    (and wrongly); one answer carries hostile text."""
+    directory = tmp_path_factory.mktemp("two-checkpoints")
+    with open_store(directory, writable=True) as store:
+        for q in range(QUESTIONS):
+            for revision in REVISIONS:
+                trace = make_synthetic_trace(**SHAPE, seed=300 + q, model_revision=revision)
+                wrong = revision == "rev-b" and q in (1, 3)
+                answer = (
+                    f"{XSS_SCRIPT} {MD_IMAGE}"
+                    if wrong and q == 3
+                    else ("wrong" if wrong else trace.info.answer)
+                )
+                info = dataclasses.replace(
+                    trace.info,
+                    answer=answer,
+                    reference_answer=trace.info.answer,
+                    correct=not wrong,
+                    tags=["colour" if q % 2 else "count"],
+                )
+                store.add(dataclasses.replace(trace, info=info))
+    return directory
+
+
+def _ok(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.get("error"), [e.value for e in at.get("error")]
+
+
+def test_accuracy_pairs_and_aggregates(app, two_checkpoints):
+    at = app("dataset", store_dir=two_checkpoints)
+    _ok(at)
+    table = at.dataframe[0].value
+    assert list(table["traces"]) == [QUESTIONS, QUESTIONS]
+    assert list(table["correct"]) == [QUESTIONS, QUESTIONS - 2]
+    by_tag = at.dataframe[1].value
+    assert set(by_tag["tag"]) == {"colour", "count"}
+    buttons = [b for b in at.button if b.label == "Compare"]
+    assert len(buttons) == QUESTIONS
+    captions = "\n".join(c.value for c in at.caption)
+    assert f"{QUESTIONS} questions answered by both, 2 of them differently" in captions
+    # the two differing pairs come first
+    texts = [t.value for t in at.text]
+    wrong_rows = [i for i, t in enumerate(texts) if t.startswith("✗")]
+    assert len(wrong_rows) == 2 and XSS_SCRIPT in texts[wrong_rows[1]] + texts[wrong_rows[0]]
+    assert not any(MD_IMAGE in body or XSS_SCRIPT in body for body in _markdown(at))
+    assert len(at.get("vega_lite_chart")) >= 3  # accuracy, head shares x2, divergence
+    assert len(at.get("imgs") or at.get("image")) == 2  # mean relevancy of one kind, per checkpoint
+    with open_store(two_checkpoints) as store:
+        stored = [
+            store.get_result(i.trace_id, SUMMARY_KIND, SUMMARY_KEY)
+            for i in store.query(TraceQuery(limit=100)).items
+        ]
+    assert all(s is not None and len(s["head_image_share"]) == 2 for s in stored)
+
+
+def test_pair_button_opens_compare_with_both_traces(app, two_checkpoints):
+    at = app("dataset", store_dir=two_checkpoints)
+    with open_store(two_checkpoints) as store:
+        first = pairs_page(store, TraceQuery(), limit=1).items[0]
+    assert first.differs
+    next(b for b in at.button if b.label == "Compare").click().run()
+    _ok(at)
+    assert at.query_params["trace"] in (first.left.trace_id, [first.left.trace_id])
+    assert at.query_params["compare"] in (first.right.trace_id, [first.right.trace_id])
+    assert any(t.value == "Compare" for t in at.title)
+
+
+def test_filters_apply_and_one_checkpoint_is_a_message(app, two_checkpoints):
+    at = app("dataset", store_dir=two_checkpoints, rev="rev-a")
+    _ok(at)
+    assert list(at.dataframe[0].value["traces"]) == [QUESTIONS]
+    assert "One checkpoint in this set" in "\n".join(i.value for i in at.info)
+    at = app("dataset", store_dir=two_checkpoints, tag="colour")
+    _ok(at)
+    assert list(at.dataframe[0].value["traces"]) == [2, 2]
+    at = app("dataset", store_dir=two_checkpoints, q="no such words at all")
+    _ok(at)
+    assert "No trace matches these filters." in "\n".join(i.value for i in at.info)
+
+
+def test_a_store_with_broken_legacy_and_hostile_traces_renders(app, demo_store):
+    """A trace whose file is gone, a format-1 trace, a revision and answers with hostile
+    text: the page shows what it can, the unreadable trace left out of the aggregates."""
+    at = app("dataset")
+    _ok(at)
+    assert "No question (same image, same prompt)" in "\n".join(i.value for i in at.info)
+    assert at.get("vega_lite_chart")
+    assert not any(MD_IMAGE in body or XSS_SCRIPT in body for body in _markdown(at))
