@@ -10,7 +10,7 @@ traceback.
 import streamlit as st
 
 from dashboard import context, icon, state
-from dashboard.components import text
+from dashboard.components import filters, share, text
 from store import CorruptTrace, MissingData, StoreError
 
 # The icon is an in-memory picture served by this server: an emoji or Material icon would
@@ -34,8 +34,9 @@ PAGES = [
     st.Page("views/ask.py", title="Ask", icon=":material/forum:", url_path="ask"),
 ]
 
-state.adopt(state.SHARED)
+state.keep((*state.SHARED, *state.VIEWS, *filters.PARAMS))
 page = st.navigation(PAGES)
+share.link_button()
 try:
     page.run()
 except (CorruptTrace, OSError) as error:

@@ -10,7 +10,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import streamlit as st
 
@@ -277,4 +277,33 @@ def layer_slider(label: str, param: str, layers: int, default: int) -> int:
         )
         if layers > 1
         else 0
+    )
+
+
+MEAN_OF_HEADS = "mean of heads"
+
+
+def head_select(label: str, param: str, heads: int, key: str) -> int | None:
+    """One head, or ``None`` for the mean of heads (URL parameter ``param``; absent: mean)."""
+    raw = (state.get(param) or "").strip()
+    seed = int(raw) if raw.isdecimal() and len(raw) < 6 and int(raw) < heads else MEAN_OF_HEADS
+    picked = st.selectbox(
+        label,
+        [MEAN_OF_HEADS, *range(heads)],
+        **state.widget(
+            key, seed, lambda v: state.put(param, None if v == MEAN_OF_HEADS else str(v))
+        ),
+    )
+    return None if picked == MEAN_OF_HEADS else int(picked)
+
+
+def index_select(
+    label: str, param: str, count: int, key: str, format_func: Callable[[int], str] = str
+) -> int:
+    """One of ``range(count)`` bound to URL parameter ``param`` (default 0, clipped)."""
+    return st.selectbox(
+        label,
+        range(count),
+        format_func=format_func,
+        **state.widget(key, int_param(param, 0, count - 1), lambda v: state.put(param, str(v))),
     )

@@ -25,6 +25,22 @@ _PREFIX = "url:"
 _TRACE_SCOPED = (TOKENS, PATCHES, TILE)  # meaningless once the trace changes
 # Settings that hold on every page: a shared link names them once, whatever page it opens.
 SHARED = (TRACE, COMPARE, TOKENS, UNIT, PATCHES, TILE, "cmap", "alpha", "smooth", "fade", "hide")
+# Settings of one page's views (layer, heads, relevancy mode...). They ride along in the URL
+# on every page too, so a link copied anywhere reopens every page as it was left.
+VIEWS = (
+    "view",
+    "layer",
+    "heads",  # image -> answer: how many ranked heads are shown
+    "head",  # one head; absent: the mean of heads (all heads ranked on Causal)
+    "vlayer",
+    "vhead",
+    "vseq",
+    "vquery",
+    "xlayer",
+    "mode",
+    "map",
+    "result",
+)
 
 
 def get(param: str) -> str | None:
@@ -42,15 +58,16 @@ def get(param: str) -> str | None:
     return value
 
 
-def adopt(params: Iterable[str]) -> None:
-    """Remember the values the URL names now, before any page reads them.
+def keep(params: Iterable[str]) -> None:
+    """Before any page runs: remember the values the URL names now, and put back into the URL
+    the remembered values that page navigation dropped.
 
     Without this, a parameter that the opened page does not use (``cmap`` on a page without
-    heatmaps) would be lost when navigation drops the query string.
+    heatmaps) would be lost when navigation drops the query string, and a link copied on that
+    page would not carry it. ``params`` must list ``TRACE`` before the trace's selections.
     """
     for param in params:
-        if param in st.query_params:
-            get(param)
+        get(param)
 
 
 def _forget_trace_scoped() -> None:

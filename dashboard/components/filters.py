@@ -82,6 +82,7 @@ class BrowseFilters:
     metric: str | None = None
     metric_min: float | None = None
     metric_max: float | None = None
+    note: str | None = None  # a substring of an analyst's note on the trace
     sort: str = "created_at"
     descending: bool = True
     page: int = 1  # 1-based
@@ -102,6 +103,7 @@ class BrowseFilters:
             metric=clean_text(params.get("metric")),
             metric_min=_float(params.get("mmin")),
             metric_max=_float(params.get("mmax")),
+            note=clean_text(params.get("note")),
             sort=sort if sort in SORT_COLUMNS or sort.startswith("metric:") else "created_at",
             descending=params.get("asc") != "1",
             page=_positive_int(params.get("page"), 1),
@@ -122,6 +124,7 @@ class BrowseFilters:
             "metric": self.metric,
             "mmin": None if self.metric_min is None else repr(self.metric_min),
             "mmax": None if self.metric_max is None else repr(self.metric_max),
+            "note": self.note,
             "sort": None if self.sort == "created_at" else self.sort,
             "asc": None if self.descending else "1",
             "page": None if self.page == 1 else str(self.page),
@@ -147,6 +150,7 @@ class BrowseFilters:
             created_after=self.after.isoformat() if self.after else None,
             created_before=self.before.isoformat() if self.before else None,
             metric_ranges=self.metric_ranges(),
+            note_contains=self.note,
             order_by=self.sort,
             descending=self.descending,
             limit=page_size,

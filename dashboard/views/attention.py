@@ -38,7 +38,14 @@ def image_to_answer(config: StoreConfig, trace: StoredTrace, selected: list[int]
     shares = analysis.image_share(rows, trace.tokens.image_positions)
     order = analysis.rank_heads(shares)
     shown = st.number_input(
-        "Heads shown (ranked by attention on the image)", 1, len(order), min(8, len(order))
+        "Heads shown (ranked by attention on the image)",
+        1,
+        len(order),
+        **state.widget(
+            "attn:heads",
+            max(1, context.int_param("heads", min(8, len(order)), len(order))),
+            lambda v: state.put("heads", str(int(v))),
+        ),
     )
     heads = order[: int(shown)]
     maps = [render.token_values(trace, rows[h]) for h in heads]
@@ -116,12 +123,8 @@ def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
         )
         labels = [text.token_label(tokens.text[q]) for q in queries]
         layer = context.layer_slider("Layer", "layer", trace.num_layers, trace.num_layers - 1)
-        head = st.selectbox("Head", ["mean of heads", *range(trace.num_heads)], key="attn:t2i:head")
-        values = (
-            to_patches[layer].mean(axis=0)
-            if head == "mean of heads"
-            else to_patches[layer, int(head)]
-        )
+        head = context.head_select("Head", "head", trace.num_heads, "attn:t2i:head")
+        values = to_patches[layer].mean(axis=0) if head is None else to_patches[layer, head]
         st.altair_chart(
             charts.token_bars(
                 labels,
@@ -153,32 +156,34 @@ def vision_tower(config: StoreConfig, trace: StoredTrace) -> None:
     style = context.overlay_style()
     sequence = 0
     if len(sequences) > 1:
-        sequence = st.selectbox(
+        sequence = context.index_select(
             "Vision sequence (what the tower attended over at once)",
-            range(len(sequences)),
-            format_func=lambda s: stitch.view_label(geometry, stitch.sequence_view(geometry, s)),
-            key=f"attn:vseq:{trace.trace_id}",
+            "vseq",
+            len(sequences),
+            f"attn:vseq:{trace.trace_id}",
+            lambda s: stitch.view_label(geometry, stitch.sequence_view(geometry, s)),
         )
     tokens = np.asarray(sequences[sequence])
     view = stitch.sequence_view(geometry, sequence)
     held = set(tokens.tolist())
     picked = [p for p in picker.selected(geometry) if p in held]
-    seed = int(np.flatnonzero(tokens == picked[0])[0]) if picked else 0
-    query = st.selectbox(
+    if state.get("vquery") is None and picked:  # seeded by the shared patch selection
+        state.put("vquery", str(int(np.flatnonzero(tokens == picked[0])[0])))
+    query = context.index_select(
         "Query token",
-        range(len(tokens)),
-        index=seed,
-        format_func=lambda i: _token_label(geometry, int(tokens[i]), i),
-        key=f"attn:vq:{trace.trace_id}:{sequence}",
+        "vquery",
+        len(tokens),
+        f"attn:vq:{trace.trace_id}:{sequence}",
+        lambda i: _token_label(geometry, int(tokens[i]), i),
     )
     marked = [int(tokens[query])] if tokens[query] >= 0 else []
     layers, heads = trace.vision_shape[:2]
     left, right = st.columns(2)
     with left:
         layer = context.layer_slider("Vision layer", "vlayer", layers, layers - 1)
-        head = st.selectbox("Vision head", ["mean of heads", *range(heads)], key="attn:vhead")
+        head = context.head_select("Vision head", "vhead", heads, "attn:vhead")
         attention = data.vision_layer(config, trace.trace_id, layer, sequence)
-        matrix = attention.mean(axis=0) if head == "mean of heads" else attention[int(head)]
+        matrix = attention.mean(axis=0) if head is None else attention[head]
         values = analysis.vision_values(matrix[query], tokens, geometry.num_patches)
         st.caption(f"Attention of query token {query} at vision layer {layer} (query outlined)")
         render.heatmap(
@@ -221,15 +226,16 @@ def cross_attention(config: StoreConfig, trace: StoredTrace, selected: list[int]
         return
     style = context.overlay_style()
     views = render.choose_views(trace, key="cross:tiles")
-    index = st.selectbox(
+    index = context.index_select(
         "Cross-attention layer",
-        range(len(layers)),
-        format_func=lambda i: f"LM layer {layers[i]}",
-        key=f"attn:xlayer:{trace.trace_id}",
+        "xlayer",
+        len(layers),
+        f"attn:xlayer:{trace.trace_id}",
+        lambda i: f"LM layer {layers[i]}",
     )
     keys = data.cross_rows(config, trace.trace_id, index, tuple(selected))  # [H, K]
-    head = st.selectbox("Head", ["mean of heads", *range(len(keys))], key="attn:xhead")
-    row = keys.mean(axis=0) if head == "mean of heads" else keys[int(head)]
+    head = context.head_select("Head", "head", len(keys), "attn:xhead")
+    row = keys.mean(axis=0) if head is None else keys[head]
     values = analysis.spread(row, geometry.key_patches, geometry.num_patches)
     answer = trace.tokens.text[trace.tokens.prompt_length :]
     st.text(

@@ -304,7 +304,15 @@ def other_results(config: StoreConfig, trace: StoredTrace) -> None:
         return
     st.header("Other recorded causal results")
     keys = sorted(results)
-    key = st.selectbox("Result", keys, key=f"causal:key:{trace.trace_id}")
+    key = st.selectbox(
+        "Result",
+        keys,
+        **state.widget(
+            f"causal:key:{trace.trace_id}",
+            context.choice_param("result", keys, keys[0]),
+            lambda v: state.put("result", None if v == keys[0] else v),
+        ),
+    )
     show_payload(trace, results[key])
 
 
