@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 
 from dashboard.components import align
 from dashboard.components.text import Word, words
-from store import TokenRole
+from store import TokenRole, open_store
+from store.synthetic import make_synthetic_trace
 
 
 def _words(*tokens: str) -> list[Word]:
@@ -111,3 +115,61 @@ def test_word_probability_multiplies_its_tokens_and_top_k_lookup():
     probs = np.array([[0.7, 0.2], [0.6, 0.4]])
     assert align.top_k_probability(texts, probs, 0, "Blue") == 0.2
     assert align.top_k_probability(texts, probs, 0, "green") is None
+
+
+LEFT_ANSWER = ["a", "red", "circle", "in", "the", "top", "left", "corner"]
+RIGHT_ANSWER = ["a", "big", "red", "circle", "in", "the", "top", "left"]
+
+
+def _answering(trace, words: list[str], revision: str):
+    """``trace`` with its answer tokens spelling ``words`` (one token per word)."""
+    tokens = trace.tokens
+    texts = [*tokens.text[: tokens.prompt_length], *words]
+    info = dataclasses.replace(trace.info, answer=" ".join(words), model_revision=revision)
+    return dataclasses.replace(trace, info=info, tokens=dataclasses.replace(tokens, text=texts))
+
+
+@pytest.fixture(scope="module")
+def compare_store(tmp_path_factory):
+    """One image asked of two checkpoints whose answers differ by an inserted and a dropped
+    word; and a third trace of another image size."""
+    directory = tmp_path_factory.mktemp("compare-words")
+    with open_store(directory, writable=True) as store:
+        left = store.add(_answering(make_synthetic_trace(seed=40), LEFT_ANSWER, "rev-a"))
+        right = store.add(_answering(make_synthetic_trace(seed=40), RIGHT_ANSWER, "rev-b"))
+        other = store.add(make_synthetic_trace(seed=41, grid=(3, 4)))
+    return directory, left, right, other
+
+
+def _captions(at) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def test_compare_page_aligns_the_maps_by_word(app, compare_store):
+    directory, left, right, _ = compare_store
+    at = app("compare", store_dir=directory, trace=left, compare=right, tokens="1")
+    assert not at.exception and not at.error
+    words = at.dataframe[0].value
+    assert list(words["change"]) == ["equal", "inserted", *["equal"] * 6, "deleted"]
+    assert list(words["right word"])[1] == "big" and list(words["left word"])[-1] == "corner"
+    equal = words[words["change"] == "equal"]
+    assert (equal["Δp (right − left)"] - (equal["p right"] - equal["p left"])).abs().max() < 1e-9
+    body = "".join(e.proto.body for e in at.get("html"))
+    assert "<ins" in body and "big" in body and "<del" in body and "corner" in body
+    captions = _captions(at)
+    assert "left: red (answer tokens 1)" in captions.replace("\\", "")
+    assert "right: red (answer tokens 2)" in captions.replace("\\", "")  # by word, not position
+    assert not at.warning  # the same image
+    assert len(at.get("imgs") or at.get("image")) >= 3  # left, right, difference
+    at = app("compare", store_dir=directory, trace=left, compare=right, tokens="7")
+    assert "no counterpart in the right answer" in "\n".join(i.value for i in at.info)
+
+
+def test_compare_of_other_image_sizes_differs_on_the_normalised_grid(app, compare_store):
+    directory, left, _, other = compare_store
+    at = app("compare", store_dir=directory, trace=left, compare=other, tokens="0")
+    assert not at.exception and not at.error
+    assert "normalised 16×16 grid" in _captions(at)
+    assert "patches do not line up" in _captions(at)
+    assert "two different images" in at.warning[0].value
+    assert len(at.get("imgs") or at.get("image")) >= 3
