@@ -82,6 +82,10 @@ class Figure:
         """SVG text; ``scale`` sets the resolution of embedded pictures (charts are vector)."""
         return self.draw_svg(check_scale(scale, dpi))
 
+    def _repr_png_(self) -> bytes:
+        """Notebooks show a figure as itself (screen resolution)."""
+        return self.png(1.0)
+
     def data_url(self, fmt: str = "png", scale: float | None = None) -> str:
         """The figure as a ``data:`` URL (for a self-contained HTML report)."""
         if fmt == "svg":

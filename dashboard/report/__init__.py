@@ -99,6 +99,8 @@ def build_report(
     except StoreError as error:
         raise ReportError(str(error)) from None
     try:
+        for trace in opened:
+            _check_options(trace, options)
         if compare is not None:
             html, entries = _comparison(opened[0], opened[-1], options)
             body.append(html)
@@ -117,6 +119,22 @@ def build_report(
         + f" · {infos[0].model_id}"
     )
     return page.page(title, _subtitle(), toc, "\n".join(body))
+
+
+def _check_options(trace, options: ReportOptions) -> None:
+    """Answer tokens and the layer asked for must exist in every trace reported on."""
+    count = trace.tokens.answer_length
+    bad = [k for k in options.tokens if not 0 <= k < count]
+    if bad:
+        raise ReportError(
+            f"answer token {bad[0]} is not in trace {trace.trace_id} "
+            f"({count} answer tokens: 0-{count - 1})"
+        )
+    if options.layer is not None and not 0 <= options.layer < trace.num_layers:
+        raise ReportError(
+            f"layer {options.layer} is not in trace {trace.trace_id} "
+            f"({trace.num_layers} layers: 0-{trace.num_layers - 1})"
+        )
 
 
 def _subtitle() -> str:

@@ -104,8 +104,10 @@ def overview(trace: StoredTrace) -> str:
 
 def maps_section(trace: StoredTrace, options: ReportOptions) -> str:
     """The chosen maps: image, relevancy in each mode (the method comparison), attention."""
-    tokens = figures.check_tokens(trace, options.tokens)
     parts = [embed(figures.image_figure(trace), options)]
+    if trace.tokens.answer_length == 0:
+        return parts[0] + page.empty("This trace has no answer tokens: no maps to draw.")
+    tokens = figures.check_tokens(trace, options.tokens)
     relevancy = trace.relevancy
     if relevancy is None:
         parts.append(page.empty("Relevancy was not recorded for this trace."))
@@ -221,7 +223,7 @@ def stored_explanations(store: TraceStore, trace_id: str) -> dict[tuple, list[Ca
 def causal_section(trace: StoredTrace, store: TraceStore, options: ReportOptions) -> str:
     """The first stored (layer, token) CLEANN explanation: patches, graph, head ranking."""
     groups = stored_explanations(store, trace.trace_id)
-    wanted = set(figures.check_tokens(trace, options.tokens))
+    wanted = set(options.tokens or [0])
     chosen = next((k for k in groups if k[1] in wanted), next(iter(groups), None))
     parts = []
     if chosen is None:

@@ -249,6 +249,10 @@ def test_requests_that_cannot_be_made(demo):
             build_report(store, ids[:1], query=TraceQuery())
         with pytest.raises(ReportError, match="limit"):
             build_report(store, query=TraceQuery(), options=ReportOptions(limit=0))
+        with pytest.raises(ReportError, match="answer token 99 is not in trace"):
+            build_report(store, ids[:1], options=ReportOptions(tokens=(0, 99)))
+        with pytest.raises(ReportError, match="layer 99 is not in trace"):
+            build_report(store, ids[:1], options=ReportOptions(layer=99))
 
 
 def test_cli_writes_a_report_without_torch(demo, tmp_path):
@@ -309,6 +313,7 @@ def test_cli_mistakes_are_one_line(demo, tmp_path):
         ((ids[0], "--query", "--out", tmp_path / "a.html"), "not both"),
         (("--out", tmp_path / "a.html"), "name at least one trace"),
         ((ids[0], "--scale", "20", "--out", tmp_path / "a.html"), "scale"),
+        ((ids[0], "--token", "99", "--out", tmp_path / "a.html"), "answer token 99"),
     ]
     for args, message in cases:
         done = cli("report", *args, "--store", directory)
