@@ -32,8 +32,11 @@ from dashboard.figures.builders import (
     map_figure,
     probability_chart,
     relevancy_figure,
+    relevancy_gallery,
+    relevancy_maps,
     share_matrix_figure,
     text_relevancy_chart,
+    text_to_image_figures,
     vision_figure,
 )
 from dashboard.figures.layout import (
@@ -67,7 +70,10 @@ __all__ = [
     "picture_figure",
     "probability_chart",
     "relevancy_figure",
+    "relevancy_gallery",
+    "relevancy_maps",
     "share_matrix_figure",
     "text_relevancy_chart",
+    "text_to_image_figures",
     "vision_figure",
 ]

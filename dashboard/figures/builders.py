@@ -23,6 +23,7 @@ from dashboard.components import (
     charts,
     explanation,
     maps,
+    needs,
     stitch,
     text,
 )
@@ -149,6 +150,20 @@ def map_figure(
     return picture_figure(name, title, full, [panel], (style, scale), columns=1)
 
 
+def relevancy_maps(
+    trace: StoredTrace, mode: RelevancyMode | str | None = None
+) -> tuple[RelevancyMode, np.ndarray]:
+    """The mode (default: the first the trace holds) and its [N, G] maps, one per answer
+    token, per patch (as ``store relevancy`` prints them)."""
+    relevancy = trace.relevancy
+    if relevancy is None:
+        raise ValueError("relevancy was not recorded for this trace")
+    mode = RelevancyMode(mode) if mode is not None else relevancy.modes[0]
+    if mode not in relevancy.modes:
+        raise ValueError(f"this trace holds no {mode.value!r} relevancy map")
+    return mode, np.asarray(relevancy.on_patches(mode, trace.image), np.float64)
+
+
 def relevancy_figure(
     trace: StoredTrace,
     tokens: Sequence[int] | None = None,
@@ -158,14 +173,8 @@ def relevancy_figure(
 ) -> Figure:
     """The Relevancy page's map: ``mode`` (default the first held) averaged over ``tokens``,
     on the scale of every answer token's map in that mode (as the page's gallery)."""
-    relevancy = trace.relevancy
-    if relevancy is None:
-        raise ValueError("relevancy was not recorded for this trace")
-    mode = RelevancyMode(mode) if mode is not None else relevancy.modes[0]
-    if mode not in relevancy.modes:
-        raise ValueError(f"this trace holds no {mode.value!r} relevancy map")
+    mode, every = relevancy_maps(trace, mode)
     chosen = check_tokens(trace, tokens)
-    every = np.asarray(relevancy.on_patches(mode, trace.image), np.float64)
     return map_figure(
         trace,
         every[chosen].mean(axis=0),
@@ -175,6 +184,32 @@ def relevancy_figure(
         scale=Scale.of(every, SCORE, zero=True),
         style=style,
         views=views,
+    )
+
+
+def relevancy_gallery(
+    trace: StoredTrace,
+    mode: RelevancyMode | str | None = None,
+    style: OverlayStyle | None = None,
+    views: Sequence[stitch.View] | None = None,
+    columns: int = 6,
+) -> Figure:
+    """The Relevancy page's gallery: one map per answer token in ``mode``, one scale."""
+    mode, every = relevancy_maps(trace, mode)
+    style = style or OverlayStyle()
+    scale = Scale.of(every, SCORE, zero=True)
+    panels = [
+        map_panel(trace, values, style, scale, views, label=f"token {k}: {label}", side=160)
+        for k, (values, label) in enumerate(zip(every, answer_labels(trace), strict=True))
+    ]
+    return picture_figure(
+        _name(trace, "relevancy-gallery", mode.value),
+        f"Relevancy ({mode.label}) of every answer token",
+        "One map per answer token, captioned with its token, on one colour scale. "
+        + " ".join(p for p in (views_caption(trace, views), _source(trace)) if p),
+        panels,
+        (style, scale),
+        columns=columns,
     )
 
 
@@ -436,6 +471,59 @@ def share_matrix_figure(trace: StoredTrace, tokens: Sequence[int] | None = None)
         f"Share of each head's attention on the image, the question and earlier answer tokens, "
         f"for answer token {_tokens_text(trace, chosen)}. " + _source(trace),
     )
+
+
+def text_to_image_figures(
+    trace: StoredTrace,
+    patches: Sequence[int],
+    layer: int | None = None,
+    head: int | None = None,
+    hide_template: bool = True,
+) -> list[Figure]:
+    """The Raw attention page's text -> image view: which prompt and answer tokens attend to
+    the chosen image ``patches`` at ``layer`` (default the last; ``head`` None = mean of
+    heads), weighted by how much each image token reads them, and the same by layer."""
+    _reads_image(trace)
+    geometry, tokens = trace.image, trace.tokens
+    chosen = sorted({_index(p, geometry.num_patches, "patch") for p in patches})
+    if not chosen:
+        raise ValueError("choose at least one image patch")
+    layer = trace.num_layers - 1 if layer is None else _index(layer, trace.num_layers, "layer")
+    weights = analysis.patch_weights(geometry.token_patches, chosen, len(tokens.text))
+    columns = np.flatnonzero(weights > 0)
+    queries = np.flatnonzero(tokens.roles != TokenRole.IMAGE)
+    if hide_template:
+        template = text.template_positions(
+            tokens.text, tokens.roles, tokens.prompt_length, trace.info.prompt
+        )
+        queries = np.setdiff1d(queries, sorted(template))
+    queries = np.setdiff1d(queries, needs.missing(trace.lm_rows, queries))
+    if len(queries) == 0:
+        raise ValueError("no text token's attention row is kept in this trace")
+    block = trace.attention_block(queries.tolist(), columns.tolist())
+    to_patches = analysis.attention_to_patches(block, weights[columns])  # [L, H, Q]
+    if head is None:
+        values = to_patches[layer].mean(axis=0)
+    else:
+        values = to_patches[layer, _index(head, trace.num_heads, "head")]
+    labels = [text.token_label(tokens.text[q]) for q in queries]
+    where = ", ".join(str(p) for p in chosen[:8]) + (" ..." if len(chosen) > 8 else "")
+    note = f"Patches {where}. " + _source(trace)
+    which = "mean of heads" if head is None else f"head {head}"
+    return [
+        chart_figure(
+            charts.token_bars(labels, values, "", WEIGHT, ids=queries.tolist()),
+            _name(trace, "text-to-image", f"L{layer}"),
+            f"Tokens attending to the chosen patches (layer {layer}, {which})",
+            note,
+        ),
+        chart_figure(
+            charts.layer_token_heatmap(to_patches.mean(axis=1), labels, WEIGHT, queries.tolist()),
+            _name(trace, "text-to-image-layers"),
+            "Attention to the chosen patches, by layer (mean over heads)",
+            note,
+        ),
+    ]
 
 
 # -- causal explanations ----------------------------------------------------------------------

@@ -100,6 +100,7 @@ def map_builders(traces):
         "tiled": lambda: figures.relevancy_figure(traces["tiled"], [0], RelevancyMode.VISION),
         "two-images": lambda: figures.attention_figure(traces["images"], layer=0),
         "cross": lambda: figures.cross_attention_figure(traces["cross"], 0),
+        "gallery": lambda: figures.relevancy_gallery(main, RelevancyMode.LLM_THROUGH_VISION),
     }
 
 
@@ -114,6 +115,7 @@ def map_builders(traces):
         "tiled",
         "two-images",
         "cross",
+        "gallery",
     ],
 )
 def test_maps_have_resolution_and_legend(traces, kind):
@@ -147,6 +149,8 @@ def test_a_map_without_its_legend_lacks_the_bar(traces):
         ("head-shares", "attention on image tokens (% of row)"),
         ("shares", "share of attention (%)"),
         ("divergence", "Jensen-Shannon divergence (bits)"),
+        ("text-to-image", figures.WEIGHT),
+        ("text-to-image-layers", figures.WEIGHT),
     ],
 )
 def test_charts_have_resolution_and_scale(traces, kind, legend):
@@ -157,6 +161,8 @@ def test_charts_have_resolution_and_scale(traces, kind, legend):
         "head-shares": lambda: figures.head_share_chart(main, 1, [0]),
         "shares": lambda: figures.share_matrix_figure(main, [0]),
         "divergence": lambda: figures.compare_figures(main, traces["second"])[-1],
+        "text-to-image": lambda: figures.text_to_image_figures(main, [0, 7])[0],
+        "text-to-image-layers": lambda: figures.text_to_image_figures(main, [0, 7], head=1)[1],
     }[kind]
     figure = build()
     assert figure.kind == "chart"
@@ -164,6 +170,13 @@ def test_charts_have_resolution_and_scale(traces, kind, legend):
     texts = _texts(_svg(figure))
     assert legend in texts  # the value scale's title (colour legend or value axis)
     assert figure.title in texts
+
+
+def test_gallery_has_a_map_per_answer_token(traces):
+    main = traces["main"]
+    texts = _texts(_svg(figures.relevancy_gallery(main)))
+    labels = figures.answer_labels(main)
+    assert all(f"token {k}: {label}" in texts for k, label in enumerate(labels))
 
 
 def test_compare_figures_align_and_difference(traces):
@@ -228,6 +241,10 @@ def test_requests_the_trace_cannot_answer(traces):
         figures.attention_figure(traces["cross"])
     with pytest.raises(ValueError, match="no cross-attention"):
         figures.cross_attention_figure(main)
+    with pytest.raises(ValueError, match="patch"):
+        figures.text_to_image_figures(main, [main.image.num_patches])
+    with pytest.raises(ValueError, match="head"):
+        figures.text_to_image_figures(main, [0], head=main.num_heads)
 
 
 def test_charts_never_fetch():
