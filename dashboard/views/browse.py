@@ -13,9 +13,10 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import context, data, state
-from dashboard.components.filters import PAGE_SIZE, PARAMS, BrowseFilters, filter_form
+from dashboard.components.filters import PAGE_SIZE, PARAMS, BrowseFilters
 from dashboard.components.text import short_id, short_time
 from dashboard.config import StoreConfig
+from dashboard.filter_form import filter_form
 from store import StoreError, TraceInfo
 
 

@@ -19,10 +19,11 @@ import streamlit as st
 
 from dashboard import context, data, state
 from dashboard.components import dataset as summaries
-from dashboard.components.filters import PARAMS, BrowseFilters, filter_form
+from dashboard.components.filters import PARAMS, BrowseFilters
 from dashboard.components.overlay import OverlayStyle, Scale
 from dashboard.components.text import markdown_literal, short_id
 from dashboard.config import StoreConfig
+from dashboard.filter_form import filter_form
 from store import CorruptTrace, StoreError, TraceQuery, TraceStore
 from store import dataset as queries
 from store.dataset import SUMMARY_KEY, SUMMARY_KIND, Checkpoint
