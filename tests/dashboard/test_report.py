@@ -109,9 +109,13 @@ def browser() -> Iterator:
 
 
 def open_offline(browser, html: str):
-    """The report as the only document; every other request is aborted and counted."""
+    """The report as the only document; every other request is aborted and counted, and so
+    is every console message (a request or style the page's policy refused)."""
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     tried: list[str] = []
+    # a refused style or script is a console message: the stylesheet's hash must match and
+    # nothing may need more than the policy allows
+    page.on("console", lambda message: tried.append(f"console: {message.text}"))
 
     def route(request_route) -> None:
         if request_route.request.url == DOCUMENT:
