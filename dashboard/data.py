@@ -17,6 +17,7 @@ from dashboard.components import analysis, images
 from dashboard.config import StoreConfig
 from store import (
     DB_FILE,
+    Note,
     Page,
     StoredTrace,
     StoreReadOnly,
@@ -54,9 +55,10 @@ def _store(config: StoreConfig, identity: tuple[int, int] | None) -> TraceStore:
 
 
 def results_store(config: StoreConfig) -> TraceStore:
-    """The handle derived results go through: writable when the directory allows it, so
-    causal explanations computed on demand are kept for the next viewer; otherwise the
-    read-only handle (stored results still show, nothing new can be kept)."""
+    """The handle derived results and analysts' notes go through: writable when the
+    directory allows it, so causal explanations computed on demand and notes are kept for
+    the next viewer; otherwise the read-only handle (``mode == "r"``: what is stored still
+    shows, nothing new can be kept)."""
     return _results_store(config, index_identity(config))
 
 
@@ -81,6 +83,16 @@ def _trace(config: StoreConfig, identity: tuple[int, int] | None, trace_id: str)
 def query(config: StoreConfig, request: TraceQuery) -> Page:
     """One page of the index. Not cached: the index changes while the dashboard runs."""
     return store(config).query(request)
+
+
+def notes(config: StoreConfig, trace_id: str) -> list[Note]:
+    """A trace's notes. Not cached: anyone may add one while the dashboard runs."""
+    return store(config).notes(trace_id)
+
+
+def note_summaries(config: StoreConfig, trace_ids: list[str]) -> dict[str, tuple[int, str]]:
+    """Note count and newest note per trace, for a page of the Browse table (one query)."""
+    return store(config).note_summaries(trace_ids)
 
 
 def info(config: StoreConfig, trace_id: str) -> TraceInfo:

@@ -592,6 +592,26 @@ class Index:
         with self.engine.begin() as conn:
             return conn.execute(notes.delete().where(notes.c.note_id == note_id)).rowcount > 0
 
+    def note_summaries(self, trace_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """Per trace that has notes: how many, and the newest note's text; one query."""
+        if not trace_ids:
+            return {}
+        counted = (
+            sa.select(
+                notes.c.trace_id,
+                sa.func.count().label("n"),
+                sa.func.max(notes.c.note_id).label("newest"),
+            )
+            .where(notes.c.trace_id.in_(list(trace_ids)))
+            .group_by(notes.c.trace_id)
+            .subquery()
+        )
+        stmt = sa.select(counted.c.trace_id, counted.c.n, notes.c.text).join(
+            notes, notes.c.note_id == counted.c.newest
+        )
+        with self.engine.connect() as conn:
+            return {tid: (int(n), text) for tid, n, text in conn.execute(stmt)}
+
     def notes(self, trace_id: str) -> list[dict[str, Any]]:
         stmt = sa.select(notes).where(notes.c.trace_id == trace_id).order_by(notes.c.note_id)
         with self.engine.connect() as conn:

@@ -20,9 +20,19 @@ from dashboard.filter_form import filter_form
 from store import StoreError, TraceInfo
 
 
+def _notes_cell(summary: tuple[int, str] | None) -> str:
+    """ "2 · newest note's start" (a note is text: the table's cells never render markup)."""
+    if summary is None:
+        return ""
+    count, newest = summary
+    snippet = " ".join(newest.split())
+    return f"{count} · {snippet[:60]}{'…' if len(snippet) > 60 else ''}"
+
+
 def _table(config: StoreConfig, items: list[TraceInfo], selected: set[str]) -> pd.DataFrame:
     """One row per trace, the columns people read first on the left (answer and
     correctness fit on screen); ids short, times to the second."""
+    notes = data.note_summaries(config, [i.trace_id for i in items])
     return pd.DataFrame(
         {
             "open": ["✓" if i.trace_id in selected else "" for i in items],
@@ -37,6 +47,7 @@ def _table(config: StoreConfig, items: list[TraceInfo], selected: set[str]) -> p
             "metrics": [
                 ", ".join(f"{k}={v:.3g}" for k, v in sorted(i.metrics.items())) for i in items
             ],
+            "notes": [_notes_cell(notes.get(i.trace_id)) for i in items],
             "id": [short_id(i.trace_id) for i in items],
         }
     )

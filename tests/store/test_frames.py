@@ -106,3 +106,20 @@ def test_token_frame_without_relevancy_and_for_nothing(store, make_trace):
     assert token_frame(store, []).columns.tolist() == list(TOKEN_COLUMNS)
     with pytest.raises(TraceNotFound):
         token_frame(store, ["0" * 32])
+
+
+def test_note_summaries_in_one_query(store, filled):
+    """The Browse table's notes column: count and newest text per trace, one SQL statement
+    for the whole page."""
+    import sqlalchemy as sa
+
+    store.add_note(filled[1], "first")
+    store.add_note(filled[1], "second")
+    store.add_note(filled[3], "only")
+    statements: list[str] = []
+    engine = store._index.engine
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    summaries = store.note_summaries(filled)
+    assert summaries == {filled[1]: (2, "second"), filled[3]: (1, "only")}
+    assert len(statements) == 1
+    assert store.note_summaries([]) == {}
