@@ -9,8 +9,8 @@ traceback.
 
 import streamlit as st
 
-from dashboard import context, icon, state
-from dashboard.components import filters, share, text
+from dashboard import context, icon, share, state
+from dashboard.components import filters, text
 from store import CorruptTrace, MissingData, StoreError
 
 # The icon is an in-memory picture served by this server: an emoji or Material icon would

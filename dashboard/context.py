@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import streamlit as st
 
 from dashboard import data, state
-from dashboard.components import colormap, notes, text
+from dashboard.components import colormap, text
 from dashboard.components.overlay import OverlayStyle
 from dashboard.config import StoreConfig, resolve
 from store import CorruptTrace, StoredTrace, StoreError, TokenRole, TraceNotFound
@@ -94,7 +94,6 @@ def trace_page(title: str) -> tuple[StoreConfig, StoredTrace]:
     trace = trace_or_stop(config)
     st.title(title)
     trace_header(trace)
-    notes.panel(config, trace)
     return config, trace
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import context, data, picker, render, state
+from dashboard import context, data, notes, picker, render, state
 from dashboard.components import analysis, charts, needs, stitch, text
 from dashboard.components.overlay import Scale
 from dashboard.config import StoreConfig
@@ -274,6 +274,7 @@ def render_page() -> None:
         vision_tower(config, trace)
     else:
         cross_attention(config, trace, selected)
+    notes.panel(config, trace)
 
 
 render_page()

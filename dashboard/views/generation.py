@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import context, render, state
+from dashboard import context, notes, render, state
 from dashboard.components import charts, groundtruth, stitch, text
 from store import StoredTrace
 
@@ -45,7 +45,7 @@ def _image(trace: StoredTrace, where: st.delta_generator.DeltaGenerator) -> None
 
 
 def render_page() -> None:
-    _, trace = context.trace_page("Generation")
+    config, trace = context.trace_page("Generation")
     image_col, answer_col = st.columns([1, 2])
     _image(trace, image_col)
     with answer_col:
@@ -83,6 +83,7 @@ def render_page() -> None:
             )
         },
     )
+    notes.panel(config, trace)
 
 
 render_page()

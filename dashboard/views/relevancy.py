@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import context, render, state
+from dashboard import context, notes, render, state
 from dashboard.components import analysis, charts, html, text
 from dashboard.components.overlay import Scale
 from store import Relevancy, RelevancyMode, StoredTrace, TokenRole
@@ -105,12 +105,18 @@ def all_vs_vision(relevancy: Relevancy, selected: list[int]) -> str | None:
 
 
 def render_page() -> None:
-    _, trace = context.trace_page("Relevancy")
+    config, trace = context.trace_page("Relevancy")
     if trace.relevancy is None:
         st.info(
             "Relevancy was not recorded for this trace (record with relevancy enabled to see it)."
         )
-        return
+    else:
+        relevancy_views(trace)
+    notes.panel(config, trace)
+
+
+def relevancy_views(trace: StoredTrace) -> None:
+    """The selected tokens' map and text relevancy, the answer's image reliance, the gallery."""
     style = context.overlay_style()
     views = render.choose_views(trace)
     hide_template = context.hide_template_toggle()

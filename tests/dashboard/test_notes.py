@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dashboard.components.notes import ON_REGION, ON_TOKENS, READ_ONLY
+from dashboard.notes import ON_REGION, ON_TOKENS, READ_ONLY
 from store import open_store
 from tests.dashboard.conftest import demo_store_at
 
