@@ -18,14 +18,7 @@ import streamlit as st
 from PIL import Image
 
 from dashboard import context, data, render, state
-from dashboard.components import (
-    causal_graph,
-    charts,
-    explanation,
-    patches,
-    stitch,
-    text,
-)
+from dashboard.components import causal_graph, charts, explanation, patches, stitch, text
 from dashboard.components.overlay import Scale
 from dashboard.config import StoreConfig
 from engine.causal import CausalExplanation
