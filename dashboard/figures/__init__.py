@@ -16,29 +16,17 @@ Every builder returns a :class:`Figure` (name, title, caption, kind, ``png()``, 
 cannot answer the request.
 """
 
-from dashboard.figures.builders import (
+from dashboard.figures.causal import causal_figures
+from dashboard.figures.common import (
     COMPARE_SOURCES,
     SCORE,
     WEIGHT,
     answer_labels,
-    attention_figure,
     best_layer,
-    causal_figures,
     check_tokens,
-    compare_figures,
-    cross_attention_figure,
-    head_share_chart,
-    image_figure,
     map_figure,
-    probability_chart,
-    relevancy_figure,
-    relevancy_gallery,
-    relevancy_maps,
-    share_matrix_figure,
-    text_relevancy_chart,
-    text_to_image_figures,
-    vision_figure,
 )
+from dashboard.figures.compare import compare_figures
 from dashboard.figures.layout import (
     DEFAULT_SCALE,
     Figure,
@@ -46,6 +34,22 @@ from dashboard.figures.layout import (
     chart_figure,
     check_scale,
     picture_figure,
+)
+from dashboard.figures.trace_charts import (
+    head_share_chart,
+    probability_chart,
+    share_matrix_figure,
+    text_relevancy_chart,
+    text_to_image_figures,
+)
+from dashboard.figures.trace_maps import (
+    attention_figure,
+    cross_attention_figure,
+    image_figure,
+    relevancy_figure,
+    relevancy_gallery,
+    relevancy_maps,
+    vision_figure,
 )
 
 __all__ = [
