@@ -57,8 +57,8 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _infos(store: TraceStore, query: TraceQuery) -> Iterable[TraceInfo]:
-    """Every match of ``query`` in its order, read ``_CHUNK`` rows at a time from its offset."""
-    offset = query.offset
+    """Every match of ``query`` in its order, read ``_CHUNK`` rows at a time."""
+    offset = 0
     while True:
         page = store.query(dataclasses.replace(query, limit=_CHUNK, offset=offset))
         yield from page.items
@@ -68,10 +68,11 @@ def _infos(store: TraceStore, query: TraceQuery) -> Iterable[TraceInfo]:
 
 
 def query_frame(store: TraceStore, query: TraceQuery | None = None) -> pd.DataFrame:
-    """One row per trace matching ``query`` (every page; its ``limit`` is ignored), in the
-    query's order. Columns: ``TRACE_COLUMNS`` (``tags`` a list of strings, ``correct`` a
-    nullable boolean, ``created_at`` ISO-8601 UTC text), then one ``metric:<name>`` column
-    per metric any matching trace has (missing values NaN), sorted by name."""
+    """One row per trace matching ``query`` (every page: its ``limit`` and ``offset`` are
+    ignored), in the query's order. Columns: ``TRACE_COLUMNS`` (``tags`` a list of strings,
+    ``correct`` a nullable boolean, ``created_at`` ISO-8601 UTC text), then one
+    ``metric:<name>`` column per metric any matching trace has (missing values NaN), sorted
+    by name."""
     rows, metric_names = [], set()
     for info in _infos(store, query or TraceQuery()):
         metric_names.update(info.metrics)

@@ -46,9 +46,10 @@ def test_query_frame_has_every_match_in_order(store, filled, monkeypatch):
     import store.frames as frames
 
     monkeypatch.setattr(frames, "_CHUNK", 2)  # several index reads for 7 rows
-    frame = query_frame(store, TraceQuery(order_by="created_at", descending=False, limit=1))
+    asked = TraceQuery(order_by="created_at", descending=False, limit=1, offset=3)
+    frame = query_frame(store, asked)
     assert list(frame.columns) == [*TRACE_COLUMNS, "metric:acc", "metric:len"]
-    assert frame["trace_id"].tolist() == filled  # all rows, not one page of `limit`
+    assert frame["trace_id"].tolist() == filled  # all rows, not the page asked for
     row = frame.set_index("trace_id").loc[filled[2]]
     assert row["tags"] == ["red, blue", "z"]
     assert row["metric:acc"] == 0.75 and row["metric:len"] == 3
