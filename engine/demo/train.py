@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,17 @@ class Recipe:
     referent_weight: float = 0.5
     referent_layer: int = 1
     weight_decay: float = 0.01
+    # Answer steps actually run (None: all of joint_steps). The schedule still spans
+    # joint_steps, so a stopped recipe is the full one caught mid-training, not a shorter
+    # schedule that would converge: its mistakes are those a model makes while still learning.
+    stop_after: int | None = None
+
+
+# Named recipes ``lvlm-interpret demo train --recipe`` reproduces. "weak" is the main recipe
+# stopped in the answer stage, at a step chosen from one run's snapshots
+# (training-log-weak.txt) where some question kinds are learnt and others are not yet: a
+# second checkpoint with real, uneven mistakes to compare with the main one.
+RECIPES: dict[str, Recipe] = {"main": Recipe(), "weak": Recipe(stop_after=1000)}
 
 
 def _coverage(obj) -> np.ndarray:
@@ -212,10 +223,27 @@ def _capture_output(module: nn.Module) -> dict[str, torch.Tensor]:
     return captured
 
 
+def _save(model, processor, recipe: Recipe, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+    return out_dir
+
+
 def train(
-    recipe: Recipe, out_dir: Path, log: Callable[[str], None] = print, eval_every: int = 1000
+    recipe: Recipe,
+    out_dir: Path,
+    log: Callable[[str], None] = print,
+    eval_every: int = 1000,
+    snapshots: Collection[int] = (),
 ) -> Path:
-    """Train from scratch and save a Hugging Face checkpoint (model + processor) to out_dir."""
+    """Train from scratch and save a Hugging Face checkpoint (model + processor) to out_dir.
+
+    ``snapshots``: answer-stage step counts after which a copy is also saved to
+    ``out_dir/step-N`` with the recipe that reproduces it (``stop_after=N``), so one run can
+    offer several stop points to choose a weaker checkpoint from.
+    """
     torch.manual_seed(recipe.seed)
     tokenizer = build_tokenizer()
     processor = build_processor(tokenizer)
@@ -250,7 +278,7 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable += list(referent_head.parameters())
     optimiser = torch.optim.AdamW(trainable, lr=recipe.joint_lr, weight_decay=recipe.weight_decay)
-    for step in range(recipe.joint_steps):
+    for step in range(recipe.stop_after or recipe.joint_steps):
         progress = step / recipe.joint_steps
         if progress < recipe.single_object_until:
             scenes = batches.scenes(max_objects=1, min_objects=1)
@@ -280,10 +308,10 @@ def train(
             model.eval()
             log(f"answer {step:5d}  held-out {teacher_forced_accuracy(model, processor, 40)}")
             model.train()
+        if step + 1 in snapshots:
+            stopped = replace(recipe, stop_after=step + 1)
+            saved = _save(model, processor, stopped, out_dir / f"step-{step + 1}")
+            log(f"answer {step:5d}  snapshot {saved}")
 
     model.eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    (out_dir / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
-    return out_dir
+    return _save(model, processor, recipe, out_dir)
