@@ -340,3 +340,20 @@ def test_cli_pdf(demo, tmp_path):
     assert done.returncode == 0, done.stderr
     assert out.with_suffix(".pdf").read_bytes().startswith(b"%PDF-")
     assert f"wrote {out.with_suffix('.pdf')}" in done.stdout
+
+
+def test_traces_that_hold_less(demo_store, family_store):
+    """A format-1 trace, one without relevancy or vision attention, a damaged one's
+    neighbour, and every image geometry: each report says what is missing, never fails."""
+    with open_store(demo_store.directory) as store:
+        html = build_report(store, [demo_store.legacy, demo_store.bare])
+        assert "Relevancy was not recorded for this trace." in html
+        assert "No CLEANN explanation stored for this trace." in html
+        with pytest.raises(ReportError, match=demo_store.broken):
+            build_report(store, [demo_store.broken])
+    with open_store(family_store.directory) as store:
+        every = [family_store.tiled, family_store.images, family_store.merged]
+        html = build_report(store, [*every, family_store.cross, family_store.policy])
+        assert "cross-attention of answer token" in html
+        compared = build_report(store, [family_store.tiled], compare=family_store.images)
+        assert "patches do not line up: no difference map" in compared
