@@ -1,0 +1,170 @@
+"""The Ask page's pure parts (image edits, progress lines, conversations) and the page itself
+under AppTest: read-only without a worker, one clear line for each refused question."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dashboard.components import ask, edit
+from store import TraceInfo
+
+# --- image edits -------------------------------------------------------------------------
+
+
+def _photo() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray((rng.random((40, 60, 3)) * 255).astype(np.uint8))
+
+
+BOX = edit.Box(10, 5, 30, 25)
+
+
+def _inside(array: np.ndarray, box: edit.Box) -> np.ndarray:
+    return array[box.y0 : box.y1, box.x0 : box.x1]
+
+
+def _outside_equal(a: np.ndarray, b: np.ndarray, box: edit.Box) -> bool:
+    keep = np.ones(a.shape[:2], bool)
+    keep[box.y0 : box.y1, box.x0 : box.x1] = False
+    return bool(np.array_equal(a[keep], b[keep]))
+
+
+def test_erase_fills_the_region_with_the_mean_colour_and_keeps_the_rest():
+    photo = _photo()
+    before = np.asarray(photo)
+    after = np.asarray(edit.apply(photo, edit.Edit("erase", (BOX,))))
+    mean = np.round(before.reshape(-1, 3).mean(axis=0))
+    assert (_inside(after, BOX) == mean).all()
+    assert _outside_equal(before, after, BOX)
+
+
+def test_paint_uses_the_chosen_colour():
+    after = np.asarray(edit.apply(_photo(), edit.Edit("paint", (BOX,), colour=(1, 2, 3))))
+    assert (_inside(after, BOX) == (1, 2, 3)).all()
+    assert not (after == (1, 2, 3)).all(axis=2)[0, 0]
+
+
+def test_blur_smooths_only_inside_the_region():
+    photo = _photo()
+    before = np.asarray(photo).astype(float)
+    after = np.asarray(edit.apply(photo, edit.Edit("blur", (BOX,), radius=4))).astype(float)
+    assert _outside_equal(before, after, BOX)
+    # neighbouring pixels differ far less once blurred (noise has no structure to keep)
+    step = lambda a: np.abs(np.diff(_inside(a, BOX), axis=1)).mean()  # noqa: E731
+    assert step(after) < step(before) / 4
+    assert edit.Edit("blur", (BOX,), radius=4).describe() == "blur radius 4 (10, 5)-(30, 25)"
+
+
+def test_several_boxes_and_boxes_past_the_edge():
+    photo = _photo()
+    boxes = (edit.Box(0, 0, 5, 5), edit.Box(55, 35, 99, 99))
+    after = np.asarray(edit.apply(photo, edit.Edit("paint", boxes, colour=(0, 0, 0))))
+    assert (after[:5, :5] == 0).all() and (after[35:, 55:] == 0).all()
+    assert int((after == 0).all(axis=2).sum()) == 25 + 25
+
+
+def test_an_array_works_like_an_image_and_an_unknown_action_is_refused():
+    pixels = np.asarray(_photo())
+    assert np.array_equal(
+        np.asarray(edit.apply(pixels, edit.Edit("paint", (BOX,)))),
+        np.asarray(edit.apply(_photo(), edit.Edit("paint", (BOX,)))),
+    )
+    with pytest.raises(ValueError, match="unknown edit"):
+        edit.apply(pixels, edit.Edit("melt", (BOX,)))
+
+
+def test_png_bytes_are_lossless():
+    photo = _photo()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(edit.png_bytes(photo)))), photo)
+
+
+def test_canvas_rectangles_become_image_boxes():
+    objects = [
+        {"type": "rect", "left": 49, "top": 39, "width": 70, "height": 60, "scaleX": 1},
+        # dragged up and left, then resized to twice its width
+        {"type": "rect", "left": 100, "top": 100, "width": -20, "height": -30, "scaleX": 2},
+        {"type": "path", "left": 0, "top": 0, "width": 10, "height": 10},
+        {"type": "rect", "left": 500, "top": 500, "width": 10, "height": 10},  # off the image
+        {"type": "rect", "left": "x", "top": 0, "width": 10, "height": 10},  # garbled
+        {"type": "rect", "left": float("nan"), "top": 0, "width": 10, "height": 10},
+    ]
+    boxes = edit.boxes_from_canvas(objects, scale=5.0, width=60, height=40)
+    assert boxes == [edit.Box(9, 7, 24, 20), edit.Box(12, 14, 20, 20)]
+
+
+def test_canvas_drawing_carries_the_image_at_the_canvas_size():
+    drawing, height, scale = edit.canvas_drawing(_photo(), 360)
+    assert (height, scale) == (240, 6.0)
+    background = drawing["backgroundImage"]
+    assert (background["width"], background["height"]) == (360, 240)
+    assert background["src"].startswith("data:image/png;base64,")
+    assert drawing["objects"] == []
+
+
+def test_colours_parse_and_refuse():
+    assert edit.parse_colour("#ff0080") == (255, 0, 128)
+    assert edit.hex_colour((255, 0, 128)) == "#ff0080"
+    for bad in ("red", "#fff", "#gg0000", "javascript:alert(1)"):
+        with pytest.raises(ValueError):
+            edit.parse_colour(bad)
+
+
+# --- what the page says ------------------------------------------------------------------
+
+
+def test_limits_and_progress_lines():
+    assert ask.image_limits(20 << 20, 4096) == "At most 20 MB and 4096 pixels on each side."
+    assert ask.size_label(1536) == "1.5 KB" and ask.size_label(900) == "900 bytes"
+    assert ask.progress("queued", 0, 0, "", None).line == "Queued: next in line."
+    assert ask.progress("queued", 2, 0, "", None).line == "Queued: 2 questions ahead."
+    running = ask.progress("running", None, 1.7, "generating 3/32", None)
+    assert (running.line, running.fraction, running.finished) == (
+        "Running: generating 3/32",
+        1.0,
+        False,
+    )
+    failed = ask.progress("failed", None, 0, "", "CUDA out of memory\nTraceback ...")
+    assert (failed.line, failed.failed, failed.finished) == (
+        "Failed: CUDA out of memory",
+        True,
+        True,
+    )
+    assert ask.progress("done", None, 1, "", None).finished
+    assert ask.progress("failed", None, 0, "", "").line == "Failed: the worker gave no reason"
+
+
+def _info(trace_id: str, parent: str | None = None, **extra) -> TraceInfo:
+    if parent:
+        extra["parent_trace_id"] = parent
+    return TraceInfo(
+        trace_id=trace_id,
+        model_id="m",
+        model_revision="r",
+        prompt=f"q{trace_id}",
+        answer=f"a{trace_id}",
+        image_name="x.png",
+        image_sha256="0" * 64,
+        created_at="2026-11-30T00:00:00+00:00",
+        extra=extra,
+    )
+
+
+def test_conversation_follows_parents_oldest_first_and_stops_safely():
+    infos = {"1": _info("1"), "2": _info("2", "1"), "3": _info("3", "2")}
+    assert [i.trace_id for i in ask.conversation("3", infos.get)] == ["1", "2", "3"]
+    assert [i.trace_id for i in ask.conversation("3", infos.get, limit=2)] == ["2", "3"]
+    del infos["1"]  # a deleted parent ends the chain
+    assert [i.trace_id for i in ask.conversation("3", infos.get)] == ["2", "3"]
+    loop = {"a": _info("a", "b"), "b": _info("b", "a")}
+    assert [i.trace_id for i in ask.conversation("a", loop.get)] == ["b", "a"]
+    assert ask.conversation("missing", infos.get) == []
+
+
+def test_edit_note():
+    assert ask.edit_note(_info("1")) is None
+    edited = _info("2", edited_from="f" * 32, edit="erase (1, 2)-(3, 4)")
+    assert ask.edit_note(edited) == "Image edited from trace ffffffff: erase (1, 2)-(3, 4)"
