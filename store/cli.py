@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -287,3 +288,51 @@ def relevancy(
         for row in values[image.tile_patches(i)].reshape(tile.rows, tile.cols):
             table.add_row(*(f"{100 * v:.2f}" for v in row))
         console.print(table)
+
+
+@app.command("export-table")
+@_one_line_errors
+def export_table(
+    out: Annotated[Path, typer.Option("--out", help="File to write (a new file).")],
+    table_format: Annotated[
+        str, typer.Option("--format", help="csv (for spreadsheets) or parquet (exact values).")
+    ] = "csv",
+    tokens: Annotated[
+        bool, typer.Option("--tokens", help="One row per answer token instead of per trace.")
+    ] = False,
+    store: StoreDir = Path("traces"),
+    db: DbUrl = None,
+    model: Annotated[str | None, typer.Option(help="Exact model id.")] = None,
+    text: Annotated[str | None, typer.Option(help="Substring of prompt or answer.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Only traces with this tag.")] = None,
+) -> None:
+    """Write the traces the filters match as one table (the columns of ``store.frames``:
+    what a notebook's query_frame / token_frame give), for a spreadsheet or pandas."""
+    if table_format not in ("csv", "parquet"):
+        _refuse(f"--format is csv or parquet, not {table_format!r}")
+    if out.exists() or out.is_symlink():
+        _refuse(f"--out {out} exists; choose a new file")
+    if not out.parent.is_dir():
+        _refuse(f"--out {out}: folder {out.parent} does not exist")
+    if (out.parent.resolve() / out.name).is_relative_to(store.resolve()):
+        _refuse(f"--out {out} lies inside the store {store}; write it elsewhere")
+    from . import frames  # pandas: only for this command
+
+    with _open(store, db) as st:
+        frame = frames.query_frame(st, TraceQuery(model=model, text=text, tag=tag))
+        if tokens:
+            frame = frames.token_frame(st, frame["trace_id"])
+    data = frames.csv_bytes(frame) if table_format == "csv" else frames.parquet_bytes(frame)
+    # written beside --out, then linked: never a half-written table, never over a file that
+    # appeared meanwhile
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.link(tmp, out)
+    except FileExistsError:
+        _refuse(f"--out {out} exists; choose a new file")
+    except OSError as error:
+        _refuse(f"cannot write --out {out}: {error.strerror}")
+    finally:
+        tmp.unlink(missing_ok=True)
+    console.print(f"wrote {len(frame)} row(s) to {out}", markup=False)
