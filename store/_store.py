@@ -17,6 +17,7 @@ import mmap
 import os
 import shutil
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -94,6 +95,8 @@ class ReindexReport:
 
 
 CHECKSUM = "sha256"
+COPY_CHUNK = 8 << 20  # staged files are copied into the store in pieces of this size
+WINNER_WAIT_S = 10.0  # how long a writer that lost the race for an id waits for its row
 _HASHES = {"sha256": hashlib.sha256, "blake2b-256": lambda: hashlib.blake2b(digest_size=32)}
 
 
@@ -149,6 +152,29 @@ def _write_durably(path: Path, trace: Trace, precision: Precision) -> tuple[str,
             raise synced[0]
     finally:
         os.close(fd)
+    return digest, size
+
+
+def _staged(staged: Path, tmp: Path, trace: Trace, precision: Precision) -> tuple[str, int]:
+    """Write the trace's file at ``staged`` (local disk) with HDF5, then copy its bytes to the
+    new file ``tmp`` and fsync it; (checksum of the copy, size). The staged file is removed."""
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        written, size = _write_durably(staged, trace, precision)
+        hasher = _HASHES[CHECKSUM]()
+        with open(staged, "rb") as src:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(COPY_CHUNK):
+                    hasher.update(chunk)
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+    finally:
+        staged.unlink(missing_ok=True)
+    digest = f"{CHECKSUM}:{hasher.hexdigest()}"
+    if digest != written:  # the copy is not what HDF5 wrote: never place it
+        raise StoreError(f"copying {staged} into the store changed its bytes; nothing added")
     return digest, size
 
 
@@ -315,15 +341,26 @@ class TraceStore:
             )
         return check_trace_id(trace.info.trace_id)
 
-    def add_new(self, trace: Trace, *, lossy: bool | str | Precision = False) -> bool:
+    def add_new(
+        self,
+        trace: Trace,
+        *,
+        lossy: bool | str | Precision = False,
+        staging_dir: Path | None = None,
+    ) -> bool:
         """Add ``trace`` under its own id unless that id is stored: then False, nothing written.
 
         This is what makes recording idempotent when the id is derived from what was recorded
         (engine/recording.py): writers racing on one id store it once. The file is placed with
         a hard link, which, unlike a rename, never replaces a file already at the final name;
-        the writer that loses finds the winner's row and skips. Only a file left unindexed by
-        a killed writer (or a writer between placing and indexing) can stand in the way: that
-        is an error naming ``store gc``, never an overwrite.
+        the writer that loses waits for the winner's row and skips. Only a file left unindexed
+        by a killed writer can stand in the way: that is an error naming ``store gc``, never an
+        overwrite.
+
+        ``staging_dir``: a folder on local disk. HDF5 then writes (and fsyncs) the file there,
+        and only its bytes are copied into the store's ``tmp/``: a store on a network file
+        system never sees HDF5's small in-place writes, whose locking and caching such file
+        systems do not honour.
         """
         self._writable()
         precision = _codec.resolve(lossy)
@@ -336,7 +373,10 @@ class TraceStore:
         final, tmp = lay.no_links(lay.trace_path(trace_id)), lay.no_links(lay.temp_path(trace_id))
         with interrupts_deferred(), store_lock(lay, exclusive=False):
             try:
-                digest, size = _write_durably(tmp, trace, precision)
+                if staging_dir is None:
+                    digest, size = _write_durably(tmp, trace, precision)
+                else:
+                    digest, size = _staged(Path(staging_dir) / tmp.name, tmp, trace, precision)
                 new_dir = not final.parent.exists()
                 final.parent.mkdir(exist_ok=True)
                 placed = _place(tmp, final)
@@ -348,7 +388,7 @@ class TraceStore:
                 tmp.unlink(missing_ok=True)
                 raise translate(exc, f"adding trace {trace_id}") from exc
             if not placed:
-                if self._stored(trace_id):
+                if self._winner_indexed(trace_id):
                     return False
                 raise StoreError(
                     f"an unindexed file of trace {trace_id} is in the way at {final}: another "
@@ -373,6 +413,17 @@ class TraceStore:
     def _stored(self, trace_id: str) -> bool:
         with guard(f"adding trace {trace_id}"):
             return self._index.exists(trace_id)
+
+    def _winner_indexed(self, trace_id: str) -> bool:
+        """Whether the writer that placed this id's file first indexes it within a few
+        seconds: between placing and indexing it only inserts one row, so a file that stays
+        unindexed longer was left by a killed writer."""
+        deadline = time.monotonic() + WINNER_WAIT_S
+        while not self._stored(trace_id):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     # -- reading -----------------------------------------------------------------------------
     def query(self, q: TraceQuery | None = None) -> Page:

@@ -46,3 +46,48 @@ def random_llava_dir(tmp_path_factory) -> Path:
     build_model(tokenizer).save_pretrained(path)
     build_processor(tokenizer).save_pretrained(path)
     return path
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL 15 server (scripts/postgres.sh) on a free loopback port for this
+    session; its URL (database "lvi"). Skips only where the server binaries are absent."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    if not (PG_BIN / "pg_ctl").exists():
+        pytest.skip(f"no PostgreSQL 15 binaries in {PG_BIN} (apt-get install postgresql)")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "postgres.sh"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    folder = tempfile.mkdtemp(prefix="lvi-pg-")
+    run = [str(script), "start", folder, port]
+    url = subprocess.run(run, check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        yield url
+    finally:
+        subprocess.run([str(script), "stop", folder, port], check=False, capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url):
+    """The URL of a new, empty database on the session's server (dropped afterwards)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex}"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    yield postgres_url.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
