@@ -177,23 +177,16 @@ def _pairs(
     """The two sides of every pair among the filtered traces, the join condition and
     whether the answers differ. Without ``left``/``right`` every two checkpoints pair up,
     the one that sorts first on the left."""
-    t = traces.c
-    filtered = (
-        sa.select(
-            t.trace_id,
-            t.model_id,
-            t.model_revision,
-            t.prompt,
-            t.image_sha256,
-            t.image_name,
-            t.answer,
-            t.correct,
-        )
-        .where(*_conditions(store, conn, query))
-        .cte("filtered")
-    )
-    a, b = filtered.alias("a"), filtered.alias("b")
+    # Both sides are the traces table itself, each restricted to the filtered ids: the join
+    # then finds a question's other side through the image-hash index (a materialised
+    # filtered set has no index, and SQLite joined it with itself row by row: 0.3 s for
+    # 2,000 rows).
+    a, b = traces.alias("a"), traces.alias("b")
     on = [a.c.image_sha256 == b.c.image_sha256, a.c.prompt == b.c.prompt]
+    conds = _conditions(store, conn, query)
+    if conds:
+        ids = sa.select(traces.c.trace_id).where(*conds)
+        on += [a.c.trace_id.in_(ids), b.c.trace_id.in_(ids)]
     if left is None or right is None:
         on.append(
             sa.or_(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
+from dashboard.components import dataset as summaries
 from store import TraceQuery, open_store
 from store.dataset import SUMMARY_KEY, SUMMARY_KIND, pairs_page
 from store.synthetic import make_synthetic_trace
@@ -68,11 +70,14 @@ def test_accuracy_pairs_and_aggregates(app, two_checkpoints):
     assert len(at.get("vega_lite_chart")) >= 3  # accuracy, head shares x2, divergence
     assert len(at.get("imgs") or at.get("image")) == 2  # mean relevancy of one kind, per checkpoint
     with open_store(two_checkpoints) as store:
-        stored = [
-            store.get_result(i.trace_id, SUMMARY_KIND, SUMMARY_KEY)
-            for i in store.query(TraceQuery(limit=100)).items
-        ]
-    assert all(s is not None and len(s["head_image_share"]) == 2 for s in stored)
+        ids = [i.trace_id for i in store.query(TraceQuery(limit=100)).items]
+        stored = [store.get_result(i, SUMMARY_KIND, SUMMARY_KEY) for i in ids]
+    first_id = ids[0]
+    shares = [summaries.decode(s, summaries.SHARE) for s in stored]
+    assert all(s is not None and s.shape == (2, 2) for s in shares)
+    with open_store(two_checkpoints) as store, store.open(first_id) as trace:
+        expected = trace.summaries.head_image_attention
+    assert np.allclose(summaries.decode(stored[0], summaries.SHARE), expected, atol=1e-6)
 
 
 def test_pair_button_opens_compare_with_both_traces(app, two_checkpoints):
@@ -108,3 +113,28 @@ def test_a_store_with_broken_legacy_and_hostile_traces_renders(app, demo_store):
     assert "No question (same image, same prompt)" in "\n".join(i.value for i in at.info)
     assert at.get("vega_lite_chart")
     assert not any(MD_IMAGE in body or XSS_SCRIPT in body for body in _markdown(at))
+
+
+def test_normalised_grid_keeps_where_the_map_is_whatever_the_patch_grid():
+    """One hot patch lands in the same part of the frame on a 3x4 and a 6x8 patch grid."""
+    for grid, hot in (((3, 4), 3), ((6, 8), 7)):  # the top-right patch
+        geometry = make_synthetic_trace(**{**SHAPE, "grid": grid, "prompt_len": 60}, seed=1).image
+        values = np.zeros(geometry.num_patches)
+        values[hot] = 5.0
+        cells = summaries.normalised_grid(geometry, values)
+        assert cells.shape == (summaries.GRID, summaries.GRID)
+        assert cells.sum() == pytest.approx(1.0)
+        rows, cols = np.nonzero(cells)
+        assert rows.max() < summaries.GRID // 2 and cols.min() >= summaries.GRID // 2
+    assert summaries.normalised_grid(geometry, np.zeros(geometry.num_patches)) is None
+
+
+def test_summaries_round_trip_and_means_skip_other_shapes():
+    a, b = np.arange(6.0).reshape(2, 3), np.ones((2, 3))
+    stored = [{summaries.SHARE: summaries.encode(x)} for x in (a, b)]
+    stored += [{summaries.SHARE: summaries.encode(np.ones((4, 4)))}, None, {"junk": 1}]
+    mean, count = summaries.mean_of(stored, summaries.SHARE)
+    assert count == 2 and np.allclose(mean, (a + b) / 2)
+    delta, pairs = summaries.head_divergence([(stored[0], stored[1]), (stored[0], stored[2])])
+    assert pairs == 1 and np.allclose(delta, np.abs(b - a))
+    assert summaries.decode({summaries.SHARE: {"shape": [2], "f32": "%%"}}, summaries.SHARE) is None
