@@ -9,7 +9,7 @@ traceback.
 
 import streamlit as st
 
-from dashboard import context, icon, share, state
+from dashboard import context, export, icon, share, state
 from dashboard.components import filters, text
 from store import CorruptTrace, MissingData, StoreError
 
@@ -37,6 +37,7 @@ PAGES = [
 state.keep((*state.SHARED, *state.VIEWS, *filters.PARAMS))
 page = st.navigation(PAGES)
 share.link_button()
+export.sidebar_report(page.url_path)
 try:
     page.run()
 except (CorruptTrace, OSError) as error:

@@ -24,9 +24,14 @@ BROWSE_PAGE = "views/browse.py"
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
+def store_config() -> StoreConfig | None:
+    """The store the server was started on (``serve --store``), ``None`` if none."""
+    return resolve(sys.argv[1:], os.environ)
+
+
 def config_or_stop() -> StoreConfig:
     """The configured, openable store."""
-    config = resolve(sys.argv[1:], os.environ)
+    config = store_config()
     if config is None:
         st.error("No trace store configured: run `lvlm-interpret serve --store DIR`.")
         st.stop()
@@ -187,12 +192,24 @@ def answer_selection(
     return selected
 
 
+def url_style() -> OverlayStyle:
+    """The heatmap style the URL names (``cmap``, ``alpha``, ``smooth``, ``fade``), every
+    value checked; what the sidebar's controls start from, and what exports draw with."""
+    defaults = OverlayStyle()
+    return OverlayStyle(
+        colormap=choice_param("cmap", colormap.SEQUENTIAL, defaults.colormap),
+        opacity=round(number_param("alpha", defaults.opacity, 0.0, 1.0), 2),
+        smooth=state.get("smooth") == "1",
+        fade=state.get("fade") != "0",
+    )
+
+
 def overlay_style() -> OverlayStyle:
     """Colour map, opacity and smoothing for every heatmap, set in the sidebar.
 
     Call it once per page run (its widgets have fixed keys) and pass the style on.
     """
-    defaults = OverlayStyle()
+    defaults, asked = OverlayStyle(), url_style()
     with st.sidebar:
         st.subheader("Heatmaps")
         name = st.selectbox(
@@ -200,7 +217,7 @@ def overlay_style() -> OverlayStyle:
             list(colormap.SEQUENTIAL),
             **state.widget(
                 "style:cmap",
-                choice_param("cmap", colormap.SEQUENTIAL, defaults.colormap),
+                asked.colormap,
                 lambda v: state.put("cmap", v),
             ),
         )
@@ -211,7 +228,7 @@ def overlay_style() -> OverlayStyle:
             step=0.05,
             **state.widget(
                 "style:alpha",
-                round(number_param("alpha", defaults.opacity, 0.0, 1.0), 2),
+                asked.opacity,
                 lambda v: state.put("alpha", f"{v:.2f}"),
             ),
         )
@@ -219,7 +236,7 @@ def overlay_style() -> OverlayStyle:
             "Fade low values (show the photo where the map is low)",
             **state.widget(
                 "style:fade",
-                state.get("fade") != "0",
+                asked.fade,
                 lambda v: state.put("fade", None if v else "0"),
             ),
         )
@@ -227,7 +244,7 @@ def overlay_style() -> OverlayStyle:
             "Smooth",
             **state.widget(
                 "style:smooth",
-                state.get("smooth") == "1",
+                asked.smooth,
                 lambda v: state.put("smooth", "1" if v else None),
             ),
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import context, data, notes, picker, render, state
+from dashboard import context, data, export, figures, notes, picker, render, state
 from dashboard.components import analysis, charts, needs, stitch, text
 from dashboard.components.overlay import Scale
 from dashboard.config import StoreConfig
@@ -27,9 +27,11 @@ VIEWS = ("image → answer", "analysis", "text → image", "vision tower", "cros
 WEIGHT = "attention weight (share of row)"
 
 
-def image_to_answer(config: StoreConfig, trace: StoredTrace, selected: list[int]) -> None:
+def image_to_answer(
+    config: StoreConfig, trace: StoredTrace, selected: list[int]
+) -> list[export.Offer]:
     if not _lm_reads_image(trace):
-        return
+        return []
     style = context.overlay_style()
     views = render.choose_views(trace)
     default_layer = int(np.argmax(trace.summaries.head_image_attention.mean(axis=1)))
@@ -64,6 +66,19 @@ def image_to_answer(config: StoreConfig, trace: StoredTrace, selected: list[int]
         views,
     )
     st.altair_chart(charts.head_image_bars(shares, layer), width="stretch")
+    shown_heads = [int(h) for h in heads]
+    return [
+        export.Offer(
+            f"Layer {layer}: image → answer attention, {len(shown_heads)} heads",
+            f"attention-L{layer}",
+            lambda: figures.attention_figure(trace, layer, shown_heads, selected, style, views),
+        ),
+        export.Offer(
+            f"Layer {layer}: each head's attention on the image",
+            f"head-shares-L{layer}",
+            lambda: figures.head_share_chart(trace, layer, selected),
+        ),
+    ]
 
 
 def _lm_reads_image(trace: StoredTrace) -> bool:
@@ -77,17 +92,24 @@ def _lm_reads_image(trace: StoredTrace) -> bool:
     return False
 
 
-def attention_analysis(trace: StoredTrace, selected: list[int]) -> None:
+def attention_analysis(trace: StoredTrace, selected: list[int]) -> list[export.Offer]:
     st.caption(
         "Share of each head's attention on the image, the question and earlier answer tokens."
     )
     shares = analysis.token_shares(trace.summaries.attention_shares, selected)
     st.altair_chart(charts.share_matrix(shares))
+    return [
+        export.Offer(
+            "Where each head's attention goes (layer × head)",
+            "attention-shares",
+            lambda: figures.share_matrix_figure(trace, selected),
+        )
+    ]
 
 
-def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
+def text_to_image(config: StoreConfig, trace: StoredTrace) -> list[export.Offer]:
     if not _lm_reads_image(trace):
-        return
+        return []
     geometry = trace.image
     tokens = trace.tokens
     left, right = st.columns([1, 2])
@@ -102,7 +124,7 @@ def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
             st.info(
                 "Click image patches (or pick them in the list) to see which tokens attend to them."
             )
-            return
+            return []
         # every text and answer row: a prompt may attend both ways (Gemma 3, PaliGemma)
         queries = np.flatnonzero(tokens.roles != TokenRole.IMAGE)
         if hide_template:
@@ -117,7 +139,7 @@ def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
             queries = np.setdiff1d(queries, absent)
         if len(queries) == 0:
             st.info("No text token's attention is kept in this trace.")
-            return
+            return []
         to_patches = data.patch_attention(
             config, trace.trace_id, tuple(queries), tuple(columns), tuple(weights[columns])
         )
@@ -140,6 +162,22 @@ def text_to_image(config: StoreConfig, trace: StoredTrace) -> None:
         width="stretch",
     )
 
+    def build(index: int) -> figures.Figure:
+        return figures.text_to_image_figures(trace, patches, layer, head, hide_template)[index]
+
+    return [
+        export.Offer(
+            f"Tokens attending to the selected patches (layer {layer})",
+            f"text-to-image-L{layer}",
+            lambda: build(0),
+        ),
+        export.Offer(
+            "Tokens attending to the selected patches, by layer",
+            "text-to-image-layers",
+            lambda: build(1),
+        ),
+    ]
+
 
 def _token_label(geometry: ImageGeometry, patch: int, position: int) -> str:
     if patch < 0:
@@ -147,10 +185,10 @@ def _token_label(geometry: ImageGeometry, patch: int, position: int) -> str:
     return stitch.patch_label(geometry, patch)
 
 
-def vision_tower(config: StoreConfig, trace: StoredTrace) -> None:
+def vision_tower(config: StoreConfig, trace: StoredTrace) -> list[export.Offer]:
     if not trace.has_vision_attention:
         st.info("Vision-tower attention was not recorded for this trace.")
-        return
+        return []
     geometry = trace.image
     sequences = geometry.vision_sequences
     style = context.overlay_style()
@@ -211,9 +249,23 @@ def vision_tower(config: StoreConfig, trace: StoredTrace) -> None:
             key="rollout-heatmap",
             marked=marked,
         )
+    return [
+        export.Offer(
+            f"Vision layer {layer}: attention of query token {query}",
+            f"vision-L{layer}-q{query}",
+            lambda: figures.vision_figure(trace, layer, head, sequence, query, style=style),
+        ),
+        export.Offer(
+            f"Attention rollout of query token {query}",
+            f"rollout-q{query}",
+            lambda: figures.vision_figure(trace, None, None, sequence, query, True, style),
+        ),
+    ]
 
 
-def cross_attention(config: StoreConfig, trace: StoredTrace, selected: list[int]) -> None:
+def cross_attention(
+    config: StoreConfig, trace: StoredTrace, selected: list[int]
+) -> list[export.Offer]:
     """Mllama: the answer tokens' cross-attention to the vision keys, carried onto the photo
     through ``key_patches`` (keys that read no patch, such as a tile's CLS, drop out)."""
     geometry = trace.image
@@ -223,7 +275,7 @@ def cross_attention(config: StoreConfig, trace: StoredTrace, selected: list[int]
             "This trace has no cross-attention: its model reads the image as tokens in its "
             "sequence (see image → answer)."
         )
-        return
+        return []
     style = context.overlay_style()
     views = render.choose_views(trace, key="cross:tiles")
     index = context.index_select(
@@ -245,6 +297,13 @@ def cross_attention(config: StoreConfig, trace: StoredTrace, selected: list[int]
     render.heatmap(
         trace, values, style, Scale.of(values, WEIGHT, zero=True), views, key="cross-heatmap"
     )
+    return [
+        export.Offer(
+            f"LM layer {layers[index]}: cross-attention of the selected tokens",
+            f"cross-L{layers[index]}",
+            lambda: figures.cross_attention_figure(trace, index, head, selected, style, views),
+        )
+    ]
 
 
 def render_page() -> None:
@@ -265,15 +324,17 @@ def render_page() -> None:
     if view in (VIEWS[0], VIEWS[1], VIEWS[4]):
         selected = context.answer_selection(trace)
     if view == VIEWS[0]:
-        image_to_answer(config, trace, selected)
+        offers = image_to_answer(config, trace, selected)
     elif view == VIEWS[1]:
-        attention_analysis(trace, selected)
+        offers = attention_analysis(trace, selected)
     elif view == VIEWS[2]:
-        text_to_image(config, trace)
+        offers = text_to_image(config, trace)
     elif view == VIEWS[3]:
-        vision_tower(config, trace)
+        offers = vision_tower(config, trace)
     else:
-        cross_attention(config, trace, selected)
+        offers = cross_attention(config, trace, selected)
+    if offers:
+        export.figure_gallery(trace.trace_id, offers)
     notes.panel(config, trace)
 
 

@@ -12,7 +12,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from dashboard import context, data, state
+from dashboard import context, data, export, state
 from dashboard.components.filters import PAGE_SIZE, PARAMS, BrowseFilters
 from dashboard.components.text import short_id, short_time
 from dashboard.config import StoreConfig
@@ -157,6 +157,7 @@ def render() -> None:
             "page", _page_param(st.session_state[f"browse:page:{filter_key}"])
         ),
     )
+    export.table_downloads(config, filters.to_query(), page.total)
     _selection_links(config)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import context, notes, render, state
+from dashboard import context, export, figures, notes, render, state
 from dashboard.components import charts, groundtruth, stitch, text
 from store import StoredTrace
 
@@ -82,6 +82,17 @@ def render_page() -> None:
                 "probability", format="percent", min_value=0.0, max_value=1.0
             )
         },
+    )
+    export.figure_gallery(
+        trace.trace_id,
+        [
+            export.Offer("The image(s)", "image", lambda: figures.image_figure(trace)),
+            export.Offer(
+                "Answer token probabilities",
+                "probabilities",
+                lambda: figures.probability_chart(trace, selected),
+            ),
+        ],
     )
     notes.panel(config, trace)
 

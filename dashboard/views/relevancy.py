@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import context, notes, render, state
+from dashboard import context, export, figures, notes, render, state
 from dashboard.components import analysis, charts, html, text
 from dashboard.components.overlay import Scale
 from store import Relevancy, RelevancyMode, StoredTrace, TokenRole
@@ -111,12 +111,13 @@ def render_page() -> None:
             "Relevancy was not recorded for this trace (record with relevancy enabled to see it)."
         )
     else:
-        relevancy_views(trace)
+        export.figure_gallery(trace.trace_id, relevancy_views(trace))
     notes.panel(config, trace)
 
 
-def relevancy_views(trace: StoredTrace) -> None:
-    """The selected tokens' map and text relevancy, the answer's image reliance, the gallery."""
+def relevancy_views(trace: StoredTrace) -> list[export.Offer]:
+    """The selected tokens' map and text relevancy, the answer's image reliance, the gallery;
+    returns those figures for export, drawn with the same settings."""
     style = context.overlay_style()
     views = render.choose_views(trace)
     hide_template = context.hide_template_toggle()
@@ -154,6 +155,23 @@ def relevancy_views(trace: StoredTrace) -> None:
         columns=6,
         key="gallery",
     )
+    return [
+        export.Offer(
+            f"Relevancy map ({mode.label}) of the selected tokens",
+            f"relevancy-{mode.value}",
+            lambda: figures.relevancy_figure(trace, selected, mode, style, views),
+        ),
+        export.Offer(
+            "Relevancy of the prompt's words and the image",
+            "text-relevancy",
+            lambda: figures.text_relevancy_chart(trace, selected, hide_template),
+        ),
+        export.Offer(
+            f"Gallery: one map per answer token ({mode.label})",
+            f"relevancy-gallery-{mode.value}",
+            lambda: figures.relevancy_gallery(trace, mode, style, views),
+        ),
+    ]
 
 
 render_page()

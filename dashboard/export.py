@@ -1,0 +1,190 @@
+"""Downloads: the Browse set as CSV or Parquet, a report of what is on screen, and each
+figure of a trace page as PNG or SVG.
+
+Every file is made only when its button is clicked (Streamlit's deferred download: the
+button holds a function, not the bytes), so offering them costs a page nothing; what a
+file shows is fixed when the page is drawn (the filters, trace, tokens, layer and style of
+that run). The builders are Streamlit-free and shared with the notebook and the
+``report`` command: ``store.frames`` for tables, ``dashboard.report`` for reports,
+``dashboard.figures`` for figures.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import streamlit as st
+
+from dashboard import context, data, state
+from dashboard.components.filters import PARAMS, BrowseFilters
+from dashboard.components.text import short_id
+from dashboard.config import StoreConfig
+from dashboard.figures import Figure
+from dashboard.report import ReportError, ReportOptions, build_report
+from store import StoreError, TraceQuery
+from store.frames import csv_bytes, parquet_bytes, query_frame
+
+TRACE_PAGES = ("generation", "attention", "relevancy", "causal")
+SET_PAGES = ("", "dataset")  # Browse (the default page) and Dataset: the filtered set
+
+
+def _failed(what: str, error: Exception) -> str:
+    """A report that could not be made is still a file: one escaped line saying why."""
+    line = html.escape(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(what)} failed</title></head>"
+        f"<body><p>The {html.escape(what)} could not be made: {line}</p></body></html>"
+    )
+
+
+def _report(make: Callable[[], str]) -> Callable[[], str]:
+    def run() -> str:
+        try:
+            return make()
+        except (ReportError, StoreError, ValueError, OSError) as error:
+            return _failed("report", error)
+
+    return run
+
+
+def _trace_options(config: StoreConfig, trace_id: str) -> ReportOptions:
+    """The page's answer tokens, layer and heatmap style, where this trace has them."""
+    trace = data.trace(config, trace_id)
+    count, layers = trace.tokens.answer_length, trace.num_layers
+    tokens = tuple(k for k in state.ints(state.TOKENS) if 0 <= k < count)
+    raw = state.get("layer")
+    layer = context.int_param("layer", 0, layers - 1) if raw and layers else None
+    return ReportOptions(tokens=tokens, layer=layer, style=context.url_style())
+
+
+def _trace_ids() -> tuple[str | None, str | None]:
+    ids = [(state.get(p) or "").strip().lower() for p in (state.TRACE, state.COMPARE)]
+    valid = [i if context.TRACE_ID.fullmatch(i) else None for i in ids]
+    return valid[0], valid[1]
+
+
+def filtered_query() -> TraceQuery:
+    """Every trace Browse's filters (in the URL) match, in its order."""
+    return BrowseFilters.from_params(state.snapshot(PARAMS)).with_page(1).to_query()
+
+
+def report_button(config: StoreConfig, page_path: str) -> None:
+    """'Export report' for the page on screen: one trace on a trace page (its tokens, layer
+    and style), the two traces on Compare, the filtered set on Browse and Dataset."""
+    store = data.store(config)
+    trace_id, compare_id = _trace_ids()
+    if page_path in SET_PAGES:
+        query = filtered_query()
+        name = f"report-set-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.html"
+        make = _report(lambda: build_report(store, query=query))
+        label = "Export report (filtered set)"
+    elif page_path == "compare" and trace_id and compare_id:
+        options = ReportOptions(style=context.url_style())
+        name = f"comparison-{short_id(trace_id)}-{short_id(compare_id)}.html"
+        make = _report(lambda: build_report(store, [trace_id], compare=compare_id, options=options))
+        label = "Export report (comparison)"
+    elif page_path in TRACE_PAGES and trace_id and trace_id in store:
+        try:
+            options = _trace_options(config, trace_id)
+        except (StoreError, OSError):
+            return  # the page says what is wrong with this trace
+        name = f"report-{short_id(trace_id)}.html"
+        make = _report(lambda: build_report(store, [trace_id], options=options))
+        label = "Export report (this trace)"
+    else:
+        return
+    st.download_button(
+        label,
+        data=make,
+        file_name=name,
+        mime="text/html",
+        key="export:report",
+        on_click="ignore",
+        icon=":material/description:",
+        help="One self-contained HTML file (no script, no outside requests); prints to PDF.",
+    )
+
+
+def sidebar_report(page_path: str) -> None:
+    """The sidebar's report button on every page that has something to report; nothing when
+    the store is not configured or cannot be read (the page itself says so)."""
+    config = context.store_config()
+    if config is None:
+        return
+    try:
+        with st.sidebar:
+            report_button(config, page_path)
+    except (StoreError, OSError):
+        return
+
+
+def table_downloads(config: StoreConfig, query: TraceQuery, total: int) -> None:
+    """CSV and Parquet of every trace the filters match (not only the page shown)."""
+    store = data.store(config)
+    query = replace(query, offset=0)
+    stamp = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    left, right, _ = st.columns([1.2, 1.2, 5])
+    left.download_button(
+        f"CSV ({total} traces)",
+        data=lambda: csv_bytes(query_frame(store, query)),
+        file_name=f"traces-{stamp}.csv",
+        mime="text/csv",
+        key="export:csv",
+        on_click="ignore",
+        icon=":material/download:",
+        help="Every matching trace; tags as JSON lists; a cell starting like a formula "
+        "gets a leading ' so spreadsheets show it instead of running it.",
+    )
+    right.download_button(
+        "Parquet",
+        data=lambda: parquet_bytes(query_frame(store, query)),
+        file_name=f"traces-{stamp}.parquet",
+        mime="application/vnd.apache.parquet",
+        key="export:parquet",
+        on_click="ignore",
+        icon=":material/download:",
+        help="Every matching trace, values exactly as stored (tags as lists).",
+    )
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One figure a page offers: a label for the list, a file name, and how to build it
+    (called only when a download is asked for)."""
+
+    label: str
+    name: str
+    build: Callable[[], Figure]
+
+
+def figure_gallery(trace_id: str, offers: Sequence[Offer]) -> None:
+    """The page's figures, each with PNG (print resolution) and SVG downloads."""
+    with st.expander(f"Figures ({len(offers)}): PNG and SVG", key="figures"):
+        st.caption(
+            "As drawn on this page with its current settings; PNG at print resolution, "
+            "SVG with vector text and legends."
+        )
+        for index, offer in enumerate(offers):
+            label, png, svg = st.columns([6, 1, 1], vertical_alignment="center")
+            label.text(offer.label)
+            stem = f"{short_id(trace_id)}-{offer.name}"
+            png.download_button(
+                "PNG",
+                data=lambda b=offer.build: b().png(scale=2),
+                file_name=f"{stem}.png",
+                mime="image/png",
+                key=f"export:fig:{index}:png",
+                on_click="ignore",
+            )
+            svg.download_button(
+                "SVG",
+                data=lambda b=offer.build: b().svg(),
+                file_name=f"{stem}.svg",
+                mime="image/svg+xml",
+                key=f"export:fig:{index}:svg",
+                on_click="ignore",
+            )
