@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_store import ROWS, report
 from dashboard.components import dataset as summaries
+from dashboard.config import STORE_ENV
 from store import TraceQuery, open_store
 from store._index import results, tags, traces
 from store.dataset import (
@@ -188,6 +190,24 @@ def bench_queries(directory: Path, repeats: int) -> None:
             report(name, median_ms(fn, repeats), "ms", target)
 
 
+def bench_page(directory: Path, repeats: int) -> None:
+    """The whole Dataset page in Streamlit's AppTest (no browser): filters, both accuracy
+    tables, a page of pairs and the aggregates from stored summaries."""
+    from streamlit.testing.v1 import AppTest
+
+    os.environ[STORE_ENV] = str(directory)
+    app = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
+
+    def run() -> None:
+        at = AppTest.from_file(str(app), default_timeout=120)
+        at.switch_page("views/dataset.py")
+        at.run()
+        if at.exception or at.error:
+            raise RuntimeError("the Dataset page failed")
+
+    report("Dataset page, whole run (AppTest)", median_ms(run, max(3, repeats // 2)), "ms", 2000)
+
+
 def bench_summarise(root: Path, repeats: int) -> None:
     """First view of a sample: each trace's summary read from its file (7B-like head count,
     LLaVA-1.5's 24 x 24 grid)."""
@@ -218,6 +238,7 @@ def main() -> None:
         directory = build(Path(tmp), args.questions)
         print(f"index of {2 * args.questions:,} traces built in {time.perf_counter() - t0:.1f} s")
         bench_queries(directory, args.repeats)
+        bench_page(directory, args.repeats)
         bench_summarise(Path(tmp), args.repeats)
     print("\n| figure | value | unit | vs target |\n|---|---:|---|---|")
     for row in ROWS:

@@ -33,6 +33,7 @@ PAIRS_PAGE = 10
 LEFT, RIGHT, KIND, PAIRS = "left", "right", "kind", "pairs"  # this page's URL parameters
 COMPARE_PAGE = "views/compare.py"
 VERDICT = {True: "✓", False: "✗", None: "–"}
+ROW = [3.6, 3, 3, 1.4]  # a pair's columns: question, left answer, right answer, button
 
 
 def _percent(value: float | None) -> float | None:
@@ -113,14 +114,13 @@ def _open_pair(left_id: str, right_id: str) -> None:
 
 
 def _pair_row(pair: queries.Pair) -> None:
-    cells = st.columns([4, 3, 3, 1.4])
+    cells = st.columns(ROW)
     cells[0].text(f"{pair.prompt}\n{pair.image_name}")
     for cell, side in zip(cells[1:3], (pair.left, pair.right), strict=True):
         cell.text(f"{VERDICT[side.correct]} {side.answer}\nid {short_id(side.trace_id)}")
     if cells[3].button(
         "Compare",
         key=f"dataset:pair:{pair.left.trace_id}:{pair.right.trace_id}",
-        icon=":material/compare:",
         type="primary" if pair.differs else "secondary",
     ):
         _open_pair(pair.left.trace_id, pair.right.trace_id)
@@ -159,7 +159,7 @@ def _pairs(store: TraceStore, query: TraceQuery, chosen: tuple[Checkpoint, Check
         "(case and surrounding spaces ignored); those come first. ✓ correct, ✗ wrong, "
         "– no reference. Compare opens the two traces side by side."
     )
-    head = st.columns([4, 3, 3, 1.4])
+    head = st.columns(ROW)
     head[0].markdown("**question** (prompt, image)")
     head[1].text(f"left: {left.label}")
     head[2].text(f"right: {right.label}")
