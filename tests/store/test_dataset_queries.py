@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import uuid
 from collections import Counter
 
 import pytest
+import sqlalchemy as sa
 
 from store import InvalidQuery, TraceQuery, open_store
 from store.dataset import (
@@ -41,14 +44,22 @@ def _trace(seed: int, checkpoint: Checkpoint, answer: str, reference: str | None
     return dataclasses.replace(trace, info=info)
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def dataset(request, tmp_path_factory):
     """Questions asked of A and B (some of C): B is wrong on every third, answers case-
     and space-insensitively equal on some; question 8 has no reference; two traces of one
-    checkpoint only."""
+    checkpoint only. On the store's SQLite index and on a real PostgreSQL server."""
     directory = tmp_path_factory.mktemp("dataset")
+    db_url = None
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres_url")
+        db_url = server.rsplit("/", 1)[0] + f"/dataset_{uuid.uuid4().hex}"
+        admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {db_url.rsplit('/', 1)[1]}")
+        admin.dispose()
     infos = []
-    with open_store(directory, writable=True) as store:
+    with open_store(directory, db_url, writable=True) as store:
         for q in range(QUESTIONS):
             kind = KINDS[q % 3]
             reference = None if q == 8 else f"answer {q}"
@@ -63,7 +74,7 @@ def dataset(tmp_path_factory):
             trace = _trace(seed, A, "alone", "alone", "count")
             store.add(trace)
             infos.append(trace.info)
-    return directory, infos
+    return functools.partial(open_store, directory, db_url), infos
 
 
 def _python_accuracy(infos, key):
@@ -96,8 +107,8 @@ def _python_pairs(infos, left, right):
 
 
 def test_accuracy_per_checkpoint_and_tag_match_python(dataset):
-    directory, infos = dataset
-    with open_store(directory) as store:
+    opened, infos = dataset
+    with opened() as store:
         by_checkpoint = accuracy_by_checkpoint(store, TraceQuery())
         by_tag = accuracy_by_tag(store, TraceQuery())
         filtered = accuracy_by_checkpoint(store, TraceQuery(tag="colour"))
@@ -116,10 +127,10 @@ def test_accuracy_per_checkpoint_and_tag_match_python(dataset):
 
 
 def test_pairs_differing_first_and_paged_without_gaps(dataset):
-    directory, infos = dataset
+    opened, infos = dataset
     expected = _python_pairs(infos, A, B)
     assert len(expected) == QUESTIONS and sum(d for *_, d in expected) == 3
-    with open_store(directory) as store:
+    with opened() as store:
         pages = [
             pairs_page(store, TraceQuery(), limit=4, offset=o, left=A, right=B) for o in (0, 4, 8)
         ]
@@ -139,9 +150,9 @@ def test_pairs_differing_first_and_paged_without_gaps(dataset):
 
 
 def test_pairs_across_every_two_checkpoints_and_filters(dataset):
-    directory, infos = dataset
+    opened, infos = dataset
     every = [*_python_pairs(infos, A, B), *_python_pairs(infos, A, C), *_python_pairs(infos, B, C)]
-    with open_store(directory) as store:
+    with opened() as store:
         page = pairs_page(store, TraceQuery(), limit=100)
         wrong = pairs_page(store, TraceQuery(correct=False), limit=100)
         text = pairs_page(store, TraceQuery(answer_contains="wrong"), limit=100)
@@ -159,8 +170,8 @@ def test_pairs_across_every_two_checkpoints_and_filters(dataset):
 
 
 def test_summary_samples_read_stored_summaries(dataset, tmp_path):
-    directory, infos = dataset
-    with open_store(directory, writable=True) as store:
+    opened, infos = dataset
+    with opened(writable=True) as store:
         sample = summary_sample(store, TraceQuery(), 5, checkpoint=B)
         assert [s.trace_id for s in sample] == sorted(
             i.trace_id for i in infos if i.model_revision == "rev-b"
