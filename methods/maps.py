@@ -1,0 +1,76 @@
+"""The per-patch maps that faithfulness methods compare, read from a stored trace.
+
+Every method scores the same candidates, named the same way in results and metrics:
+``relevancy.<mode>`` for each stored relevancy mode; ``attention.head_mean`` (the answer
+token's attention row in one LM layer, mean over heads, spread from image tokens onto
+patches); ``attention.best_head`` (the single head with the largest mean image share over
+the answer, from the stored summaries); ``random`` (uniform noise from a fixed seed: the
+baseline a method must beat). All are ``[N, G]``: one map over the G patches per answer token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from store._stored import StoredTrace
+from store.schema import answer_row
+
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class MapChoice:
+    """Which attention layer the raw-attention maps read and the random map's seed."""
+
+    layer: int = -1  # LM layer of attention.head_mean; negative counts from the end
+    seed: int = 0
+
+
+def image_rows(trace: StoredTrace) -> np.ndarray:
+    """The sequence positions of image tokens (empty for cross-attention families)."""
+    return np.unique(trace.image.token_patches.rows)
+
+
+def attention_on_patches(trace: StoredTrace, rows_attention: np.ndarray) -> np.ndarray:
+    """``[N, T]`` attention rows spread onto the patches: ``[N, G]`` (token weights kept)."""
+    geometry, rows = trace.image, image_rows(trace)
+    return rows_attention[:, rows] @ geometry.token_patches.matrix(rows, geometry.num_patches)
+
+
+def candidate_maps(trace: StoredTrace, choice: MapChoice) -> dict[str, np.ndarray]:
+    """Every map this trace can give, by name (see the module docstring); a relevancy mode
+    or attention that was not recorded is simply absent."""
+    maps: dict[str, np.ndarray] = {}
+    geometry = trace.image
+    relevancy = trace.relevancy
+    if relevancy is not None:
+        for mode in relevancy.modes:
+            maps[f"relevancy.{mode.value}"] = np.asarray(
+                relevancy.on_patches(mode, geometry), np.float64
+            )
+    n = trace.answer_length
+    rows = [answer_row(trace.prompt_length, k) for k in range(n)]
+    if len(image_rows(trace)) and trace.has_rows(rows):
+        layers = trace.lm_attention.shape[0]
+        layer = choice.layer % layers
+        attention = np.asarray(trace.attention_rows(rows, [layer])[0], np.float64)  # [H, N, T]
+        maps["attention.head_mean"] = attention_on_patches(trace, attention.mean(axis=0))
+        top_layer, top_head = best_head(trace)
+        best = np.asarray(trace.attention_rows(rows, [top_layer])[0, top_head])
+        maps["attention.best_head"] = attention_on_patches(trace, best.astype(np.float64))
+    maps[RANDOM] = random_map(n, geometry.num_patches, choice.seed)
+    return maps
+
+
+def random_map(tokens: int, patches: int, seed: int) -> np.ndarray:
+    """Uniform noise ``[tokens, patches]`` from ``seed``: the same baseline on every run."""
+    return np.random.default_rng(seed).random((tokens, patches))
+
+
+def best_head(trace: StoredTrace) -> tuple[int, int]:
+    """(layer, head) of ``attention.best_head``, for provenance."""
+    shares = trace.summaries.head_image_attention
+    layer, head = np.unravel_index(int(np.argmax(shares)), shares.shape)
+    return int(layer), int(head)
