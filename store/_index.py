@@ -2,7 +2,9 @@
 
 SQLAlchemy Core with bound parameters only. SQLite by default (WAL, synchronous=NORMAL, an
 FTS5 trigram table for substring search); any SQLAlchemy URL works, with LIKE as the
-fallback for text search. The schema version lives in ``lvi_meta``.
+fallback for text search (PostgreSQL is tested: a shared index for many recorders). The
+schema is created and upgraded by the Alembic revisions in ``store/migrations``; the schema
+version also lives in ``lvi_meta``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 
+from . import migrations
 from .errors import (
     FormatTooNew,
     IndexSchemaTooOld,
@@ -33,6 +38,7 @@ INDEX_SCHEMA_VERSION = 2
 SCAN_ROWS_LIMIT = 20_000  # below this many candidate rows, text search scans instead of FTS
 ONE_PASS_ROWS = 2_000  # below this many candidate rows, one query gives page and total
 MAX_ROWS = 2**63 - 1  # SQL integers: a larger limit or offset cannot even be sent
+MIGRATE_HINT = "lvlm-interpret store migrate --store DIR (plus its --db)"
 REINDEX_HINT = (
     "run `lvlm-interpret store reindex --store DIR` (rebuilds the index from the trace files)"
 )
@@ -178,6 +184,10 @@ ORDER_COLUMNS = (
     "correct",
     "answer_length",
 )
+
+
+# Dialects whose INSERT can skip a row whose key exists (racing writers of one trace id).
+_INSERTS = {"sqlite": sqlite_dialect.insert, "postgresql": postgresql_dialect.insert}
 
 
 def _infos_statement() -> sa.CompoundSelect:
@@ -340,6 +350,21 @@ def make_engine(url: str, writable: bool) -> Engine:
     return engine
 
 
+def drop_tables(conn: Connection) -> None:
+    """Remove every table of the index, Alembic's revision included (for reindex)."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_FTS}")
+    metadata.drop_all(conn)
+    conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+
+
+def read_notes(conn: Connection) -> list[dict[str, Any]]:
+    """Every note in the index, oldest first (none if it predates notes)."""
+    if not sa.inspect(conn).has_table(notes.name):
+        return []
+    return [dict(r._mapping) for r in conn.execute(sa.select(notes).order_by(notes.c.note_id))]
+
+
 def _checked(q: TraceQuery) -> TraceQuery:
     """``q`` with its dates normalised and tag in NFC, or :class:`InvalidQuery`."""
     for name in ("limit", "offset"):
@@ -363,6 +388,12 @@ class Index:
         self.writable = writable
         self.is_sqlite = engine.dialect.name == "sqlite"
         self.has_fts = False
+        insert = _INSERTS.get(engine.dialect.name)
+        self._insert_trace = (
+            traces.insert()
+            if insert is None
+            else insert(traces).on_conflict_do_nothing(index_elements=["trace_id"])
+        )
         self._prepare()
 
     # -- schema ------------------------------------------------------------------------------
@@ -372,64 +403,63 @@ class Index:
             if not self.writable:
                 raise StoreError("this store has no index yet; open it with mode='a' to create one")
             self._create()
-            return
-        if "lvi_meta" not in names:
+        elif "lvi_meta" not in names:
             raise IndexSchemaTooOld(
                 f"the index has no schema version (unknown layout); {REINDEX_HINT}"
             )
-        with self.engine.connect() as conn:
-            rows = dict(conn.execute(sa.select(meta.c.key, meta.c.value)).all())
-        version = int(rows.get("schema_version", 0))
+        version = self.schema_version()
         if version > INDEX_SCHEMA_VERSION:
             raise FormatTooNew(
                 f"the index has schema version {version}; this lvlm-interpret knows up to "
                 f"{INDEX_SCHEMA_VERSION}. Upgrade: pip install -U lvlm-interpret"
             )
-        if version == 1 and self.writable:
-            # Version 2 only adds tables (notes, jobs, workers): create them in place.
-            with self.engine.begin() as conn:
-                metadata.create_all(conn, tables=[notes, jobs, workers])
-                conn.execute(
-                    meta.update().where(meta.c.key == "schema_version"),
-                    {"value": str(INDEX_SCHEMA_VERSION)},
-                )
-            version = INDEX_SCHEMA_VERSION
-        if version < INDEX_SCHEMA_VERSION:
+        if version < 1:
             raise IndexSchemaTooOld(
                 f"the index has schema version {version}, this lvlm-interpret needs "
                 f"{INDEX_SCHEMA_VERSION}; {REINDEX_HINT}. Trace files are untouched."
             )
+        head = migrations.revision(INDEX_SCHEMA_VERSION)
+        with self.engine.connect() as conn:
+            at = migrations.current(conn) or migrations.revision(version)
+        if at != head and not self.writable:
+            raise IndexSchemaTooOld(
+                f"the index has schema version {version}, this lvlm-interpret needs "
+                f"{INDEX_SCHEMA_VERSION}: run `{MIGRATE_HINT}` (or open the store writable, "
+                "which upgrades it in place). Nothing was changed"
+            )
+        if self.writable:
+            self._upgrade(version)
+        rows = self._meta()
         self.has_fts = rows.get("fts") == "trigram"
         if self.is_sqlite and self.writable:
             with self.engine.begin() as conn:  # stores made before the index existed
                 conn.exec_driver_sql(_SQLITE_COVERING)
 
-    def _create(self) -> None:
+    def schema_version(self) -> int:
+        return int(self._meta().get("schema_version", 0))
+
+    def _meta(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(meta.c.key, meta.c.value)).all())
+
+    def _upgrade(self, version: int) -> None:
+        """Bring the schema to the head revision (stamping an index made before Alembic with
+        its schema version first); nothing runs, nor is Alembic imported, when it is there."""
         with self.engine.begin() as conn:
-            if self.is_sqlite:
+            at = migrations.current(conn)
+            if at == migrations.revision(INDEX_SCHEMA_VERSION):
+                return
+            if at is None:
+                migrations.stamp(conn, migrations.revision(version))
+            migrations.upgrade(conn)
+
+    def _create(self) -> None:
+        """A new index at the head revision (SQLite in WAL mode: readers never block)."""
+        if self.is_sqlite:
+            with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-            metadata.create_all(conn)
-            if self.is_sqlite:
-                conn.exec_driver_sql(_SQLITE_COVERING)
-            fts = ""
-            if self.is_sqlite:
-                try:
-                    with conn.begin_nested():
-                        conn.exec_driver_sql(
-                            f"CREATE VIRTUAL TABLE {_FTS} USING fts5(prompt, answer, "
-                            "tokenize='trigram')"
-                        )
-                    fts = "trigram"
-                except sa.exc.OperationalError:  # SQLite without FTS5 trigram: LIKE it is
-                    fts = ""
-            conn.execute(
-                meta.insert(),
-                [
-                    {"key": "schema_version", "value": str(INDEX_SCHEMA_VERSION)},
-                    {"key": "fts", "value": fts},
-                ],
-            )
-        self.has_fts = fts == "trigram"
+        with self.engine.begin() as conn:
+            migrations.upgrade(conn)
 
     def store_id(self) -> str | None:
         """The id of the store directory this index belongs to (None: not bound yet)."""
@@ -445,12 +475,18 @@ class Index:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(traces)).scalar_one()
 
-    def drop_all(self) -> None:
-        """Remove every table of the index (for reindex)."""
+    def restore_notes(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Put back notes read from the index this one replaces (reindex), ids included; on
+        PostgreSQL the id sequence then continues after them."""
+        if not rows:
+            return
         with self.engine.begin() as conn:
-            if self.is_sqlite:
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {_FTS}")
-            metadata.drop_all(conn)
+            conn.execute(notes.insert(), list(rows))
+            if self.engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(
+                    "SELECT setval(pg_get_serial_sequence('trace_notes', 'note_id'), "
+                    "(SELECT max(note_id) FROM trace_notes))"
+                )
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -468,7 +504,9 @@ class Index:
         answer_tokens_text: Sequence[str],
         file_size: int,
         file_checksum: str,
-    ) -> None:
+    ) -> bool:
+        """Index a trace; False (nothing written) when its id is indexed already, also when
+        another process inserts it at the same moment (ON CONFLICT DO NOTHING)."""
         row = {
             "trace_id": info.trace_id,
             "model_id": info.model_id,
@@ -491,7 +529,9 @@ class Index:
             "info_json": json.dumps(info.to_dict()),
         }
         with self.engine.begin() as conn:
-            res = conn.execute(traces.insert(), row)
+            res = conn.execute(self._insert_trace, row)
+            if res.rowcount == 0:
+                return False
             if self.has_fts:
                 conn.execute(
                     sa.text(f"INSERT INTO {_FTS}(rowid, prompt, answer) VALUES (:r, :p, :a)"),
@@ -506,6 +546,7 @@ class Index:
                 conn.execute(answer_tokens.insert(), tok_rows)
             self._add_tags(conn, info.trace_id, info.tags)
             self._set_metrics(conn, info.trace_id, info.metrics)
+        return True
 
     def _add_tags(self, conn: Connection, trace_id: str, new: Iterable[str]) -> None:
         have = set(conn.execute(sa.select(tags.c.tag).where(tags.c.trace_id == trace_id)).scalars())
@@ -759,7 +800,11 @@ class Index:
             raise ValueError(
                 f"cannot order by {q.order_by!r}; use one of {ORDER_COLUMNS} or metric:NAME"
             )
-        return col.desc() if q.descending else col.asc()
+        if self.is_sqlite:  # SQLite's default: NULL sorts below every value
+            return col.desc() if q.descending else col.asc()
+        # The same order elsewhere (PostgreSQL puts NULL above): a trace without the metric
+        # comes last in a descending order on every database.
+        return col.desc().nulls_last() if q.descending else col.asc().nulls_first()
 
     def query(self, q: TraceQuery) -> Page:
         q = _checked(q)

@@ -30,9 +30,8 @@ import sqlalchemy as sa
 from . import _codec, _h5
 from ._binding import bind, check_root, read_store_id, shown_url
 from ._codec import Precision
-from ._failures import READONLY_ERRNOS, guard, translate
-from ._index import Index, Page, TraceQuery, make_engine
-from ._index import metadata as _index_metadata
+from ._failures import READONLY_ERRNOS, guard, reason, translate
+from ._index import Index, Page, TraceQuery, drop_tables, make_engine, read_notes
 from ._interrupts import interrupts_deferred
 from ._paths import (
     Layout,
@@ -86,12 +85,15 @@ class ReindexReport:
     checksum kept, or a failed internal check recorded) so that ``verify`` still reports them.
     ``skipped``: entries under ``data/`` that are not trace files (a symbolic link, a user's
     file), left alone and not indexed; listed so that a trace behind a link is not dropped from
-    the index without a word."""
+    the index without a word. Analysts' notes are carried over (``notes_kept``); those of
+    traces that are not indexed again are kept in ``notes_set_aside``."""
 
     indexed: int = 0
     quarantined: list[Path] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    notes_kept: int = 0
+    notes_set_aside: Path | None = None  # notes of traces not indexed again, kept as JSON
 
 
 CHECKSUM = "sha256"
@@ -396,7 +398,7 @@ class TraceStore:
                     "store gc` when no recording is running"
                 )
             try:
-                self._index.insert(
+                indexed = self._index.insert(
                     trace.info,
                     precision=precision.value,
                     shape=trace.lm_attention.shape[:2],
@@ -408,7 +410,7 @@ class TraceStore:
             except BaseException as exc:
                 final.unlink(missing_ok=True)
                 raise translate(exc, f"indexing trace {trace_id}") from exc
-        return True
+        return indexed  # False: a row for this id appeared meanwhile (its file now placed)
 
     def _stored(self, trace_id: str) -> bool:
         with guard(f"adding trace {trace_id}"):
@@ -447,6 +449,11 @@ class TraceStore:
         """Open a trace lazily (read-only); close it or use ``with``."""
         info = self.get(trace_id)
         return StoredTrace(self.layout.no_links(self.layout.trace_path(info.trace_id)), info=info)
+
+    def schema_version(self) -> int:
+        """The index's schema version (``lvi_meta``; Alembic revision ``NNNN``)."""
+        with guard("reading the index"):
+            return self._index.schema_version()
 
     def models(self) -> list[str]:
         with guard("reading the index"):
@@ -682,6 +689,26 @@ class TraceStore:
                         os.rmdir(entry.path)
         return report
 
+    def _restore_notes(self, rows: list[dict]) -> tuple[int, Path | None]:
+        """Put the old index's notes back on the traces indexed again; the notes of traces
+        that are not (file gone or quarantined) go to ``quarantine/notes-<n>.json``, as
+        JSON, never dropped. (How many were kept, where the others went.)"""
+        indexed = {r.trace_id for r in self._index.file_records()}
+        kept = [r for r in rows if r["trace_id"] in indexed]
+        self._index.restore_notes(kept)
+        orphans = [r for r in rows if r["trace_id"] not in indexed]
+        if not orphans:
+            return len(kept), None
+        lay = self.layout
+        lay.no_links(lay.quarantine_dir)
+        lay.quarantine_dir.mkdir(exist_ok=True)
+        n = 1
+        while (path := lay.quarantine_dir / f"notes-{n}.json").exists() or is_link(path):
+            n += 1
+        text = json.dumps(orphans, indent=2, ensure_ascii=False).encode()
+        _write_new(path, lambda f: f.write(text))
+        return len(kept), path
+
     def _reindex(self, old: dict[str, str]) -> ReindexReport:
         """Index every trace file under ``data/`` (for :func:`reindex_store`).
 
@@ -827,6 +854,29 @@ def _set_aside_sqlite(db: Path) -> Path | None:
     return bak
 
 
+def _old_notes(url: str, required: bool) -> list[dict]:
+    """The notes of the index a reindex replaces. ``required`` (an index that is dropped, not
+    set aside as a .bak): a failure to read them stops the reindex before anything changes."""
+    try:
+        engine = make_engine(url, writable=False)
+    except StoreError:
+        if required:
+            raise
+        return []
+    try:
+        with engine.connect() as conn:
+            return read_notes(conn)
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        if required:
+            raise StoreOpenError(
+                f"cannot read the notes in {shown_url(url)} ({reason(exc)}); reindex would "
+                "lose them, so nothing was changed"
+            ) from None
+        return []
+    finally:
+        engine.dispose()
+
+
 def _previous(url: str) -> tuple[str | None, dict[str, str]]:
     """The store id and file checksums an existing index holds (nothing if unreadable)."""
     try:
@@ -858,6 +908,7 @@ def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexRe
     with store_lock(layout, exclusive=True):
         url = db_url or f"sqlite:///{layout.no_links(layout.db_path)}"
         index_id, old = _previous(url)
+        old_notes = _old_notes(url, required=db_url is not None)
         dir_id = read_store_id(layout)
         if index_id is not None and dir_id is not None and index_id != dir_id:
             raise StoreOpenError(
@@ -870,9 +921,7 @@ def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexRe
             engine = make_engine(db_url, writable=True)
             try:
                 with guard(f"clearing the index {shown_url(db_url)}"), engine.begin() as conn:
-                    if engine.dialect.name == "sqlite":
-                        conn.exec_driver_sql("DROP TABLE IF EXISTS traces_fts")
-                    _index_metadata.drop_all(conn)
+                    drop_tables(conn)
             except StoreError as exc:
                 raise StoreOpenError(str(exc)) from None
             finally:
@@ -881,7 +930,9 @@ def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexRe
             TraceStore(directory, db_url=db_url, mode="a", _rebuilding=True) as store,
             guard(f"reindexing {layout.root}"),
         ):
-            return store._reindex(old)
+            report = store._reindex(old)
+            report.notes_kept, report.notes_set_aside = store._restore_notes(old_notes)
+            return report
 
 
 def open_store(

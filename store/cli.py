@@ -244,6 +244,24 @@ def reindex(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
             markup=False,
             soft_wrap=True,
         )
+    if report.notes_kept:
+        console.print(f"notes carried over: {report.notes_kept}")
+    if report.notes_set_aside is not None:
+        console.print(
+            f"notes of traces no longer indexed, kept in: {report.notes_set_aside}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+@app.command()
+@_one_line_errors
+def migrate(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
+    """Upgrade the index's schema to this version's (Alembic); rows and files are kept.
+
+    Opening a store writable does the same; a read-only open of an older index asks for it."""
+    with _open(store, db, writable=True) as opened:
+        console.print(f"index schema version {opened.schema_version()} (up to date)")
 
 
 def _held_modes(relevancy) -> str:

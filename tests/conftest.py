@@ -91,3 +91,12 @@ def fresh_postgres_url(postgres_url):
     with admin.connect() as conn:
         conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request):
+    """A test taking this runs twice: on a store's own SQLite index (None) and on a fresh
+    database of the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("fresh_postgres_url")
