@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from store import TraceQuery, open_store
+from store import TraceQuery, open_store, reindex_store
 from store import _h5 as h5_module
 from store._store import checksum_file
 from store.cli import app
@@ -170,3 +170,37 @@ def test_database_errors_are_one_line_without_the_password(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], lines
     assert "s3cret-pw" not in result.output and "***" in lines[0]
+
+
+def test_dashboard_unchanged_on_a_postgresql_index(tmp_path, fresh_postgres_url, monkeypatch):
+    """The real app (Streamlit AppTest) on the dashboard's test store indexed in PostgreSQL
+    only (its SQLite index deleted): Browse lists every indexed trace, filters by a note
+    written to PostgreSQL, and a trace page renders."""
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.config import DB_ENV, STORE_ENV
+    from tests.dashboard.conftest import APP, demo_store_at
+
+    demo = demo_store_at(tmp_path / "store")
+    indexed = reindex_store(demo.directory, fresh_postgres_url).indexed
+    for path in demo.directory.glob("index.sqlite*"):
+        path.unlink()
+    with open_store(demo.directory, db_url=fresh_postgres_url, writable=True) as st:
+        st.add_note(demo.main, "seen in postgres")
+    monkeypatch.setenv(STORE_ENV, str(demo.directory))
+    monkeypatch.setenv(DB_ENV, fresh_postgres_url)
+
+    def run(view: str | None = None, **params: str) -> AppTest:
+        at = AppTest.from_file(str(APP), default_timeout=60)
+        at.query_params.update(params)
+        if view is not None:
+            at.switch_page(f"views/{view}.py")
+        at.run()
+        assert not at.exception and not at.get("error"), [e.value for e in at.exception]
+        return at
+
+    assert len(run().dataframe[0].value) == indexed
+    assert list(run(note="POSTGRES").dataframe[0].value["id"]) == [demo.main[:8]]
+    page = run("generation", trace=demo.main)
+    assert page.get("imgs") or page.get("image")
+    assert not list(demo.directory.glob("index.sqlite*"))  # PostgreSQL served it all
