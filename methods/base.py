@@ -131,6 +131,22 @@ class Method(ABC):
         trace (``model=`` a loaded model for :attr:`Needs.MODEL`)."""
 
 
+def model_mismatch(info: Any, model_id: str, revision: str | None) -> str | None:
+    """Why a model is not the one that recorded the trace (None: it is). A method that
+    re-runs the model explains the recorded answer only with the same weights; the revision
+    (hub commit or weights hash) decides, the id too where no revision is known."""
+    if revision is not None and info.model_revision:
+        if revision != info.model_revision:
+            return (
+                f"trace {info.trace_id} was recorded by {info.model_id} {info.model_revision}, "
+                f"not by the given model ({model_id} {revision})"
+            )
+        return None
+    if model_id != info.model_id:
+        return f"trace {info.trace_id} was recorded by {info.model_id}, not by {model_id}"
+    return None
+
+
 def save_result(store: TraceStore, trace_id: str, result: MethodResult) -> str:
     """Store ``result`` under its key (replacing an earlier run with the same key) and its
     finite headline numbers as metrics; returns the key. The one results channel."""

@@ -1,0 +1,220 @@
+"""Deletion and insertion (Petsiuk et al. 2018, RISE): does the model need what a map marks?
+
+For each answer token and each candidate map (:mod:`methods.maps`), patches are ranked by
+the map, most relevant first (ties: lower patch index first), and for ``steps + 1`` fractions
+``i / steps`` of the G patches (rounded to whole patches):
+
+- **deletion**: the first ``n`` ranked patches of the image are painted with the image's mean
+  colour (per channel, over the whole image);
+- **insertion**: the first ``n`` ranked patches are copied from the image onto a blurred copy
+  of it (Gaussian, radius ``blur_patches`` patch widths).
+
+The model re-reads each perturbed image teacher-forced on the recorded answer (the stored
+token ids, so the answer cannot change), and the curve is the recorded answer token's
+probability at each step. AUC is the trapezoid rule over the fraction of patches perturbed
+(x in [0, 1]). A faithful map gives a low deletion AUC (the probability falls as soon as the
+marked patches go) and a high insertion AUC.
+
+All perturbed images of one answer token (every map, every step) run as batched forwards of
+up to ``batch`` images: one or a few passes per token instead of ``maps x (steps + 1)``.
+Perturbations use the stored image pixels (the user's image, downscaled for display only
+when its longest side is over 1,024 pixels), patch boxes scaled to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from engine.inputs import load_image
+from engine.loading import LoadedModel
+from methods.base import Method, MethodResult, Needs, model_mismatch
+from methods.maps import MapChoice, candidate_maps
+from methods.registry import register
+from store._stored import StoredTrace
+
+DELETION, INSERTION = "deletion", "insertion"
+
+
+@dataclass(frozen=True)
+class PerturbationParams:
+    steps: int = 16
+    maps: str = "relevancy,attention.head_mean,random"  # map names or name prefixes
+    blur_patches: float = 1.0  # insertion's blur radius, in patch widths
+    layer: int = -1  # LM layer of attention.head_mean
+    seed: int = 0  # the random map's seed
+    batch: int = 64  # images per forward pass (1: one forward per image)
+
+
+def chosen_maps(trace: StoredTrace, params: PerturbationParams) -> dict[str, np.ndarray]:
+    """The candidate maps named by ``params.maps`` (exact names, or prefixes before a dot)."""
+    wanted = [w.strip() for w in params.maps.split(",") if w.strip()]
+    maps = candidate_maps(trace, MapChoice(params.layer, params.seed))
+    return {
+        name: values
+        for name, values in maps.items()
+        if any(name == w or name.startswith(w + ".") for w in wanted)
+    }
+
+
+def fractions(patches: int, steps: int) -> np.ndarray:
+    """``[steps + 1]`` whole-patch counts ``round(i / steps * G)``, as fractions of G."""
+    counts = np.rint(np.arange(steps + 1) / steps * patches).astype(int)
+    return counts / patches
+
+
+def auc(x: np.ndarray, y: np.ndarray) -> float:
+    """Trapezoid rule area under ``y(x)``."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
+
+
+class Canvas:
+    """The trace's images as float arrays, and the pixel box of every patch on them."""
+
+    def __init__(self, trace: StoredTrace, blur_patches: float) -> None:
+        geometry = trace.image
+        self.names = [image.name for image in geometry.images]
+        self.images = [np.asarray(image.pixels, np.float32) for image in geometry.images]
+        self.patch_image = np.asarray([geometry.tiles[t].image for t in geometry.patch_tile])
+        boxes = np.asarray(geometry.patch_boxes, np.float64).copy()
+        for i, image in enumerate(geometry.images):
+            h, w = image.pixels.shape[:2]
+            scale = np.array([w / image.size[0], h / image.size[1]] * 2)
+            boxes[self.patch_image == i] *= scale
+        self.boxes = np.rint(boxes).astype(int)
+        widths = boxes[:, 2] - boxes[:, 0]
+        radius = float(np.median(widths)) * blur_patches
+        self.mean = [np.broadcast_to(im.mean(axis=(0, 1)), im.shape) for im in self.images]
+        self.blurred = [
+            np.asarray(
+                Image.fromarray(im.astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
+                np.float32,
+            )
+            for im in self.images
+        ]
+
+    def compose(self, base: list[np.ndarray], fill: list[np.ndarray], patches: np.ndarray):
+        """``base`` with ``patches`` taken from ``fill``, as PIL images."""
+        out = [b.copy() for b in base]
+        for p in patches:
+            x0, y0, x1, y1 = self.boxes[p]
+            i = self.patch_image[p]
+            out[i][y0:y1, x0:x1] = fill[i][y0:y1, x0:x1]
+        return [Image.fromarray(np.clip(np.rint(o), 0, 255).astype(np.uint8)) for o in out]
+
+    def steps(self, mode: str, order: np.ndarray, counts: np.ndarray) -> list[list[Image.Image]]:
+        """The perturbed images of one ranking, one list (the prompt's images) per step."""
+        base, fill = (self.images, self.mean) if mode == DELETION else (self.blurred, self.images)
+        return [self.compose(base, fill, order[:n]) for n in counts]
+
+
+def answer_probabilities(
+    loaded: LoadedModel, trace: StoredTrace, images: list[list[Image.Image]], batch: int
+) -> np.ndarray:
+    """``[len(images), N]``: each answer token's probability, teacher-forced on the stored
+    answer, for every image list, ``batch`` image lists per forward pass."""
+    adapter = loaded.adapter
+    ids = torch.as_tensor(np.asarray(trace.tokens.ids), dtype=torch.long, device=loaded.device)
+    p, n = trace.prompt_length, trace.answer_length
+    names = [image.name for image in trace.image.images]
+    out = []
+    for start in range(0, len(images), batch):
+        forced = []
+        for pictures in images[start : start + batch]:
+            inputs = adapter.build_inputs(
+                [load_image(im, name) for im, name in zip(pictures, names, strict=True)],
+                trace.info.prompt,
+            )
+            inputs = {k: v.to(loaded.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+            if not torch.equal(inputs["input_ids"][0], ids[:p]):
+                raise ValueError(
+                    f"trace {trace.trace_id}: the prompt does not tokenise to the stored tokens "
+                    "with this model's processor"
+                )
+            forced.append(adapter.forced_inputs(inputs, ids))
+        joined = {
+            k: torch.cat([f[k] for f in forced]) if torch.is_tensor(forced[0][k]) else forced[0][k]
+            for k in forced[0]
+        }
+        with torch.inference_mode():
+            logits = loaded.model(**joined, logits_to_keep=n + 1).logits[:, :-1].double()
+        chosen = torch.log_softmax(logits, dim=-1)[:, torch.arange(n), ids[p:]]
+        out.append(chosen.exp().cpu().numpy())
+    return np.concatenate(out)
+
+
+def perturbation_curves(
+    loaded: LoadedModel, trace: StoredTrace, maps: dict[str, np.ndarray], params: PerturbationParams
+) -> dict[str, dict[str, np.ndarray]]:
+    """``{mode: {map: [N, steps + 1]}}`` for both modes: answer token k's probability along
+    the deletion / insertion of patches in the order of each map's row k. All images of one
+    token run batched (``params.batch`` per forward)."""
+    canvas = Canvas(trace, params.blur_patches)
+    g, n = trace.image.num_patches, trace.answer_length
+    counts = np.rint(fractions(g, params.steps) * g).astype(int)
+    curves = {mode: {name: np.zeros((n, len(counts))) for name in maps} for mode in MODES}
+    for k in range(n):
+        jobs = [(mode, name) for mode in MODES for name in maps]
+        images = []
+        for mode, name in jobs:
+            order = np.argsort(-np.asarray(maps[name][k], np.float64), kind="stable")
+            images += canvas.steps(mode, order, counts)
+        probs = answer_probabilities(loaded, trace, images, params.batch)[:, k]
+        for j, (mode, name) in enumerate(jobs):
+            curves[mode][name][k] = probs[j * len(counts) : (j + 1) * len(counts)]
+    return curves
+
+
+MODES = (DELETION, INSERTION)
+
+
+class _Perturbation(Method):
+    """Deletion or insertion AUCs and curves of every chosen map (module docstring)."""
+
+    version = "1"
+    needs = frozenset({Needs.MODEL, Needs.RELEVANCY, Needs.ATTENTION})
+    Params = PerturbationParams
+
+    def run(self, trace: StoredTrace, params: Any, **resources: Any) -> MethodResult:
+        loaded: LoadedModel = resources["model"]
+        wrong = model_mismatch(trace.info, loaded.model_id, loaded.revision)
+        if wrong:
+            raise ValueError(wrong)
+        maps = chosen_maps(trace, params)
+        curves = perturbation_curves(loaded, trace, maps, params)[self.name]
+        return self.summarise(trace, params, curves)
+
+    def summarise(
+        self, trace: StoredTrace, params: Any, curves: dict[str, np.ndarray]
+    ) -> MethodResult:
+        """The result record of curves computed by :func:`perturbation_curves`."""
+        x = fractions(trace.image.num_patches, params.steps)
+        aucs = {name: [auc(x, row) for row in c] for name, c in curves.items()}
+        per_token = {
+            "fractions": x.tolist(),
+            "curves": {name: c.tolist() for name, c in curves.items()},
+            "auc": aucs,
+        }
+        headline = {f"{self.name}_auc.{name}": float(np.mean(v)) for name, v in aucs.items()}
+        provenance = {
+            "model": {"id": trace.info.model_id, "revision": trace.info.model_revision},
+            "tokens": trace.tokens.text[trace.prompt_length :],
+            "recorded_prob": np.asarray(trace.top_k.chosen_prob, np.float64).tolist(),
+            "baseline": "image mean colour" if self.name == DELETION else "Gaussian blur",
+        }
+        return self.result(params, per_token, headline, provenance)
+
+
+@register
+class Deletion(_Perturbation):
+    name = DELETION
+
+
+@register
+class Insertion(_Perturbation):
+    name = INSERTION
