@@ -36,8 +36,9 @@ PAGES = [
 
 state.keep((*state.SHARED, *state.VIEWS, *filters.PARAMS))
 page = st.navigation(PAGES)
-share.link_button()
-export.sidebar_report(page.url_path)
+# Filled after the page: its link and report carry the page's final settings, and the
+# page's own content (the heatmap people wait for) is sent first.
+tools = st.sidebar.container()
 try:
     page.run()
 except (CorruptTrace, OSError) as error:
@@ -46,3 +47,7 @@ except MissingData as error:  # a part the recording policy left out: what to re
     st.info(text.markdown_literal(str(error).splitlines()[0]))
 except StoreError as error:  # the index failed (locked, unreachable): one line, no traceback
     st.error(f"The store cannot be read: {text.markdown_literal(str(error).splitlines()[0])}")
+finally:  # also when a page stops early (st.stop: no trace selected)
+    with tools:
+        share.link_button()
+        export.page_report(page.url_path)

@@ -109,15 +109,14 @@ def report_button(config: StoreConfig, page_path: str) -> None:
     )
 
 
-def sidebar_report(page_path: str) -> None:
-    """The sidebar's report button on every page that has something to report; nothing when
-    the store is not configured or cannot be read (the page itself says so)."""
+def page_report(page_path: str) -> None:
+    """The report button for the page ``page_path`` (the app puts it in the sidebar);
+    nothing when the store is not configured or cannot be read (the page says so)."""
     config = context.store_config()
     if config is None:
         return
     try:
-        with st.sidebar:
-            report_button(config, page_path)
+        report_button(config, page_path)
     except (StoreError, OSError):
         return
 

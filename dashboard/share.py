@@ -62,10 +62,10 @@ def current_url() -> str | None:
 
 
 def link_button() -> None:
-    """The sidebar's "Copy link" button, and the same link as text under it."""
-    with st.sidebar:
-        st.iframe(_SNIPPET, height=76)
-        url = current_url()
-        if url:
-            with st.expander("Link as text"):
-                st.code(url, language=None, wrap_lines=True)
+    """The "Copy link" button, and the same link as text under it (the app puts them at
+    the top of the sidebar)."""
+    st.iframe(_SNIPPET, height=76)
+    url = current_url()
+    if url:
+        with st.expander("Link as text"):
+            st.code(url, language=None, wrap_lines=True)

@@ -65,9 +65,16 @@ def keep(params: Iterable[str]) -> None:
     Without this, a parameter that the opened page does not use (``cmap`` on a page without
     heatmaps) would be lost when navigation drops the query string, and a link copied on that
     page would not carry it. ``params`` must list ``TRACE`` before the trace's selections.
+    The dropped values go back in one update (one message to the browser, not one each).
     """
+    dropped = {}
     for param in params:
-        get(param)
+        if param in st.query_params:
+            get(param)
+        elif (value := st.session_state.get(_PREFIX + param)) is not None:
+            dropped[param] = value
+    if dropped:
+        st.query_params.update(dropped)
 
 
 def _forget_trace_scoped() -> None:
