@@ -13,6 +13,10 @@ recording read (and store the bytes of) files beyond the folder it came with.
 
 A bad row is reported with its line number and reason and left out; only a manifest that
 cannot be read at all, or has no valid row, is an error.
+
+The per-row steps of a recording (:func:`row_request`, :func:`record_row`, :data:`ROW_ERRORS`,
+:class:`RowOutcome`) live here too, so that the one-process run and the Ray pipeline
+(engine/distributed.py) record, judge and report a row with the same code.
 """
 
 from __future__ import annotations
@@ -23,12 +27,19 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
 from engine.errors import EngineError, InputError
 from engine.inputs import check_prompt, check_reference, check_tags
+from store import StoreError
+
+if TYPE_CHECKING:
+    from engine.loading import LoadedModel
+    from engine.recorder import RecordOptions
+    from engine.recording import RecordRequest
+    from store import TraceStore
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
 COLUMNS = frozenset({"image", "prompt", "reference", "tags", "boxes", "masks"})
@@ -58,6 +69,22 @@ class RowProblem:
 class Manifest:
     rows: list[ManifestRow]
     problems: list[RowProblem]
+
+
+# What a row may fail with while it is recorded (an image whose body is cut, a generation or
+# store error): the row is reported as failed and the run goes on; anything else is a bug.
+ROW_ERRORS = (EngineError, StoreError, RuntimeError, ValueError)
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What became of one row: ``recorded`` now, ``skipped`` (its trace was stored already),
+    or ``failed`` with the reason."""
+
+    line: int
+    status: Literal["recorded", "skipped", "failed"]
+    trace_id: str | None = None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -229,3 +256,43 @@ def _boxes(value: object) -> list[list[float]]:
             raise ValueError(f"box {box!r} is not [x0, y0, x1, y1] with x0 < x1 and y0 < y1")
         boxes.append([float(v) for v in box])
     return boxes
+
+
+def row_request(
+    row: ManifestRow,
+    options: RecordOptions,
+    extra_tags: tuple[str, ...] = (),
+    lossy: str | None = None,
+) -> RecordRequest:
+    """The request that records ``row``: its images read in full (a body cut short fails here),
+    the run's tags after the row's own, its annotations kept as ``extra["annotations"]``."""
+    from engine.inputs import load_image
+    from engine.recording import RecordRequest
+
+    return RecordRequest(
+        tuple(load_image(path) for path in row.images),
+        row.prompt,
+        options,
+        reference=row.reference,
+        tags=tuple(dict.fromkeys(row.tags + extra_tags)),
+        extra={"annotations": row.annotations} if row.annotations else {},
+        lossy=lossy,
+    )
+
+
+def record_row(
+    store: TraceStore,
+    loaded: LoadedModel,
+    row: ManifestRow,
+    options: RecordOptions,
+    extra_tags: tuple[str, ...] = (),
+    lossy: str | None = None,
+) -> RowOutcome:
+    """Record ``row`` into ``store`` once (engine/recording.py); a failure is its outcome."""
+    from engine.recording import record_into_store
+
+    try:
+        recorded = record_into_store(store, loaded, row_request(row, options, extra_tags, lossy))
+    except ROW_ERRORS as error:
+        return RowOutcome(row.line, "failed", reason=str(error))
+    return RowOutcome(row.line, "skipped" if recorded.skipped else "recorded", recorded.trace_id)

@@ -32,7 +32,7 @@ from engine.inputs import ImageInput, check_generation, check_prompt
 from engine.loading import LoadedModel
 from engine.recorder import Progress, RecordOptions, record
 from store import TraceStore
-from store.schema import TraceInfo
+from store.schema import Trace, TraceInfo
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,14 @@ def record_into_store(
     return recorded
 
 
-def _record(
-    store: TraceStore,
+def record_trace(
     loaded: LoadedModel,
     request: RecordRequest,
     trace_id: str,
-    progress: Progress,
-) -> Recorded:
+    progress: Progress | None = None,
+) -> Trace:
+    """``request`` recorded under ``trace_id``, not stored: the step that a pipeline storing
+    traces in a stage of its own (engine/distributed.py) shares with :func:`record_into_store`."""
     trace = record(
         loaded,
         list(request.images),
@@ -134,7 +135,17 @@ def _record(
         extra=request.extra,
         progress=progress,
     )
-    trace = replace(trace, info=replace(trace.info, trace_id=trace_id))
+    return replace(trace, info=replace(trace.info, trace_id=trace_id))
+
+
+def _record(
+    store: TraceStore,
+    loaded: LoadedModel,
+    request: RecordRequest,
+    trace_id: str,
+    progress: Progress,
+) -> Recorded:
+    trace = record_trace(loaded, request, trace_id, progress)
     if not store.add_new(trace, lossy=request.lossy or False):
         return Recorded(trace_id, None)
     return Recorded(trace_id, trace.info)

@@ -4,6 +4,8 @@ Every row is checked before the model loads (engine/dataset.py); bad rows are re
 their line and left out. Each trace's id is derived from what it records
 (engine/recording.py), so a re-run or a retried shard skips what the store holds, and an
 interruption loses at most the trace in flight (the store's add is atomic).
+With ``--ray ADDRESS`` the rows are recorded on a Ray cluster (engine/distributed.py) by
+the same per-row code, and summed up the same way.
 Exit code: 0 when every row was recorded or already stored, 1 when some row was bad or
 failed, 2 when the manifest is unusable (or another usage error), 130 on Ctrl-C.
 """
@@ -11,6 +13,7 @@ failed, 2 when the manifest is unusable (or another usage error), 130 on Ctrl-C.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,7 +34,6 @@ from engine.cli.options import (
     DbUrl,
     Device,
     Dtype,
-    Lossy,
     LossyStorage,
     MaxNewTokens,
     Revision,
@@ -50,7 +52,8 @@ from engine.cli.record import checked_source
 from engine.inputs import MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
-    from engine.dataset import ManifestRow
+    from engine.dataset import ManifestRow, RowOutcome
+    from engine.distributed import RaySettings, RecordJob
     from engine.loading import LoadedModel
     from engine.recorder import RecordOptions
     from store import TraceStore
@@ -67,6 +70,14 @@ class Summary:
     skipped: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
     invalid: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, outcome: RowOutcome) -> None:
+        if outcome.status == "failed":
+            self.failed.append((outcome.line, outcome.reason))
+        elif outcome.status == "skipped":
+            self.skipped += 1
+        else:
+            self.recorded += 1
 
     def lines(self) -> list[str]:
         head = (
@@ -106,9 +117,27 @@ def record_dataset(
     device: Device = "cpu",
     trust_remote_code: TrustRemoteCode = False,
     allow_pickle: AllowPickle = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Record on a Ray cluster: local (start one here), auto (the one running "
+            "here), HOST:PORT or ray://HOST:PORT. Needs pip install 'lvlm-interpret[ray]'.",
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Recording actors on Ray, each loading the model once (default: one per GPU "
+            "with --device cuda, else as many as the cluster's CPUs allow)."
+        ),
+    ] = None,
+    ray_cpus: Annotated[float, typer.Option(help="CPUs per recording actor on Ray.")] = 1.0,
 ) -> None:
     """Record a trace for every row of a manifest, skipping those already stored."""
     from engine.dataset import read_manifest
+    from engine.distributed import RaySettings, check_ray
     from engine.errors import EngineError
     from engine.inputs import check_generation, check_tags, check_text
     from store import StoreError, open_store
@@ -131,6 +160,10 @@ def record_dataset(
         check_text(str(store), "The --store path")
         if db is not None:
             check_text(db, "The --db URL")
+        cluster = None if ray is None else RaySettings(ray, ray_workers, ray_cpus)
+        if cluster is not None:
+            check_text(cluster.address, "The --ray address")
+            check_ray(cluster, device)
         rows = read_manifest(manifest, prompt, allow_outside=allow_outside)
         summary = Summary(invalid=[(p.line, p.reason) for p in rows.problems])
         for problem in rows.problems:
@@ -139,7 +172,7 @@ def record_dataset(
             model,
             revision=revision,
             allow_pickle=allow_pickle,
-            device=device,
+            device=device if cluster is None else "cpu",  # Ray: the workers' GPUs, checked there
             device_map=None,
             quantize=None,
         )
@@ -150,28 +183,36 @@ def record_dataset(
                 summary.invalid.append((row.line, reason))
                 rows.rows.remove(row)
         with open_store(store, db_url=db, writable=True) as opened:
-            from engine.loading import load_model
             from engine.recorder import RecordOptions
 
-            note(f"loading {model} ...")
-            loaded = load_model(
-                model,
-                revision=revision,
-                dtype=dtype.value,
-                device=device,
-                trust_remote_code=trust_remote_code,
-                allow_pickle=allow_pickle,
-                source=source,
-            )
             options = RecordOptions(
                 settings,
                 relevancy=relevancy,
                 vision_attention=vision_attention,
                 policy=RecordingPolicy(policy.value) if policy else None,
             )
-            interrupted = _record_rows(
-                opened, loaded, rows.rows, options, extra_tags, lossy, summary
-            )
+            load = {
+                "revision": revision,
+                "dtype": dtype.value,
+                "trust_remote_code": trust_remote_code,
+                "allow_pickle": allow_pickle,
+            }
+            kept = rows.rows
+            lossy_name = lossy.value if lossy else None
+            if cluster is None:
+                from engine.loading import load_model
+
+                note(f"loading {model} ...")
+                loaded = load_model(model, device=device, source=source, **load)
+                outcomes = _record_rows(opened, loaded, kept, options, extra_tags, lossy_name)
+                interrupted = _show(outcomes, len(kept), summary)
+            else:
+                from engine.distributed import RecordJob
+
+                job = RecordJob(
+                    model, source, store, db, options, extra_tags, lossy_name, device=device, **load
+                )
+                interrupted = _record_on_ray(job, kept, cluster, summary)
     except (EngineError, StoreError) as error:
         fail(error)
     for line in summary.lines():
@@ -212,16 +253,32 @@ def _record_rows(
     rows: list[ManifestRow],
     options: RecordOptions,
     extra_tags: tuple[str, ...],
-    lossy: Lossy | None,
-    summary: Summary,
-) -> bool:
-    """Record every row into ``summary``; True when Ctrl-C stopped the run (see
-    :class:`_Interrupts`; the store never holds half a trace)."""
-    from engine.errors import EngineError
-    from engine.inputs import load_image
-    from engine.recording import RecordRequest, record_into_store
-    from store import StoreError
+    lossy: str | None,
+) -> Iterator[RowOutcome]:
+    """Each row's outcome, recorded in this process, one row after the other."""
+    from engine.dataset import record_row
 
+    for row in rows:
+        yield record_row(opened, loaded, row, options, extra_tags, lossy)
+
+
+def _record_on_ray(
+    job: RecordJob, rows: list[ManifestRow], cluster: RaySettings, summary: Summary
+) -> bool:
+    """Record ``rows`` on the Ray cluster; True when Ctrl-C stopped the run."""
+    from engine.distributed import connected, pool_size, record_rows
+
+    with connected(cluster):
+        workers, waiting = pool_size(cluster, job.device)
+        note(f"recording on Ray: {workers} workers loading {job.model} ...")
+        if waiting:
+            note(waiting)
+        return _show(record_rows(rows, job, workers, cluster.cpus), len(rows), summary)
+
+
+def _show(outcomes: Iterable[RowOutcome], total: int, summary: Summary) -> bool:
+    """Count every outcome into ``summary`` with progress, rate and ETA; True when Ctrl-C
+    stopped the run (see :class:`_Interrupts`; the store never holds half a trace)."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -232,32 +289,18 @@ def _record_rows(
         TimeRemainingColumn(),
     )
     with Progress(*columns) as bar, _Interrupts() as interrupts:
-        task = bar.add_task("recording", total=len(rows), rate="")
-        for row in rows:
-            if interrupts.requested:
-                return True
-            try:
-                request = RecordRequest(
-                    tuple(load_image(path) for path in row.images),
-                    row.prompt,
-                    options,
-                    reference=row.reference,
-                    tags=tuple(dict.fromkeys(row.tags + extra_tags)),
-                    extra={"annotations": row.annotations} if row.annotations else {},
-                    lossy=lossy.value if lossy else None,
-                )
-                recorded = record_into_store(opened, loaded, request)
-            except KeyboardInterrupt:
-                return True
-            except (EngineError, StoreError, RuntimeError, ValueError) as error:
-                summary.failed.append((row.line, str(error)))
-                bar.console.print(f"line {row.line}: failed: {one_line(error)}", markup=False)
-            else:
-                if recorded.skipped:
-                    summary.skipped += 1
-                else:
-                    summary.recorded += 1
-            bar.advance(task)
-            speed = bar.tasks[0].speed
-            bar.update(task, rate=f"{speed * 60:.1f}/min" if speed else "")
+        task = bar.add_task("recording", total=total, rate="")
+        try:
+            for outcome in outcomes:
+                summary.add(outcome)
+                if outcome.status == "failed":
+                    line = f"line {outcome.line}: failed: {one_line(outcome.reason)}"
+                    bar.console.print(line, markup=False)
+                bar.advance(task)
+                speed = bar.tasks[0].speed
+                bar.update(task, rate=f"{speed * 60:.1f}/min" if speed else "")
+                if interrupts.requested:
+                    return True
+        except KeyboardInterrupt:
+            return True
     return interrupts.requested
