@@ -138,3 +138,39 @@ def test_summaries_round_trip_and_means_skip_other_shapes():
     delta, pairs = summaries.head_divergence([(stored[0], stored[1]), (stored[0], stored[2])])
     assert pairs == 1 and np.allclose(delta, np.abs(b - a))
     assert summaries.decode({summaries.SHARE: {"shape": [2], "f32": "%%"}}, summaries.SHARE) is None
+
+
+@pytest.fixture(scope="module")
+def recorded_pairs(tmp_path_factory, demo_checkpoint, random_llava_dir):
+    """Five demo questions (one per kind) recorded by the real `record-dataset` command on
+    the bundled checkpoint and on a randomly initialised LLaVA of the same architecture."""
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    root = tmp_path_factory.mktemp("recorded-pairs")
+    runner = CliRunner()
+    made = runner.invoke(app, ["demo", "manifest", "--out", str(root / "m"), "--count", "5"])
+    assert made.exit_code == 0, made.output
+    for model in (demo_checkpoint, random_llava_dir):
+        args = [str(root / "m" / "manifest.jsonl"), "--model", str(model)]
+        result = runner.invoke(
+            app, ["record-dataset", *args, "--store", str(root / "s"), "--max-new-tokens", "3"]
+        )
+        assert result.exit_code == 0, result.output
+    return root / "s"
+
+
+@pytest.mark.slow
+def test_real_recordings_of_two_checkpoints(app, recorded_pairs):
+    at = app("dataset", store_dir=recorded_pairs)
+    _ok(at)
+    table = at.dataframe[0].value
+    assert list(table["traces"]) == [5, 5] and list(table["judged"]) == [5, 5]
+    by_tag = at.dataframe[1].value
+    assert {"colour", "shape", "position", "count", "existence"} <= set(by_tag["tag"])
+    assert len([b for b in at.button if b.label == "Compare"]) == 5
+    assert len(at.get("imgs") or at.get("image")) == 2  # a mean relevancy map per checkpoint
+    next(b for b in at.button if b.label == "Compare").click().run()
+    _ok(at)
+    assert any(t.value == "Compare" for t in at.title) and at.dataframe[0].value is not None
