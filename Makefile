@@ -48,6 +48,7 @@ bench: install browser
 	$(PY) bench/bench_relevancy.py
 	$(PY) bench/seed_relevancy.py
 	$(PY) bench/bench_store.py
+	$(PY) bench/bench_index.py
 	$(PY) bench/bench_dataset.py
 	$(PY) bench/bench_long.py
 	$(PY) bench/bench_families.py

@@ -32,6 +32,11 @@ case $action in
 start)
     mkdir -p "$dir"
     [ "$(id -u)" -ne 0 ] || chown postgres: "$dir"
+    "${as_owner[@]}" test -w "$dir" || {
+        echo "error: the server's user cannot write $dir (are its parent folders searchable?);" \
+            "use a folder such as one made by mktemp -d" >&2
+        exit 2
+    }
     if [ ! -f "$data/PG_VERSION" ]; then
         "${as_owner[@]}" "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 \
             --locale=C.UTF-8 >"$dir/initdb.log"
