@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from dashboard.components import images
 
 ACTIONS = ("erase", "blur", "paint")
+MAX_LISTED = 8  # regions named in a description; the queue keeps descriptions short
 _HEX_COLOUR = re.compile(r"#([0-9a-fA-F]{6})")
 
 
@@ -61,7 +62,9 @@ class Edit:
     def describe(self) -> str:
         """The edit as one line, recorded with the new trace (``extra["edit"]``)."""
         detail = {"paint": f" {hex_colour(self.colour)}", "blur": f" radius {self.radius:g}"}
-        regions = ", ".join(b.label() for b in self.boxes)
+        shown = [b.label() for b in self.boxes[:MAX_LISTED]]
+        more = len(self.boxes) - len(shown)
+        regions = ", ".join(shown) + (f" and {more} more" if more > 0 else "")
         return f"{self.action}{detail.get(self.action, '')} {regions}"
 
 

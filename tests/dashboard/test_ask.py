@@ -4,13 +4,16 @@ under AppTest: read-only without a worker, one clear line for each refused quest
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dashboard.components import ask, edit
-from store import TraceInfo
+from store import TraceInfo, open_store
+from store.jobs import MAX_PROMPT_CHARS, JobQueue
+from store.synthetic import make_synthetic_trace
 
 # --- image edits -------------------------------------------------------------------------
 
@@ -168,3 +171,114 @@ def test_edit_note():
     assert ask.edit_note(_info("1")) is None
     edited = _info("2", edited_from="f" * 32, edit="erase (1, 2)-(3, 4)")
     assert ask.edit_note(edited) == "Image edited from trace ffffffff: erase (1, 2)-(3, 4)"
+
+
+# --- the page ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ask_store(tmp_path: Path) -> tuple[Path, str]:
+    """A store of its own (the queue adds its tables) holding one trace."""
+    with open_store(tmp_path, writable=True) as store:
+        trace_id = store.add(make_synthetic_trace(seed=21, grid=(4, 6)))
+    return tmp_path, trace_id
+
+
+@pytest.fixture
+def live(ask_store: tuple[Path, str]):
+    """The store with a worker announced through the queue, as ``lvlm-interpret worker``
+    does on start; the test itself plays the worker's part (claim, finish, fail)."""
+    directory, trace_id = ask_store
+    with JobQueue(directory) as queue:
+        worker = queue.register_worker("demo-model", "sha256:0")
+        yield directory, trace_id, queue, worker
+        queue.unregister_worker(worker)
+
+
+def test_without_a_worker_the_page_says_how_to_start_one_and_asks_nothing(app, ask_store):
+    directory, trace_id = ask_store
+    at = app("ask", store_dir=directory, trace=trace_id)
+    assert not at.exception
+    assert any("No worker is running" in i.value for i in at.info)
+    command = next(c.value for c in at.get("code") if "worker" in c.value)
+    assert f"lvlm-interpret worker --store {directory} --model PATH" in command
+    assert "serve --store" in command and "--model PATH" in command
+    assert not [b for b in at.button if b.label.startswith("Ask")]
+    assert not at.get("file_uploader") and not at.text_area
+    assert "Conversation" in [s.value for s in at.subheader]  # reading stays possible
+    assert JobQueue(directory).recent(10) == []
+
+
+def _from_store(app, directory: Path, trace_id: str, prompt: str):
+    at = app("ask", store_dir=directory, trace=trace_id)
+    at.radio(key="ask:source").set_value("An image from the store").run()
+    at.text_area(key="ask:prompt").input(prompt).run()
+    return at.button(key="ask:go").click().run()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("   ", "The prompt is empty"),
+        ("What\x07 is it?", "The prompt contains control characters"),
+        ("What is <image> here?", "Remove '<image>' from the prompt"),
+    ],
+)
+def test_a_refused_question_is_one_line_and_nothing_is_queued(app, live, prompt, message):
+    directory, trace_id, queue, _ = live
+    at = _from_store(app, directory, trace_id, prompt)
+    assert not at.exception
+    assert len(at.error) == 1
+    assert at.error[0].value.replace("\\", "").startswith(message)  # shown escaped
+    assert queue.recent(10) == []
+
+
+def test_the_prompt_box_holds_at_most_the_limit(app, live):
+    directory, trace_id, _, _ = live
+    at = app("ask", store_dir=directory, trace=trace_id)
+    assert at.text_area(key="ask:prompt").max_chars == MAX_PROMPT_CHARS
+    assert f"At most {MAX_PROMPT_CHARS} characters." in [c.value for c in at.caption]
+
+
+def test_asking_without_an_image_is_refused(app, live):
+    directory, trace_id, queue, _ = live
+    at = app("ask", store_dir=directory, trace=trace_id)
+    at.text_area(key="ask:prompt").input("What is it?").run()
+    at.button(key="ask:go").click().run()
+    assert [e.value for e in at.error] == ["Choose an image to upload first."]
+    assert queue.recent(10) == []
+
+
+def test_a_question_is_queued_then_its_trace_opens(app, live):
+    directory, trace_id, queue, worker = live
+    at = _from_store(app, directory, trace_id, "What colour is it?")
+    assert not at.exception and not at.error
+    [job] = queue.recent(10)
+    assert job.request.prompt == "What colour is it?" and job.state == "queued"
+    assert job.request.image == queue.image_of_trace(trace_id)
+    assert "Queued: next in line." in [t.value for t in at.text]
+    assert at.button(key="ask:go").disabled  # one question at a time per tab
+    claimed = queue.claim(worker)
+    queue.report_progress(claimed.job_id, 0.5, "generating 4/8")
+    at.run()
+    assert "Running: generating 4/8" in [t.value for t in at.text]
+    with open_store(directory, writable=True) as store:  # the worker records a trace
+        answer = store.add(make_synthetic_trace(seed=22, grid=(4, 6)))
+    queue.finish(claimed.job_id, answer)
+    at.run()
+    assert not at.exception
+    assert at.query_params["trace"] == answer
+    assert "Conversation" in [s.value for s in at.subheader]
+    assert not at.button(key="ask:go").disabled
+
+
+def test_a_failed_question_shows_its_one_line_error(app, live):
+    directory, trace_id, queue, worker = live
+    at = _from_store(app, directory, trace_id, "What colour is it?")
+    claimed = queue.claim(worker)
+    queue.fail(claimed.job_id, "CUDA out of memory\nTraceback (most recent call last): ...")
+    at.run()
+    assert [e.value for e in at.error] == [
+        "Failed\\: CUDA out of memory Traceback \\(most recent call last\\)\\: \\.\\.\\."
+    ]
+    assert at.query_params["trace"] == trace_id
