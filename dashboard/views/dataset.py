@@ -40,7 +40,7 @@ def _percent(value: float | None) -> float | None:
     return None if value is None else 100.0 * value
 
 
-def _accuracy(store: TraceStore, query: TraceQuery, rows: list[queries.AccuracyRow]) -> None:
+def _accuracy(rows: list[queries.AccuracyRow], by_tag: list[queries.AccuracyRow]) -> None:
     st.subheader("Accuracy")
     st.caption("Judged: traces with a reference answer; accuracy = correct / judged.")
     percent = st.column_config.NumberColumn("accuracy", format="%.1f %%")
@@ -58,7 +58,6 @@ def _accuracy(store: TraceStore, query: TraceQuery, rows: list[queries.AccuracyR
         column_config={"accuracy": percent},
         key="dataset:accuracy",
     )
-    by_tag = queries.accuracy_by_tag(store, query)
     if not by_tag:
         st.caption("No trace of this set has a tag: record with --tag (or a manifest's tags).")
         return
@@ -245,10 +244,25 @@ def _divergence(
     )
 
 
+def _kinds(rows: list[queries.AccuracyRow], by_tag: list[queries.AccuracyRow]) -> list[str]:
+    """The set's tags as question kinds: a tag every trace carries (``demo``) says nothing
+    about the kind, so it comes last."""
+    total = sum(r.traces for r in rows)
+    counts: dict[str, int] = {}
+    for r in by_tag:
+        counts[r.tag] = counts.get(r.tag, 0) + r.traces
+    return sorted(counts, key=lambda tag: (counts[tag] == total, tag))
+
+
 def _kind_maps(
-    config: StoreConfig, store: TraceStore, query: TraceQuery, shown: list[Checkpoint]
+    config: StoreConfig,
+    store: TraceStore,
+    query: TraceQuery,
+    shown: list[Checkpoint],
+    rows: list[queries.AccuracyRow],
+    by_tag: list[queries.AccuracyRow],
 ) -> None:
-    kinds = store.tags() if query.tag is None else [query.tag]
+    kinds = _kinds(rows, by_tag)
     if not kinds:
         return
     st.markdown("**Mean relevancy map per question kind**")
@@ -289,7 +303,8 @@ def _aggregates(
     config: StoreConfig,
     store: TraceStore,
     query: TraceQuery,
-    options: list[Checkpoint],
+    rows: list[queries.AccuracyRow],
+    by_tag: list[queries.AccuracyRow],
     chosen: tuple[Checkpoint, Checkpoint] | None,
 ) -> None:
     st.subheader("Across the set")
@@ -298,11 +313,11 @@ def _aggregates(
         "trace id, which is a hash, so the sample is unbiased and stays the same. A trace's "
         "summary is read from its file once and kept in the index."
     )
-    shown = list(chosen) if chosen else options[:1]
+    shown = list(chosen) if chosen else [rows[0].checkpoint]
     _head_shares(config, store, query, shown)
     if chosen:
         _divergence(config, store, query, *chosen)
-    _kind_maps(config, store, query, shown)
+    _kind_maps(config, store, query, shown, rows, by_tag)
 
 
 def render() -> None:
@@ -326,7 +341,8 @@ def render() -> None:
             else "The store is empty. Record traces with `lvlm-interpret record-dataset`."
         )
         return
-    _accuracy(store, query, rows)
+    by_tag = queries.accuracy_by_tag(store, query)
+    _accuracy(rows, by_tag)
     options = [r.checkpoint for r in rows]
     chosen = _choose_checkpoints(options)
     if chosen is None:
@@ -339,7 +355,7 @@ def render() -> None:
         chosen = None
     else:
         _pairs(store, query, chosen)
-    _aggregates(config, store, query, options, chosen)
+    _aggregates(config, store, query, rows, by_tag, chosen)
 
 
 render()

@@ -171,6 +171,8 @@ def test_real_recordings_of_two_checkpoints(app, recorded_pairs):
     assert {"colour", "shape", "position", "count", "existence"} <= set(by_tag["tag"])
     assert len([b for b in at.button if b.label == "Compare"]) == 5
     assert len(at.get("imgs") or at.get("image")) == 2  # a mean relevancy map per checkpoint
+    kind = next(s for s in at.selectbox if s.label == "Question kind (tag)")
+    assert kind.value == "colour" and kind.options[-1] == "demo"  # on every trace: not a kind
     next(b for b in at.button if b.label == "Compare").click().run()
     _ok(at)
     assert any(t.value == "Compare" for t in at.title) and at.dataframe[0].value is not None
