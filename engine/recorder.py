@@ -290,8 +290,10 @@ def record(
     tags: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> Trace:
-    """Generate an answer to ``prompt`` about ``images`` and record its full trace."""
+    """Generate an answer to ``prompt`` about ``images`` and record its full trace;
+    ``history``: earlier (question, answer) turns the prompt follows in the chat."""
     images = [images] if isinstance(images, ImageInput) else list(images)
     options = options or RecordOptions()
     settings = check_generation(options.generation)
@@ -301,7 +303,7 @@ def record(
     adapter, tokenizer = loaded.adapter, loaded.processor.tokenizer
     report = progress or (lambda stage, done, total: None)
 
-    inputs = adapter.build_inputs(images, prompt)
+    inputs = adapter.build_inputs(images, prompt, history)
     inputs = {k: v.to(loaded.device) if hasattr(v, "to") else v for k, v in inputs.items()}
     prompt_ids = inputs["input_ids"][0]
     image_positions = adapter.image_positions(prompt_ids)

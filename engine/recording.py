@@ -11,7 +11,9 @@ no spaces) with SHA-256, of which the first 32 hex digits are the id:
 - ``images``: the SHA-256 of each image file's bytes, in prompt order;
 - ``prompt``: the checked prompt text;
 - ``generation``: every generation setting (length, sampling, temperature, top-p, seed);
-- ``recording``: relevancy, vision attention, the attention-row policy and lossy storage.
+- ``recording``: relevancy, vision attention, the attention-row policy and lossy storage;
+- ``history`` (only for a follow-up question): the earlier (question, answer) turns the
+  prompt follows in the chat — another conversation is another measurement.
 
 Reference answers, tags and extra metadata are labels about a trace, not part of what was
 measured, so they are not in the identity: a re-run with a corrected reference skips.
@@ -47,6 +49,7 @@ class RecordRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     lossy: str | None = None  # "log8" or "sparse"; None keeps fp16 attention exactly
     causal: tuple[int, ...] | None = None  # CLEANN layers; () the last; None: no explanations
+    history: tuple[tuple[str, str], ...] = ()  # earlier (question, answer) turns: a follow-up
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def trace_identity(loaded: LoadedModel, request: RecordRequest) -> dict[str, Any
             "policy": options.policy.value if options.policy else None,
             "lossy": request.lossy,
         },
-    }
+    } | ({"history": [list(turn) for turn in request.history]} if request.history else {})
 
 
 def identity_trace_id(identity: dict[str, Any]) -> str:
@@ -134,6 +137,7 @@ def record_trace(
         tags=request.tags,
         extra=request.extra,
         progress=progress,
+        history=request.history,
     )
     return replace(trace, info=replace(trace.info, trace_id=trace_id))
 

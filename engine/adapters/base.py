@@ -32,6 +32,7 @@ PLACEHOLDER_TOKENS = (
     "vision_end_token_id",
 )
 ADD_A_FAMILY = "docs/add-a-family.md"
+History = Sequence[tuple[str, str]]  # earlier (question, answer) turns of a conversation
 
 
 @dataclass(frozen=True)
@@ -87,19 +88,30 @@ class VlmAdapter:
         self.processor = processor
 
     # -- the prompt ---------------------------------------------------------------------------
-    def chat_text(self, prompt: str, num_images: int) -> str:
-        """The model's own chat template around the images and the prompt."""
+    def chat_text(self, prompt: str, num_images: int, history: History = ()) -> str:
+        """The model's own chat template around the images and the prompt; ``history``: the
+        earlier (question, answer) turns of a conversation, the images in its first turn."""
         if getattr(self.processor, "chat_template", None) is None:
             raise PromptError(
                 "This processor has no chat template, so the image cannot be placed in the "
                 "prompt. Use a chat (instruction-tuned) checkpoint, or set "
                 "processor.chat_template."
             )
-        content = [{"type": "image"}] * num_images + [{"type": "text", "text": prompt}]
-        messages = [{"role": "user", "content": content}]
+        questions = [question for question, _ in history] + [prompt]
+        answers = [answer for _, answer in history]
+        messages = []
+        for turn, question in enumerate(questions):
+            images = [{"type": "image"}] * (num_images if turn == 0 else 0)
+            content = [*images, {"type": "text", "text": question}]
+            messages.append({"role": "user", "content": content})
+            if turn < len(answers):
+                reply = [{"type": "text", "text": answers[turn]}]
+                messages.append({"role": "assistant", "content": reply})
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
-    def build_inputs(self, images: Sequence[ImageInput], prompt: str) -> dict[str, torch.Tensor]:
+    def build_inputs(
+        self, images: Sequence[ImageInput], prompt: str, history: History = ()
+    ) -> dict[str, torch.Tensor]:
         """The processor's tensors for ``images`` and ``prompt`` (batch 1)."""
         if len(images) > 1 and not self.multi_image:
             raise PromptError(
@@ -109,7 +121,7 @@ class VlmAdapter:
             return dict(
                 self.processor(
                     images=self.processor_images(images),
-                    text=self.chat_text(prompt, len(images)),
+                    text=self.chat_text(prompt, len(images), history),
                     return_tensors="pt",
                     **self.processor_options(),
                 )

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from engine.adapters.base import register_adapter
+from engine.adapters.base import History, register_adapter
 from engine.adapters.square_views import SquareViewsAdapter, View, whole
+from engine.errors import PromptError
 from engine.inputs import ImageInput
 
 
@@ -30,13 +31,19 @@ class PaliGemmaAdapter(SquareViewsAdapter):
     grown_inputs: ClassVar[dict[str, int | None]] = {"token_type_ids": 1}
     pool = 1
 
-    def chat_text(self, prompt: str, num_images: int) -> str:
+    def chat_text(self, prompt: str, num_images: int, history: History = ()) -> str:
         """The processor's prompt convention; it adds BOS after the image and the newline."""
+        if history:
+            raise PromptError(
+                "PaliGemma has no chat template: it answers one question, no follow-ups."
+            )
         return self.processor.image_token * num_images + prompt
 
-    def build_inputs(self, images: Sequence[ImageInput], prompt: str) -> dict:
+    def build_inputs(
+        self, images: Sequence[ImageInput], prompt: str, history: History = ()
+    ) -> dict:
         """The processor's tensors, without the training ``labels`` it adds."""
-        inputs = super().build_inputs(images, prompt)
+        inputs = super().build_inputs(images, prompt, history)
         return {k: v for k, v in inputs.items() if k != "labels"}
 
     def views(self, images: Sequence[ImageInput]) -> list[View]:

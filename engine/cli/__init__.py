@@ -13,9 +13,10 @@ from typing import Annotated
 import typer
 from typer._click import exceptions as click_errors  # typer vendors Click
 
-from engine.cli import dataset, demo, families, record
+from engine.cli import analyse, dataset, demo, families, record
 from engine.cli.messages import fail, note
 from engine.cli.report import report as report_command
+from engine.cli.worker import worker as worker_command
 from store.cli import app as store_app
 from store.cli import ls as store_ls
 
@@ -29,6 +30,8 @@ app.command("record")(record.record)
 app.command("record-dataset")(dataset.record_dataset)
 app.command("families")(families.families)
 app.command("report")(report_command)
+app.command("worker")(worker_command)
+app.command("analyse")(analyse.analyse)
 app.add_typer(demo.app, name="demo")
 app.add_typer(store_app, name="store")
 app.command("ls", help="List stored traces (same as `store ls`).")(store_ls)
