@@ -1,0 +1,141 @@
+"""``lvlm-interpret analyse``: run faithfulness methods on stored traces, store their results.
+
+Everything is checked before a model loads: the method names, the numbers, the trace ids,
+the store, each trace's presence, and, only when a chosen method re-runs the model, that
+``--model`` is the model that recorded every trace (a local folder's weights hash against the
+trace's revision, read without loading the weights). A trace a method cannot score (no
+ground-truth box, say) is skipped with a note. Results go through the one channel
+(:func:`methods.save_result`): a re-run replaces the same key, so the command is idempotent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from engine.cli.messages import fail, note
+from engine.cli.options import DbUrl, Device
+
+MetricsOption = Annotated[
+    str,
+    typer.Option(
+        "--metrics",
+        help="Comma-separated methods: localisation, deletion, insertion (deletion and "
+        "insertion re-run the model).",
+    ),
+]
+
+
+def analyse(
+    trace_ids: Annotated[list[str], typer.Argument(help="Ids of stored traces.")],
+    store: Annotated[Path, typer.Option("--store", help="Store directory (must exist).")],
+    metrics: MetricsOption = "localisation",
+    model: Annotated[
+        str | None,
+        typer.Option(help="The checkpoint that recorded the traces (deletion, insertion)."),
+    ] = None,
+    steps: Annotated[
+        int, typer.Option(min=1, max=256, help="Perturbation steps over the patches.")
+    ] = 16,
+    batch: Annotated[
+        int, typer.Option(min=1, max=4096, help="Perturbed images per forward pass.")
+    ] = 64,
+    db: DbUrl = None,
+    device: Device = "cpu",
+) -> None:
+    """Score stored traces' maps: localisation against ground-truth boxes, deletion and
+    insertion curves by re-running the model."""
+    import engine.methods  # noqa: F401  (registers the methods that need the model)
+    from methods import get, needs_model
+    from store import StoreError, open_store
+    from store._paths import check_trace_id
+
+    chosen = [m.strip() for m in metrics.split(",") if m.strip()]
+    try:
+        classes = {name: get(name) for name in dict.fromkeys(chosen)}
+        ids = list(dict.fromkeys(check_trace_id(t) for t in trace_ids))
+    except (KeyError, StoreError) as error:
+        fail(str(error).strip("'\""))
+    if not classes:
+        fail("--metrics is empty: name at least one method")
+    if not store.is_dir():
+        fail(f"store directory not found: {store}")
+    modelled = needs_model(list(classes))
+    if modelled and model is None:
+        fail(f"{', '.join(modelled)} re-run the model: give --model (the recording checkpoint)")
+    try:
+        with open_store(store, db_url=db, writable=True) as opened:
+            missing = [t for t in ids if t not in opened]
+            if missing:
+                fail(f"no trace {missing[0]} in {store}")
+            infos = [opened.get(t) for t in ids]
+            loaded = _load_if_needed(model, infos, device) if modelled else None
+            _run(opened, ids, classes, loaded, steps, batch)
+    except StoreError as error:
+        fail(error)
+
+
+def _load_if_needed(model: str | None, infos: list, device: str):
+    """The recording model, after checking it is the one every trace names (weights hash of
+    a local folder, before loading) and that the traces agree on the dtype they used."""
+    from engine.checkpoint import check_model_source, weights_revision
+    from engine.errors import EngineError
+    from methods.base import model_mismatch
+
+    try:
+        source = check_model_source(str(model))
+        revision = weights_revision(source.weights) if source.folder is not None else None
+        name = source.name if source.folder is not None else str(model)
+        for info in infos:
+            wrong = model_mismatch(info, name, revision)
+            if wrong:
+                fail(wrong)
+        dtypes = {(i.extra.get("loading") or {}).get("dtype", "float32") for i in infos}
+        if len(dtypes) > 1:
+            fail(f"the traces were recorded in different dtypes ({', '.join(sorted(dtypes))})")
+        from engine.loading import check_device, load_model
+
+        check_device(device)
+        loaded = load_model(str(model), source=source, dtype=dtypes.pop(), device=device)
+    except EngineError as error:
+        fail(error)
+    for info in infos:  # a hub id's commit is known only once resolved
+        wrong = model_mismatch(info, loaded.model_id, loaded.revision)
+        if wrong:
+            fail(wrong)
+    return loaded
+
+
+def _run(opened, ids: list[str], classes: dict, loaded, steps: int, batch: int) -> None:
+    """Every applicable (trace, method) pair, one progress step each, stored as it ends."""
+    from dataclasses import replace
+
+    from engine.cli.progress import recording_progress
+    from methods import save_result
+
+    jobs = []
+    for trace_id in ids:
+        trace = opened.open(trace_id)
+        for name, cls in classes.items():
+            method = cls()
+            reason = method.skip_reason(trace)
+            if reason:
+                note(f"skipped {name} on {trace_id}: {reason}")
+            else:
+                jobs.append((trace, method))
+    with recording_progress("analyse") as progress:
+        for done, (trace, method) in enumerate(jobs):
+            progress("methods", done, len(jobs))
+            params = method.Params()
+            if hasattr(params, "steps"):
+                params = replace(params, steps=steps, batch=batch)
+            try:
+                result = method.run(trace, params, model=loaded)
+            except ValueError as error:
+                fail(error)
+            key = save_result(opened, trace.trace_id, result)
+            typer.echo(f"{trace.trace_id} {result.kind}: {escape(key)}")
+        progress("methods", len(jobs), len(jobs))
