@@ -445,7 +445,7 @@ class Index:
     def _upgrade(self, version: int) -> None:
         """Bring the schema to the head revision (stamping an index made before Alembic with
         its schema version first); nothing runs, nor is Alembic imported, when it is there."""
-        with self.engine.begin() as conn:
+        with self._ddl() as conn:
             at = migrations.current(conn)
             if at == migrations.revision(INDEX_SCHEMA_VERSION):
                 return
@@ -458,8 +458,19 @@ class Index:
         if self.is_sqlite:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        with self.engine.begin() as conn:
+        with self._ddl() as conn:
             migrations.upgrade(conn)
+
+    @contextmanager
+    def _ddl(self) -> Iterator[Connection]:
+        """A transaction that holds schema changes too. Python's sqlite3 begins one only
+        before INSERT/UPDATE/DELETE, so a process killed while creating tables would leave
+        half an index that no later open accepts; an explicit BEGIN makes it all or nothing
+        (PostgreSQL's DDL is transactional already)."""
+        with self.engine.begin() as conn:
+            if self.is_sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
 
     def store_id(self) -> str | None:
         """The id of the store directory this index belongs to (None: not bound yet)."""
