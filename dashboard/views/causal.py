@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from dashboard import context, data, render, state
+from dashboard import context, data, export, figures, render, state
 from dashboard.components import causal_graph, charts, explanation, patches, stitch, text
 from dashboard.components.overlay import Scale
 from dashboard.config import StoreConfig
@@ -259,6 +259,11 @@ def cleann_section(config: StoreConfig, trace: StoredTrace) -> None:
         st.subheader(f"Layer {layer}: heads ranked by causal importance")
         st.altair_chart(charts.head_importance_bars(ranking, shown.head), width="stretch")
     facts(results, shown)
+    whole = bool(st.session_state.get("causal:whole"))
+    drawn = figures.causal_figures(trace, results, whole=whole)  # lazy: drawn on download
+    export.figure_gallery(
+        trace.trace_id, [export.Offer(f.title, f.name, lambda f=f: f) for f in drawn]
+    )
 
 
 def show_payload(trace: StoredTrace, payload: dict) -> None:

@@ -78,3 +78,21 @@ def test_trace_and_comparison_reports_and_figures(site, page, demo_store):
     page.locator(".st-key-cmp-diff img").wait_for()
     report = _download(page, "Export report (comparison)").decode()
     assert demo_store.main in report and demo_store.second in report
+
+
+def test_every_trace_page_offers_its_figures_and_a_report(app, demo_store, tmp_path):
+    """Without a browser: each trace page lists its figures (Causal once an explanation is
+    shown) and the sidebar offers the report of what is on screen."""
+    from store.synthetic import make_synthetic_trace
+
+    for view, count in (("generation", 2), ("attention", 2), ("relevancy", 3)):
+        at = app(view, trace=demo_store.main, tokens="1")
+        assert not at.exception
+        assert f"Figures ({count}): PNG and SVG" in [e.label for e in at.expander], view
+        labels = [b.proto.label for b in at.get("download_button")]
+        assert "Export report (this trace)" in labels and labels.count("PNG") == count, view
+    with open_store(tmp_path, writable=True) as store:
+        trace_id = store.add(make_synthetic_trace(seed=1, grid=(4, 6)))
+    at = app("causal", store_dir=tmp_path, trace=trace_id, tokens="0", head="1")
+    at.button[0].click().run()
+    assert any(e.label.startswith("Figures (") for e in at.expander)
