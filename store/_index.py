@@ -38,6 +38,7 @@ INDEX_SCHEMA_VERSION = 2
 SCAN_ROWS_LIMIT = 20_000  # below this many candidate rows, text search scans instead of FTS
 ONE_PASS_ROWS = 2_000  # below this many candidate rows, one query gives page and total
 MAX_ROWS = 2**63 - 1  # SQL integers: a larger limit or offset cannot even be sent
+_MIGRATION_LOCK = 0x6C7669  # "lvi": PostgreSQL advisory lock key held while migrating
 MIGRATE_HINT = "lvlm-interpret store migrate --store DIR (plus its --db)"
 REINDEX_HINT = (
     "run `lvlm-interpret store reindex --store DIR` (rebuilds the index from the trace files)"
@@ -463,13 +464,17 @@ class Index:
 
     @contextmanager
     def _ddl(self) -> Iterator[Connection]:
-        """A transaction that holds schema changes too. Python's sqlite3 begins one only
-        before INSERT/UPDATE/DELETE, so a process killed while creating tables would leave
-        half an index that no later open accepts; an explicit BEGIN makes it all or nothing
-        (PostgreSQL's DDL is transactional already)."""
+        """A transaction that holds schema changes too, one process at a time. Python's
+        sqlite3 begins one only before INSERT/UPDATE/DELETE, so a process killed while
+        creating tables would leave half an index that no later open accepts; an explicit
+        BEGIN IMMEDIATE makes it all or nothing and takes the write lock first. PostgreSQL's
+        DDL is transactional; an advisory lock makes a second process opening an old shared
+        index wait, then read the revision the first one left."""
         with self.engine.begin() as conn:
             if self.is_sqlite:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             yield conn
 
     def store_id(self) -> str | None:
