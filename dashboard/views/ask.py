@@ -242,9 +242,13 @@ def _new_question(config: StoreConfig, queue: JobQueue, settings: dict[str, Any]
         chosen = ""
     else:
         upload, chosen = None, _image_from_store(config, _selected(config))
-    prompt = st.text_area("Question", max_chars=MAX_PROMPT_CHARS, key="ask:prompt")
-    st.caption(f"At most {MAX_PROMPT_CHARS} characters.")
-    if not st.button("Ask", type="primary", disabled=PENDING in st.session_state, key="ask:go"):
+    with st.form("ask:new", border=False):  # the question and the click arrive together
+        prompt = st.text_area("Question", max_chars=MAX_PROMPT_CHARS, key="ask:prompt")
+        st.caption(f"At most {MAX_PROMPT_CHARS} characters.")
+        go = st.form_submit_button(
+            "Ask", type="primary", disabled=PENDING in st.session_state, key="ask:go"
+        )
+    if not go:
         return
     if source == UPLOAD and upload is None:
         st.error("Choose an image to upload first.")
@@ -268,12 +272,16 @@ def _follow_up(queue: JobQueue, selected: TraceInfo, settings: dict[str, Any]) -
             "about the same image; the answer becomes a new trace linked to it."
         )
     )
-    prompt = st.text_area(
-        "Follow-up question", max_chars=MAX_PROMPT_CHARS, key=f"ask:follow:{selected.trace_id}"
-    )
-    if not st.button(
-        "Ask the follow-up", type="primary", disabled=PENDING in st.session_state, key="ask:go2"
-    ):
+    with st.form("ask:follow-up", border=False):
+        prompt = st.text_area(
+            "Follow-up question",
+            max_chars=MAX_PROMPT_CHARS,
+            key=f"ask:follow:{selected.trace_id}",
+        )
+        go = st.form_submit_button(
+            "Ask the follow-up", type="primary", disabled=PENDING in st.session_state, key="ask:go2"
+        )
+    if not go:
         return
     try:
         key = queue.image_of_trace(selected.trace_id)

@@ -212,7 +212,7 @@ def test_without_a_worker_the_page_says_how_to_start_one_and_asks_nothing(app, a
 def _from_store(app, directory: Path, trace_id: str, prompt: str):
     at = app("ask", store_dir=directory, trace=trace_id)
     at.radio(key="ask:source").set_value("An image from the store").run()
-    at.text_area(key="ask:prompt").input(prompt).run()
+    at.text_area(key="ask:prompt").input(prompt)  # sent with the form's submit
     return at.button(key="ask:go").click().run()
 
 
@@ -243,7 +243,7 @@ def test_the_prompt_box_holds_at_most_the_limit(app, live):
 def test_asking_without_an_image_is_refused(app, live):
     directory, trace_id, queue, _ = live
     at = app("ask", store_dir=directory, trace=trace_id)
-    at.text_area(key="ask:prompt").input("What is it?").run()
+    at.text_area(key="ask:prompt").input("What is it?")
     at.button(key="ask:go").click().run()
     assert [e.value for e in at.error] == ["Choose an image to upload first."]
     assert queue.recent(10) == []
