@@ -23,20 +23,24 @@ install: $(VENV)/.installed
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-# Record a handful of traces of the bundled demo model (once), then serve the dashboard.
+# Record the same questions on both bundled demo checkpoints (once), then serve the dashboard.
 demo: install
 	@if [ ! -e $(DEMO_STORE)/.demo-recorded ]; then \
-		$(VENV)/bin/lvlm-interpret demo record --store $(DEMO_STORE) --count 12 && \
+		$(VENV)/bin/lvlm-interpret demo record --store $(DEMO_STORE) --count 12 \
+			--checkpoint both && \
 		touch $(DEMO_STORE)/.demo-recorded; fi
 	$(VENV)/bin/lvlm-interpret serve --store $(DEMO_STORE)
 
-# Reproduce the bundled checkpoint from its seed (about an hour on 2 cores), then score it.
+# Reproduce the bundled checkpoints (main, then weak) from their seed on 2 cores, then score them.
 demo-model: install
 	$(VENV)/bin/lvlm-interpret demo train
 	$(VENV)/bin/lvlm-interpret demo evaluate
+	$(VENV)/bin/lvlm-interpret demo train --recipe weak
+	$(VENV)/bin/lvlm-interpret demo evaluate --checkpoint weak
 
 demo-eval: install
 	$(VENV)/bin/lvlm-interpret demo evaluate --per-kind 120
+	$(VENV)/bin/lvlm-interpret demo evaluate --per-kind 120 --checkpoint weak
 
 test: install browser
 	$(PY) -m pytest -q; rc=$$?; \

@@ -48,6 +48,21 @@ def random_llava_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def paired_demo_store(tmp_path_factory) -> Path:
+    """The same five demo questions (one per kind) recorded on both bundled checkpoints by
+    the real command, without causal explanations: what `make demo` records, smaller."""
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    store = tmp_path_factory.mktemp("paired") / "store"
+    args = ["demo", "record", "--store", str(store), "--checkpoint", "both", "--count", "5"]
+    result = CliRunner().invoke(app, [*args, "--no-causal"])
+    assert result.exit_code == 0, result.output
+    return store
+
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 

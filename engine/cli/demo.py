@@ -36,7 +36,7 @@ def train(
     seed: int = 0,
 ) -> None:
     """Reproduce a bundled demo checkpoint from a seed (main: about half an hour on 2 CPU
-    cores; weak, the main recipe stopped early: about a quarter of an hour)."""
+    cores; weak, the main recipe stopped at answer step 950: under half of that)."""
     if recipe not in DEMO_CHECKPOINTS:
         fail(f"--recipe {recipe!r} is not one of {', '.join(DEMO_CHECKPOINTS)}")
     from dataclasses import replace

@@ -73,7 +73,7 @@ class Recipe:
 # stopped in the answer stage, at a step chosen from one run's snapshots
 # (training-log-weak.txt) where some question kinds are learnt and others are not yet: a
 # second checkpoint with real, uneven mistakes to compare with the main one.
-RECIPES: dict[str, Recipe] = {"main": Recipe(), "weak": Recipe(stop_after=1000)}
+RECIPES: dict[str, Recipe] = {"main": Recipe(), "weak": Recipe(stop_after=950)}
 
 
 def _coverage(obj) -> np.ndarray:
