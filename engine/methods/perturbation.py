@@ -149,17 +149,21 @@ def answer_probabilities(
 
 
 def perturbation_curves(
-    loaded: LoadedModel, trace: StoredTrace, maps: dict[str, np.ndarray], params: PerturbationParams
+    loaded: LoadedModel,
+    trace: StoredTrace,
+    maps: dict[str, np.ndarray],
+    params: PerturbationParams,
+    modes: tuple[str, ...] = (DELETION, INSERTION),
 ) -> dict[str, dict[str, np.ndarray]]:
-    """``{mode: {map: [N, steps + 1]}}`` for both modes: answer token k's probability along
-    the deletion / insertion of patches in the order of each map's row k. All images of one
-    token run batched (``params.batch`` per forward)."""
+    """``{mode: {map: [N, steps + 1]}}``: answer token k's probability along the deletion /
+    insertion of patches in the order of each map's row k. All images of one token run
+    batched (``params.batch`` per forward)."""
     canvas = Canvas(trace, params.blur_patches)
     g, n = trace.image.num_patches, trace.answer_length
     counts = np.rint(fractions(g, params.steps) * g).astype(int)
-    curves = {mode: {name: np.zeros((n, len(counts))) for name in maps} for mode in MODES}
+    curves = {mode: {name: np.zeros((n, len(counts))) for name in maps} for mode in modes}
+    jobs = [(mode, name) for mode in modes for name in maps]
     for k in range(n):
-        jobs = [(mode, name) for mode in MODES for name in maps]
         images = []
         for mode, name in jobs:
             order = np.argsort(-np.asarray(maps[name][k], np.float64), kind="stable")
@@ -168,9 +172,6 @@ def perturbation_curves(
         for j, (mode, name) in enumerate(jobs):
             curves[mode][name][k] = probs[j * len(counts) : (j + 1) * len(counts)]
     return curves
-
-
-MODES = (DELETION, INSERTION)
 
 
 class _Perturbation(Method):
@@ -186,7 +187,7 @@ class _Perturbation(Method):
         if wrong:
             raise ValueError(wrong)
         maps = chosen_maps(trace, params)
-        curves = perturbation_curves(loaded, trace, maps, params)[self.name]
+        curves = perturbation_curves(loaded, trace, maps, params, (self.name,))[self.name]
         return self.summarise(trace, params, curves)
 
     def summarise(
