@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from PIL import Image, UnidentifiedImageError
 
 from engine.errors import EngineError, InputError
-from engine.inputs import check_prompt, check_reference, check_tags
+from engine.inputs import ImageInput, check_prompt, check_reference, check_tags, load_image
 from store import StoreError
 
 if TYPE_CHECKING:
@@ -258,19 +258,25 @@ def _boxes(value: object) -> list[list[float]]:
     return boxes
 
 
+def row_images(row: ManifestRow) -> tuple[ImageInput, ...]:
+    """The row's images read in full and hashed: a body cut short fails here (torch-free, so a
+    pipeline can read images in processes that never load a model)."""
+    return tuple(load_image(path) for path in row.images)
+
+
 def row_request(
     row: ManifestRow,
     options: RecordOptions,
     extra_tags: tuple[str, ...] = (),
     lossy: str | None = None,
+    images: tuple[ImageInput, ...] | None = None,
 ) -> RecordRequest:
-    """The request that records ``row``: its images read in full (a body cut short fails here),
-    the run's tags after the row's own, its annotations kept as ``extra["annotations"]``."""
-    from engine.inputs import load_image
+    """The request that records ``row`` (its ``images`` when read already): the run's tags
+    after the row's own, its annotations kept as ``extra["annotations"]``."""
     from engine.recording import RecordRequest
 
     return RecordRequest(
-        tuple(load_image(path) for path in row.images),
+        row_images(row) if images is None else images,
         row.prompt,
         options,
         reference=row.reference,

@@ -3,7 +3,8 @@
 Ray Data schedules, streams and retries; this module only says what each stage runs:
 
 1. **prepare** (Ray tasks, a quarter of a CPU each): a row's images read in full and hashed
-   (:func:`engine.dataset.row_request`), so the GPU actors never wait on files;
+   (:func:`engine.dataset.row_images`), so the GPU actors never wait on files; these
+   processes, like the writers', never import torch;
 2. **record** (a fixed pool of actors, ``ActorPoolStrategy``): each actor loads the model once
    and holds one GPU (``num_gpus=1``) with ``--device cuda``, or ``--ray-cpus`` CPUs; it
    derives the trace's id from its identity, skips an id the store holds, and records the
@@ -30,7 +31,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import os
 import re
 import socket
 import tempfile
@@ -41,13 +41,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.dataset import ROW_ERRORS, ManifestRow, RowOutcome, row_request
+from engine.dataset import ROW_ERRORS, ManifestRow, RowOutcome, row_images, row_request
 from engine.errors import EngineError, InputError
 
 if TYPE_CHECKING:
     from engine.checkpoint import ModelSource
+    from engine.inputs import ImageInput
     from engine.recorder import RecordOptions
-    from engine.recording import RecordRequest
     from store.schema import Trace
 
 RAY_MISSING = "--ray needs Ray, which is not installed here: pip install 'lvlm-interpret[ray]'"
@@ -97,8 +97,8 @@ class RecordJob:
 class _Work:
     """One row on its way through the stages; ``outcome`` set once its fate is known."""
 
-    line: int
-    request: RecordRequest | None = None
+    row: ManifestRow
+    images: tuple[ImageInput, ...] = ()
     trace: Trace | None = None
     outcome: RowOutcome | None = None
 
@@ -156,9 +156,6 @@ def connected(settings: RaySettings) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    # Ray's C++ layer prints notes meant for its developers on stderr (e.g. that an actor's
-    # constructor arguments live in the object store); its log files keep them.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     try:
         if settings.address == "local":
@@ -229,7 +226,7 @@ def record_rows(
     items = [{"row": row} for row in rows]
     dataset = (
         ray.data.from_items(items, override_num_blocks=len(items))  # one row per task
-        .map(_prepare, fn_kwargs={"job": job}, num_cpus=PREPARE_CPUS)
+        .map(_prepare, num_cpus=PREPARE_CPUS)
         .map(
             _Recorder,
             fn_constructor_kwargs={"job": replace(job, threads=max(1, int(cpus)))},
@@ -239,7 +236,7 @@ def record_rows(
         )
         .map(
             _Writer,
-            fn_constructor_kwargs={"job": job},
+            fn_constructor_kwargs={"store": job.store, "db": job.db, "lossy": job.lossy},
             compute=ray.data.ActorPoolStrategy(size=writer_count(workers)),
             num_cpus=WRITER_CPUS,
         )
@@ -263,13 +260,12 @@ def _first(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def _prepare(item: dict[str, Any], job: RecordJob) -> dict[str, Any]:
+def _prepare(item: dict[str, Any]) -> dict[str, Any]:
     row: ManifestRow = item["row"]
     try:
-        request = row_request(row, job.options, job.extra_tags, job.lossy)
+        return {"work": _Work(row, images=row_images(row))}
     except ROW_ERRORS as error:
-        return {"work": _Work(row.line, outcome=RowOutcome(row.line, "failed", reason=str(error)))}
-    return {"work": _Work(row.line, request=request)}
+        return {"work": _Work(row, outcome=RowOutcome(row.line, "failed", reason=str(error)))}
 
 
 class _Recorder:
@@ -282,6 +278,7 @@ class _Recorder:
         from store import open_store
 
         torch.set_num_threads(job.threads)
+        self.job = job
         self.loaded = load_model(
             job.model,
             revision=job.revision,
@@ -297,28 +294,30 @@ class _Recorder:
         from engine.recording import identity_trace_id, record_trace, trace_identity
 
         work: _Work = item["work"]
-        if work.request is None:
+        if work.outcome is not None:
             return item
+        job, line = self.job, work.row.line
         try:
-            trace_id = identity_trace_id(trace_identity(self.loaded, work.request))
+            request = row_request(work.row, job.options, job.extra_tags, job.lossy, work.images)
+            trace_id = identity_trace_id(trace_identity(self.loaded, request))
             if trace_id in self.store:
-                work.outcome = RowOutcome(work.line, "skipped", trace_id)
+                work.outcome = RowOutcome(line, "skipped", trace_id)
             else:
-                work.trace = record_trace(self.loaded, work.request, trace_id)
+                work.trace = record_trace(self.loaded, request, trace_id)
         except ROW_ERRORS as error:
-            work.outcome = RowOutcome(work.line, "failed", reason=str(error))
-        work.request = None  # the images are in the trace now; do not ship them twice
+            work.outcome = RowOutcome(line, "failed", reason=str(error))
+        work.images = ()  # in the trace now: not shipped twice
         return {"work": work}
 
 
 class _Writer:
     """A store-writing actor: stages each trace's HDF5 file on its node's own disk."""
 
-    def __init__(self, job: RecordJob) -> None:
+    def __init__(self, store: Path, db: str | None, lossy: str | None) -> None:
         from store import open_store
 
-        self.lossy = job.lossy or False
-        self.store = open_store(job.store, db_url=job.db, writable=True)
+        self.lossy = lossy or False
+        self.store = open_store(store, db_url=db, writable=True)
         # removed when Ray Data ends the actor; a killed actor's stays in the temp folder
         self._staging = tempfile.TemporaryDirectory(prefix="lvlm-interpret-staging-")
         self.staging = Path(self._staging.name)
@@ -334,8 +333,8 @@ class _Writer:
             added = self.store.add_new(trace, lossy=self.lossy, staging_dir=self.staging)
             mine = added or _same_time(self.store.get(trace_id).created_at, trace.info.created_at)
         except ROW_ERRORS as error:
-            return {"outcome": RowOutcome(work.line, "failed", trace_id, str(error))}
-        return {"outcome": RowOutcome(work.line, "recorded" if mine else "skipped", trace_id)}
+            return {"outcome": RowOutcome(work.row.line, "failed", trace_id, str(error))}
+        return {"outcome": RowOutcome(work.row.line, "recorded" if mine else "skipped", trace_id)}
 
 
 def _same_time(stored: str, recorded: str) -> bool:

@@ -43,16 +43,16 @@ def _args(manifest: Path, checkpoint: Path, store: Path, *more: str) -> list[str
     ]
 
 
-def _count(store: Path) -> int:
+def _count(store: Path, db: str | None = None) -> int:
     try:
-        with open_store(store) as opened:
+        with open_store(store, db) as opened:
             return opened.query(TraceQuery()).total
     except StoreError:  # not created yet, or being created
         return 0
 
 
-def _stored_questions(store: Path) -> list[tuple[str, str]]:
-    with open_store(store) as opened:
+def _stored_questions(store: Path, db: str | None = None) -> list[tuple[str, str]]:
+    with open_store(store, db) as opened:
         assert opened.verify() == []  # every file indexed, no temp file, checksums right
         return sorted((i.image_name, i.prompt) for i in opened.query(TraceQuery()).items)
 
@@ -72,13 +72,17 @@ def _all_gone(processes: list[psutil.Process], timeout: float = 60) -> list[psut
     return alive
 
 
-def test_a_killed_worker_loses_nothing_and_nothing_is_left_running(tmp_path, demo_checkpoint):
-    """The console command starts its own cluster (--ray local); one recording actor is killed
-    with SIGKILL mid-run: Ray restarts it and retries its rows, every row is stored once, and
-    every process the cluster ran is gone when the command ends."""
+def test_a_killed_worker_loses_nothing_and_nothing_is_left_running(
+    tmp_path, demo_checkpoint, fresh_postgres_url
+):
+    """The console command starts its own cluster (--ray local) and indexes into PostgreSQL;
+    one recording actor is killed with SIGKILL mid-run: Ray restarts it and retries its rows,
+    every row is stored once, and every process the cluster ran is gone when the command
+    ends."""
     manifest = write_manifest(tmp_path / "m", count=12, seed=13)
-    store = tmp_path / "store"
-    args = _args(manifest, demo_checkpoint, store, "--ray", "local", "--ray-workers", "2")
+    store, db = tmp_path / "store", fresh_postgres_url
+    args = _args(manifest, demo_checkpoint, store, "--db", db, "--ray", "local")
+    args += ["--ray-workers", "2"]
     env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
     run = subprocess.Popen(
         [str(LVLM), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -90,7 +94,7 @@ def test_a_killed_worker_loses_nothing_and_nothing_is_left_running(tmp_path, dem
     while run.poll() is None and time.monotonic() < deadline:
         for process in _ray_processes(command):
             seen.setdefault(process.pid, process)
-        if killed is None and (stored_then := _count(store)) > 0:
+        if killed is None and (stored_then := _count(store, db)) > 0:
             recorders = [p for p in seen.values() if _title(p).startswith(f"ray::{RECORDER}")]
             if recorders:
                 killed = recorders[0].pid
@@ -101,7 +105,7 @@ def test_a_killed_worker_loses_nothing_and_nothing_is_left_running(tmp_path, dem
     assert run.returncode == 0, text
     assert killed is not None and stored_then < 12, text  # killed while rows were left
     assert "recorded 12, already stored 0, failed 0, invalid rows 0" in text
-    assert _stored_questions(store) == _manifest_questions(manifest)  # each row once
+    assert _stored_questions(store, db) == _manifest_questions(manifest)  # each row once
     assert _all_gone(list(seen.values())) == []
 
 
@@ -159,7 +163,7 @@ def test_rows_arrive_once_with_the_one_process_ids(cluster, tmp_path, demo_check
         assert len(ids) == 10
         assert {i.trace_id for i in b.query(TraceQuery()).items} == ids
     assert _stored_questions(tmp_path / "ray") == _stored_questions(tmp_path / "one")
-    again = runner.invoke(app, on_ray)
+    again = runner.invoke(app, [*on_ray[:-1], "1"])  # one worker is enough to skip
     assert "recorded 0, already stored 10, failed 1, invalid rows 0" in again.stderr
     assert _count(tmp_path / "ray") == 10
 
