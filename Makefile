@@ -57,6 +57,7 @@ bench: install browser
 	$(PY) bench/bench_long.py
 	$(PY) bench/bench_families.py
 	$(PY) bench/bench_causal.py
+	$(PY) bench/bench_ray.py
 	$(PY) bench/bench_perturbation.py
 	@[ -e $(BENCH_STORE)/index.sqlite ] || \
 		$(VENV)/bin/lvlm-interpret demo record --store $(BENCH_STORE) --count 6 >/dev/null
