@@ -7,6 +7,7 @@ fails here. The table export the notebook's frames also feed is checked on the s
 
 import base64
 import io
+import re
 from pathlib import Path
 
 import nbformat
@@ -62,6 +63,7 @@ def test_frames_arrays_and_the_comparison_are_shown(executed):
     assert "10 traces of 2 checkpoint(s)" in printed
     assert "lm_attention (4, 4, " in printed
     assert "one answer row, image columns: (4, 4, 64) float32" in printed
+    assert re.search(r"on the image patches \(\d+, 64\)", printed)  # [answer tokens, patches]
     assert "5 question(s) answered by two checkpoints" in printed
     tables = "".join(_outputs(executed, "text/html"))
     for column in ("relevancy_image_share", "top_k_tokens", "left answer", "right answer"):
