@@ -5,6 +5,10 @@ CLI never imports Streamlit and the server gets its own clean interpreter. The l
 the address first (one clear error instead of a server traceback), passes the allowed ``Host``
 names (:mod:`dashboard.asgi` refuses every other), forwards SIGTERM/SIGINT/SIGHUP to the
 server, and on Linux has the kernel stop the server if the launcher itself dies.
+
+With a model (``serve --model``) a live-mode worker (``lvlm-interpret worker``) runs as a
+second child beside the server: the model loads in that process, never in the dashboard's,
+and the worker gets the same signals and is stopped with the server.
 """
 
 from __future__ import annotations
@@ -189,6 +193,36 @@ def wait_ready(host: str, port: int, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+def worker_command(
+    store_dir: Path, db_url: str | None, model: str, device: str = "cpu"
+) -> list[str]:
+    """The ``lvlm-interpret worker`` command line for the worker beside the dashboard."""
+    args = [sys.executable, "-m", "engine.cli", "worker", "--store", str(Path(store_dir))]
+    args += ["--model", model, "--device", device]
+    return [*args, "--db", db_url] if db_url else args
+
+
+def start_worker(
+    store_dir: Path, db_url: str | None, model: str, device: str = "cpu"
+) -> subprocess.Popen:
+    """The worker child (fixed argv, no shell); Linux stops it if the launcher dies."""
+    return subprocess.Popen(
+        worker_command(store_dir, db_url, model, device),
+        cwd=REPO_ROOT,
+        preexec_fn=_die_with_parent(),
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def serve(
     store_dir: Path,
     db_url: str | None = None,
@@ -196,19 +230,27 @@ def serve(
     port: int = 8501,
     headless: bool = True,
     allow_hosts: Sequence[str] = (),
+    model: str | None = None,
+    device: str = "cpu",
 ) -> int:
-    """Serve until stopped; returns Streamlit's exit code.
+    """Serve until stopped; returns Streamlit's exit code. With ``model``, a worker answers
+    the dashboard's live questions beside it.
 
-    SIGTERM, SIGINT and SIGHUP are passed on to the server, which shuts down; a server that
-    has not exited after :data:`STOP_GRACE_S` is killed, so the port never outlives us.
+    SIGTERM, SIGINT and SIGHUP are passed on to the server (and the worker), which shut
+    down; a child that has not exited after :data:`STOP_GRACE_S` is killed, so neither the
+    port nor the loaded model outlives us.
     """
     check_address(host, port)
     check_store(store_dir, db_url)
     hosts = allowed_hosts(host, allow_hosts)
+    worker = start_worker(store_dir, db_url, model, device) if model else None
     process = start(store_dir, db_url, host, port, headless, hosts=hosts)
+    children = [process] if worker is None else [process, worker]
 
     def forward(signum: int, _frame: object) -> None:
-        process.send_signal(signum)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
 
     previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
     try:
@@ -216,10 +258,5 @@ def serve(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        for child in children:
+            _stop(child)

@@ -52,14 +52,33 @@ def serve(
             "matches subdomains). Others are refused, against DNS rebinding."
         ),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Also start a worker with this model, for live questions (Ask page)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="The worker's device (with --model).")] = "cpu",
 ) -> None:
-    """Start the dashboard on a store (no model is loaded)."""
+    """Start the dashboard on a store (the dashboard loads no model; --model starts a worker
+    process beside it that does)."""
     from dashboard.serve import ServeError
     from dashboard.serve import serve as run_dashboard
+    from engine.errors import EngineError
 
     try:
-        code = run_dashboard(store, db, host=host, port=port, allow_hosts=allow_host or ())
-    except ServeError as error:
+        if model is not None:  # a bad model is one line now, not a worker dying later
+            from engine.checkpoint import check_model_source
+
+            check_model_source(model)
+        code = run_dashboard(
+            store,
+            db,
+            host=host,
+            port=port,
+            allow_hosts=allow_host or (),
+            model=model,
+            device=device,
+        )
+    except (ServeError, EngineError) as error:
         fail(error)
     raise typer.Exit(code)
 

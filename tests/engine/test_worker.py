@@ -217,3 +217,50 @@ def test_bad_arguments_are_one_line_before_loading(tmp_path, demo_checkpoint, ar
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and "loading" not in done.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_serve_with_a_model_runs_a_worker_and_stops_it(tmp_path, demo_checkpoint):
+    store = tmp_path / "store"
+    queue = JobQueue(store)
+    args = ["serve", "--store", str(store), "--model", str(demo_checkpoint)]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", *args, "--port", str(free_port())],
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    STARTED.append(launcher)
+    deadline = time.monotonic() + WAIT_S
+    while not [w for w in queue.workers() if w.alive] and time.monotonic() < deadline:
+        assert launcher.poll() is None
+        time.sleep(0.2)
+    [beside] = queue.workers()
+    assert beside.model_id == "lvlm-interpret/shapes-demo" and beside.pid != launcher.pid
+    launcher.send_signal(signal.SIGTERM)
+    launcher.wait(60)  # Streamlit's own exit status after a signal, as serve reports it
+    assert queue.workers() == []  # the worker stopped cleanly with the dashboard
+    with pytest.raises(ProcessLookupError):
+        os.kill(beside.pid, 0)
+    queue.close()
+
+
+def test_serve_refuses_a_bad_model_in_one_line(tmp_path):
+    args = ["serve", "--store", str(tmp_path / "s"), "--model", "/no/such/model"]
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args, "--port", str(free_port())],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "No folder" in lines[0]
