@@ -59,6 +59,7 @@ bench: install browser
 	$(PY) bench/bench_causal.py
 	$(PY) bench/bench_ray.py
 	$(PY) bench/bench_perturbation.py
+	$(PY) bench/bench_live.py
 	@[ -e $(BENCH_STORE)/index.sqlite ] || \
 		$(VENV)/bin/lvlm-interpret demo record --store $(BENCH_STORE) --count 6 >/dev/null
 	$(PY) bench/bench_dashboard.py --store $(BENCH_STORE)
