@@ -25,6 +25,7 @@ from engine.cli.options import (
     WeightsDtype,
 )
 
+MIN_POLL_S = 0.01
 MAX_POLL_S = 3600.0
 
 
@@ -38,7 +39,7 @@ def worker(
     trust_remote_code: TrustRemoteCode = False,
     allow_pickle: AllowPickle = False,
     poll_interval: Annotated[
-        float, typer.Option(help="Seconds between looks at an empty queue (0.05-3600).")
+        float, typer.Option(help="Seconds between looks at an empty queue (0.01-3600).")
     ] = 1.0,
     once: Annotated[
         bool, typer.Option(help="Answer the questions queued now, then exit (no waiting).")
@@ -50,8 +51,8 @@ def worker(
     from engine.inputs import check_text
     from store import StoreError
 
-    if not (math.isfinite(poll_interval) and 0.05 <= poll_interval <= MAX_POLL_S):
-        fail(f"--poll-interval must be 0.05-{MAX_POLL_S:.0f} seconds, not {poll_interval}.")
+    if not (math.isfinite(poll_interval) and MIN_POLL_S <= poll_interval <= MAX_POLL_S):
+        fail(f"--poll-interval must be {MIN_POLL_S}-{MAX_POLL_S:.0f} seconds, not {poll_interval}.")
     try:
         check_text(str(store), "The --store path")
         if db is not None:
