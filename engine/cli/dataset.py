@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -137,7 +138,7 @@ def record_dataset(
 ) -> None:
     """Record a trace for every row of a manifest, skipping those already stored."""
     from engine.dataset import read_manifest
-    from engine.distributed import RaySettings, check_ray
+    from engine.distributed import RaySettings, check_ray, connected
     from engine.errors import EngineError
     from engine.inputs import check_generation, check_tags, check_text
     from store import StoreError, open_store
@@ -182,7 +183,11 @@ def record_dataset(
                 note(f"line {row.line}: skipped: {reason}")
                 summary.invalid.append((row.line, reason))
                 rows.rows.remove(row)
-        with open_store(store, db_url=db, writable=True) as opened:
+        # connected first: a cluster that cannot be reached leaves no store behind
+        with (
+            nullcontext() if cluster is None else connected(cluster),
+            open_store(store, db_url=db, writable=True) as opened,
+        ):
             from engine.recorder import RecordOptions
 
             options = RecordOptions(
@@ -265,15 +270,14 @@ def _record_rows(
 def _record_on_ray(
     job: RecordJob, rows: list[ManifestRow], cluster: RaySettings, summary: Summary
 ) -> bool:
-    """Record ``rows`` on the Ray cluster; True when Ctrl-C stopped the run."""
-    from engine.distributed import connected, pool_size, record_rows
+    """Record ``rows`` on the connected Ray cluster; True when Ctrl-C stopped the run."""
+    from engine.distributed import pool_size, record_rows
 
-    with connected(cluster):
-        workers, waiting = pool_size(cluster, job.device)
-        note(f"recording on Ray: {workers} workers loading {job.model} ...")
-        if waiting:
-            note(waiting)
-        return _show(record_rows(rows, job, workers, cluster.cpus), len(rows), summary)
+    workers, waiting = pool_size(cluster, job.device)
+    note(f"recording on Ray: {workers} workers loading {job.model} ...")
+    if waiting:
+        note(waiting)
+    return _show(record_rows(rows, job, workers, cluster.cpus), len(rows), summary)
 
 
 def _show(outcomes: Iterable[RowOutcome], total: int, summary: Summary) -> bool:

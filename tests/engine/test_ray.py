@@ -116,6 +116,43 @@ def _title(process: psutil.Process) -> str:
         return ""
 
 
+@pytest.mark.parametrize(
+    ("more", "fragment"),
+    [
+        (["--ray", "head.example"], "is not a Ray address"),
+        (["--ray", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
+        (["--ray", "ray://127.0.0.1:1"], "cannot reach a Ray cluster at ray://127.0.0.1:1"),
+        (["--ray", "auto"], "cannot connect to Ray at auto"),  # none running here
+        (["--ray", "local", "--ray-workers", "0"], "--ray-workers must be at least 1"),
+        (["--ray", "local", "--ray-cpus", "nan"], "--ray-cpus must be a positive number"),
+        (["--ray", "local", "--device", "cuda:1"], "Ray gives each worker its GPU"),
+    ],
+)
+def test_mistakes_are_one_line_before_anything(tmp_path, demo_checkpoint, more, fragment):
+    """Caught before a model loads and before the store is created (these run before the
+    module's cluster starts: a process connected to Ray records on that cluster)."""
+    manifest = write_manifest(tmp_path / "m", count=1, seed=3)
+    result = runner.invoke(app, _args(manifest, demo_checkpoint, tmp_path / "store", *more))
+    _assert_one_line(result, fragment)
+    assert not (tmp_path / "store").exists()
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it(
+    tmp_path, demo_checkpoint, monkeypatch
+):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if not installed
+    manifest = write_manifest(tmp_path / "m", count=1, seed=3)
+    args = _args(manifest, demo_checkpoint, tmp_path / "store", "--ray", "local")
+    _assert_one_line(runner.invoke(app, args), "pip install 'lvlm-interpret[ray]'")
+
+
+def _assert_one_line(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0], lines[0]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """One small local cluster for the module, in this process; shut down after, with every
@@ -166,37 +203,3 @@ def test_rows_arrive_once_with_the_one_process_ids(cluster, tmp_path, demo_check
     again = runner.invoke(app, [*on_ray[:-1], "1"])  # one worker is enough to skip
     assert "recorded 0, already stored 10, failed 1, invalid rows 0" in again.stderr
     assert _count(tmp_path / "ray") == 10
-
-
-@pytest.mark.parametrize(
-    ("more", "fragment"),
-    [
-        (["--ray", "head.example"], "is not a Ray address"),
-        (["--ray", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
-        (["--ray", "ray://127.0.0.1:1"], "cannot reach a Ray cluster at ray://127.0.0.1:1"),
-        (["--ray", "local", "--ray-workers", "0"], "--ray-workers must be at least 1"),
-        (["--ray", "local", "--ray-cpus", "nan"], "--ray-cpus must be a positive number"),
-        (["--ray", "local", "--device", "cuda:1"], "Ray gives each worker its GPU"),
-    ],
-)
-def test_mistakes_are_one_line_before_anything(tmp_path, demo_checkpoint, more, fragment):
-    manifest = write_manifest(tmp_path / "m", count=1, seed=3)
-    result = runner.invoke(app, _args(manifest, demo_checkpoint, tmp_path / "store", *more))
-    _assert_one_line(result, fragment)
-    assert not (tmp_path / "store").exists()
-
-
-def test_without_ray_installed_the_error_says_how_to_install_it(
-    tmp_path, demo_checkpoint, monkeypatch
-):
-    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if not installed
-    manifest = write_manifest(tmp_path / "m", count=1, seed=3)
-    args = _args(manifest, demo_checkpoint, tmp_path / "store", "--ray", "local")
-    _assert_one_line(runner.invoke(app, args), "pip install 'lvlm-interpret[ray]'")
-
-
-def _assert_one_line(result, fragment: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert fragment in lines[0], lines[0]
