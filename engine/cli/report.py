@@ -8,6 +8,7 @@ lies in the store's own folders) is one line and exit code 2, before anything is
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from engine.cli.messages import fail
-from store import StoreError, TraceQuery, open_store
+from store import InvalidName, StoreError, TraceQuery, check_name, open_store
 
 if TYPE_CHECKING:
     from dashboard.report import ReportOptions
@@ -24,11 +25,25 @@ TraceIds = Annotated[list[str] | None, typer.Argument(help="Trace ids to report 
 
 
 def _out_problem(out: Path, store: Path, force: bool) -> str | None:
-    """Why the report cannot be written to ``out`` (None: it can)."""
+    """Why the report cannot be written to ``out`` (None: it can); a name the system refuses
+    (too long, say) is a problem too, not a traceback."""
+    if not out.name:
+        return f"--out {str(out)!r} names no file"
+    try:
+        return _path_problem(out, store, force)
+    except OSError as error:
+        return f"--out {out}: {error.strerror or error}"
+
+
+def _path_problem(out: Path, store: Path, force: bool) -> str | None:
     if out.is_dir():
         return f"--out {out} is a directory; name a file"
     if (out.exists() or out.is_symlink()) and not force:
         return f"--out {out} exists; pass --force to replace it"
+    # --force renames over the name itself: a device (/dev/null), pipe or socket there would
+    # be replaced by a regular file, which is never what "replace the report" means
+    if out.exists() and not out.is_symlink() and not stat.S_ISREG(out.stat().st_mode):
+        return f"--out {out} is not a regular file; name a file"
     # the store's folder is the store's own (data/, tmp/, quarantine/, its index): a report
     # there would be a foreign file to reindex and gc, or could land on a trace's name
     if (out.parent.resolve() / out.name).is_relative_to(store.resolve()):
@@ -116,8 +131,14 @@ def report(
         fail("name at least one trace id, or pass --query (with filters) for a set of traces")
     if compare and len(ids) != 2:
         fail(f"--compare takes exactly two trace ids, got {len(ids)}")
+    if tag is not None:
+        try:
+            tag = check_name(tag, "tag")
+        except InvalidName as error:
+            fail(error)
+        filters["tag"] = tag
     problem = _out_problem(out, store, force)
-    pdf_out = out.with_suffix(".pdf")
+    pdf_out = out.with_suffix(".pdf") if problem is None else out
     if pdf and problem is None:
         from dashboard.report.pdf import pdf_unavailable
 
