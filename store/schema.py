@@ -382,7 +382,8 @@ class Relevancy:
     def on_patches(self, mode: RelevancyMode, geometry: ImageGeometry) -> np.ndarray:
         """[N, G] map of ``mode`` per image patch. ``llm`` is spread from each image token onto
         the patches it reads, by the map's weights (a token's share is kept whole). Raises
-        ``KeyError`` when the trace lacks ``mode``."""
+        ``KeyError`` when the trace lacks ``mode``; ``mode`` may be given by name ("llm")."""
+        mode = RelevancyMode(mode)
         values = self.map(mode)
         if values is None:
             raise KeyError(mode)

@@ -164,6 +164,7 @@ def test_a_format_2_file_reads_as_one_image_of_one_tile(tmp_path):
     assert [len(s) for s in geo.vision_sequences] == [vision.shape[-1]] == [1 + grid[0] * grid[1]]
     llm = back.relevancy.on_patches(RelevancyMode.LLM, geo)
     np.testing.assert_allclose(llm[:, image_patch[on_image]], back.relevancy.llm[:, on_image])
+    np.testing.assert_array_equal(back.relevancy.on_patches("llm", geo), llm)  # by name too
 
 
 def test_a_format_2_file_copies_into_a_format_3_store(store, tmp_path):
