@@ -35,6 +35,7 @@ from store.jobs import (
 
 POLL_S = 1.0
 PENDING = "ask:pending"  # the question this browser tab waits for
+OPEN_COMPARE = "ask:open-compare"  # an edited image's answer landed: show it on Compare
 FAILED = "ask:failed"  # the last question's one-line failure, shown until the next one
 NEW, FOLLOW_UP, EDIT = "New question", "Follow-up", "Edit and ask again"
 UPLOAD, FROM_STORE = "Upload an image", "An image from the store"
@@ -159,7 +160,7 @@ def _progress(queue: JobQueue) -> None:
             st.session_state[FAILED] = shown.line
         elif pending.edited_from:
             state.select_trace(pending.edited_from, compare_id=job.trace_id)
-            st.switch_page("views/compare.py")
+            st.session_state[OPEN_COMPARE] = True  # a fragment's rerun cannot switch pages
         else:
             state.select_trace(job.trace_id)
         st.rerun(scope="app")
@@ -397,6 +398,8 @@ def _edit_again(
 
 def render_page() -> None:
     config = context.config_or_stop()
+    if st.session_state.pop(OPEN_COMPARE, False):
+        st.switch_page("views/compare.py")
     st.title("Ask")
     try:
         queue = _queue(config)

@@ -282,3 +282,34 @@ def test_a_failed_question_shows_its_one_line_error(app, live):
         "Failed\\: CUDA out of memory Traceback \\(most recent call last\\)\\: \\.\\.\\."
     ]
     assert at.query_params["trace"] == trace_id
+
+
+def test_edit_and_ask_again_sends_the_edited_image_and_opens_compare(app, live):
+    """The typed box (the keyboard's way; the canvas needs a browser): the edited upload
+    differs from the original inside the box only, and the answer opens on Compare."""
+    directory, trace_id, queue, worker = live
+    at = app("ask", store_dir=directory, trace=trace_id)
+    at.segmented_control(key="ask:mode").set_value("Edit and ask again").run()
+    at.segmented_control(key="ask:action").set_value("paint").run()
+    for i, value in enumerate((2, 3, 10, 9)):  # left, top, right, bottom
+        at.number_input(key=f"ask:box:{i}").set_value(value)
+    at.run()
+    assert "paint #000000 (2, 3)-(10, 9)" in [c.value.replace("\\", "") for c in at.caption]
+    at.button(key="ask:go3").click().run()
+    assert not at.exception and not at.error
+    [job] = queue.recent(10)
+    request = job.request
+    assert (request.edited_from, request.edit) == (trace_id, "paint #000000 (2, 3)-(10, 9)")
+    original = np.asarray(Image.open(queue.upload_path(queue.image_of_trace(trace_id))))
+    edited = np.asarray(Image.open(queue.upload_path(request.image)))
+    assert (edited[3:9, 2:10] == 0).all()
+    changed = (edited != original).any(axis=2)
+    assert changed.any() and not changed[:3].any() and not changed[9:].any()
+    claimed = queue.claim(worker)
+    with open_store(directory, writable=True) as store:
+        answer = store.add(make_synthetic_trace(seed=23, grid=(4, 6)))
+    queue.finish(claimed.job_id, answer)
+    at.run()
+    assert not at.exception
+    assert (at.query_params["trace"], at.query_params["compare"]) == (trace_id, answer)
+    assert "Compare" in [t.value for t in at.title]
