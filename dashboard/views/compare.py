@@ -148,7 +148,10 @@ def render_page() -> None:
     config = context.config_or_stop()
     first = context.trace_or_stop(config)
     st.title("Compare")
-    if not state.get(state.COMPARE):
+    wanted = (state.get(state.COMPARE) or "").lower()
+    if wanted == first.trace_id:  # a trace against itself: every difference would be zero
+        st.info("This link compares the trace with itself: pick another trace to compare.")
+    if not wanted or wanted == first.trace_id:
         _pick_second(config, first.trace_id)
     second = context.trace_or_stop(config, state.COMPARE)
     left, right = st.columns(2)
