@@ -41,6 +41,7 @@ pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f7f7f7; paddi
       font-size: 12px; }
 del { background: #fdd; } ins { background: #dfd; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 18px; }
+.modes { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr)); gap: 0 18px; }
 section.trace { break-before: page; }
 @media print { nav { display: none; } body { max-width: none; } }
 """.strip()

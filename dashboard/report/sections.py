@@ -113,15 +113,17 @@ def maps_section(trace: StoredTrace, options: ReportOptions) -> str:
         parts.append(page.empty("Relevancy was not recorded for this trace."))
     else:
         held = [m for m in relevancy.modes if not options.modes or m.value in options.modes]
-        for mode in held:
-            parts.append(
-                _attempt(
-                    lambda m=mode: figures.relevancy_figure(
-                        trace, tokens, RelevancyMode(m), options.style
-                    ),
-                    options,
-                )
+        # side by side (two or more a row on screen): the modes are the method comparison
+        modes = (
+            _attempt(
+                lambda m=mode: figures.relevancy_figure(
+                    trace, tokens, RelevancyMode(m), options.style
+                ),
+                options,
             )
+            for mode in held
+        )
+        parts.append(f'<div class="modes">{"".join(modes)}</div>')
         parts.append(_attempt(lambda: figures.text_relevancy_chart(trace, tokens), options))
     if trace.image.token_patches.rows.size:
         parts.append(
