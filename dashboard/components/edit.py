@@ -1,8 +1,8 @@
 """Counterfactual image edits: erase, blur or paint regions of a trace's image.
 
 Asking the same question about an edited image shows what the answer depended on. The
-regions come from rectangles drawn in the browser (Fabric.js objects from
-``streamlit-drawable-canvas``, in displayed pixels) or typed as a box in image pixels; the
+regions come from rectangles drawn in the browser (Fabric.js objects from the drawable
+canvas component, in displayed pixels) or typed as a box in image pixels; the
 edit itself is plain Pillow, so it is tested without a browser and the image sent to the
 model is exactly the one previewed.
 """
@@ -165,9 +165,9 @@ def png_bytes(image: Image.Image) -> bytes:
 def canvas_drawing(image: Image.Image, width: int) -> tuple[dict[str, Any], int, float]:
     """A Fabric drawing holding ``image`` as its background, shown ``width`` pixels wide.
 
-    ``streamlit-drawable-canvas`` 0.9.3 cannot place a background image itself on this
-    Streamlit (it calls ``streamlit.elements.image.image_to_url``, which moved), so the
-    picture rides in the drawing it starts from, as an inline PNG. Returns the drawing, the
+    The drawable canvas component (0.9.3) cannot place a background image itself on the
+    app framework's 1.67 (it calls an ``image_to_url`` that moved), so the picture rides
+    in the drawing it starts from, as an inline PNG. Returns the drawing, the
     canvas height and the scale from image to canvas pixels.
     """
     scale = width / image.width
