@@ -124,13 +124,13 @@ def check_ray(settings: RaySettings, device: str) -> None:
         raise InputError(
             f"--ray {address!r} is not a Ray address: local, auto, HOST:PORT or ray://HOST:PORT"
         )
-    if address.startswith("ray://") and _missing("grpc"):
-        raise InputError(CLIENT_MISSING)
     host = match["host"].strip("[]")
     try:
         socket.create_connection((host, int(match["port"])), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as error:
         raise InputError(f"cannot reach a Ray cluster at {address}: {_reason(error)}") from None
+    if address.startswith("ray://") and _missing("grpc"):
+        raise InputError(CLIENT_MISSING)
 
 
 def _missing(module: str) -> bool:

@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,10 +142,19 @@ def test_mistakes_are_one_line_before_anything(tmp_path, demo_checkpoint, more, 
 def test_without_ray_installed_the_error_says_how_to_install_it(
     tmp_path, demo_checkpoint, monkeypatch
 ):
-    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     manifest = write_manifest(tmp_path / "m", count=1, seed=3)
     args = _args(manifest, demo_checkpoint, tmp_path / "store", "--ray", "local")
     _assert_one_line(runner.invoke(app, args), "pip install 'lvlm-interpret[ray]'")
+
+
+def test_a_ray_client_address_needs_ray_client(tmp_path, demo_checkpoint, monkeypatch):
+    monkeypatch.setitem(sys.modules, "grpc", None)  # Ray installed without its client extra
+    manifest = write_manifest(tmp_path / "m", count=1, seed=3)
+    with socket.create_server(("127.0.0.1", 0)) as server:  # an address that answers
+        address = f"ray://127.0.0.1:{server.getsockname()[1]}"
+        args = _args(manifest, demo_checkpoint, tmp_path / "store", "--ray", address)
+        _assert_one_line(runner.invoke(app, args), "pip install 'ray[client]'")
 
 
 def _assert_one_line(result, fragment: str) -> None:
