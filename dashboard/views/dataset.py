@@ -125,9 +125,16 @@ def _pair_row(pair: queries.Pair) -> None:
         _open_pair(pair.left.trace_id, pair.right.trace_id)
 
 
+MAX_PAGE = 10**9  # a larger page number is clipped here first: SQL offsets are 64-bit
+
+
 def _page_number() -> int:
+    """The URL's page; a number past the last page is clipped to it (by the caller), like
+    every other number in the URL, however many digits it has."""
     raw = (state.get(PAIRS) or "").strip()
-    return int(raw) if raw.isdecimal() and len(raw) < 7 and int(raw) > 0 else 1
+    if not (raw.isascii() and raw.isdecimal()) or int(raw) == 0:
+        return 1
+    return MAX_PAGE if len(raw) > 10 else min(int(raw), MAX_PAGE)
 
 
 def _pairs(store: TraceStore, query: TraceQuery, chosen: tuple[Checkpoint, Checkpoint]) -> None:
