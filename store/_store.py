@@ -275,6 +275,7 @@ class TraceStore:
     def _prepare_dirs(self) -> None:
         """Create the layout; a probe write tells a read-only directory apart (root too)."""
         lay = self.layout
+        _refuse_foreign_folder(lay)
         try:
             lay.root.mkdir(parents=True, exist_ok=True)
             for sub in (lay.data_dir, lay.tmp_dir):
@@ -751,6 +752,23 @@ class TraceStore:
             if damaged:
                 report.damaged.append(tid)
         return report
+
+
+def _refuse_foreign_folder(layout: Layout) -> None:
+    """A store is made only in a new or empty folder: `--store ""` (the working directory) or
+    a mistyped path to a project or home folder must not gain a store's files."""
+    root = layout.root
+    if is_link(layout.data_dir) or layout.data_dir.is_dir() or not root.is_dir():
+        return
+    try:
+        foreign = next(iter(root.iterdir()), None)
+    except OSError:
+        return  # the probe write below reports what is wrong with the folder
+    if foreign is not None:
+        raise StoreOpenError(
+            f"{root} is not a store (no data/ folder) and is not empty: give a new or empty "
+            "folder to create a store in"
+        )
 
 
 MAX_NOTE_LENGTH = 20_000

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._index import TraceQuery
+from ._paths import check_name
 from ._store import TraceStore, open_store, reindex_store
 from .errors import StoreError
 from .schema import RelevancyMode
@@ -328,12 +329,17 @@ def export_table(
     what a notebook's query_frame / token_frame give), for a spreadsheet or pandas."""
     if table_format not in ("csv", "parquet"):
         _refuse(f"--format is csv or parquet, not {table_format!r}")
-    if out.exists() or out.is_symlink():
-        _refuse(f"--out {out} exists; choose a new file")
-    if not out.parent.is_dir():
-        _refuse(f"--out {out}: folder {out.parent} does not exist")
-    if (out.parent.resolve() / out.name).is_relative_to(store.resolve()):
-        _refuse(f"--out {out} lies inside the store {store}; write it elsewhere")
+    if tag is not None:
+        tag = check_name(tag, "tag")
+    try:
+        if out.exists() or out.is_symlink():
+            _refuse(f"--out {out} exists; choose a new file")
+        if not out.parent.is_dir():
+            _refuse(f"--out {out}: folder {out.parent} does not exist")
+        if (out.parent.resolve() / out.name).is_relative_to(store.resolve()):
+            _refuse(f"--out {out} lies inside the store {store}; write it elsewhere")
+    except OSError as error:  # a name too long, a folder that cannot be searched
+        _refuse(f"--out {out}: {error.strerror}")
     from . import frames  # pandas: only for this command
 
     with _open(store, db) as st:
