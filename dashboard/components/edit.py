@@ -9,7 +9,6 @@ model is exactly the one previewed.
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -153,13 +152,6 @@ def parse_colour(value: str) -> tuple[int, int, int]:
 
 def hex_colour(colour: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*colour)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """Lossless: the model must see exactly the edit that was previewed."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def canvas_drawing(image: Image.Image, width: int) -> tuple[dict[str, Any], int, float]:

@@ -31,6 +31,7 @@ from store.jobs import (
     InvalidUpload,
     JobQueue,
     LiveRequest,
+    png_bytes,
 )
 
 POLL_S = 1.0
@@ -38,7 +39,7 @@ PENDING = "ask:pending"  # the question this browser tab waits for
 OPEN_COMPARE = "ask:open-compare"  # an edited image's answer landed: show it on Compare
 FAILED = "ask:failed"  # the last question's one-line failure, shown until the next one
 NEW, FOLLOW_UP, EDIT = "New question", "Follow-up", "Edit and ask again"
-UPLOAD, FROM_STORE = "Upload an image", "An image from the store"
+UPLOAD, FROM_STORE, SCENE = "Upload an image", "An image from the store", "A shapes-world scene"
 CANVAS_PX = 360
 PREVIEW_PX = 240
 PAGES = (
@@ -230,9 +231,25 @@ def _image_from_store(config: StoreConfig, selected: TraceInfo | None) -> str:
     return chosen
 
 
+def _scene() -> Image.Image:
+    """A scene of the demo model's shapes world, drawn from a seed (the world is numpy and
+    Pillow only: no model is loaded)."""
+    from engine.demo import world
+
+    seed_column, count_column, picture = st.columns([1, 1, 2])
+    seed = int(seed_column.number_input("Seed", 0, 10**9, 0, step=1, key="ask:scene_seed"))
+    count = count_column.selectbox("Shapes", [2, 3, 4], index=1, key="ask:scene_count")
+    image = world.make_scene(seed, count).image
+    picture.image(image, width=160)
+    return image
+
+
 def _new_question(config: StoreConfig, queue: JobQueue, settings: dict[str, Any]) -> None:
-    source = st.radio("Image", [UPLOAD, FROM_STORE], horizontal=True, key="ask:source")
-    if source == UPLOAD:
+    source = st.radio("Image", [UPLOAD, FROM_STORE, SCENE], horizontal=True, key="ask:source")
+    scene = None
+    if source == SCENE:
+        upload, chosen, scene = None, "", _scene()
+    elif source == UPLOAD:
         upload = st.file_uploader(
             "Image",
             max_upload_size=max(1, -(-MAX_UPLOAD_BYTES // (1 << 20))),
@@ -255,11 +272,12 @@ def _new_question(config: StoreConfig, queue: JobQueue, settings: dict[str, Any]
         st.error("Choose an image to upload first.")
         return
     try:
-        key = (
-            queue.save_upload(upload.getvalue(), upload.name)
-            if upload is not None
-            else queue.image_of_trace(chosen)
-        )
+        if scene is not None:
+            key = queue.save_upload(png_bytes(scene), "scene.png")
+        elif upload is not None:
+            key = queue.save_upload(upload.getvalue(), upload.name)
+        else:
+            key = queue.image_of_trace(chosen)
     except (InvalidUpload, InvalidRequest, TraceNotFound) as error:
         _refuse(error)
         return
@@ -382,7 +400,7 @@ def _edit_again(
     ):
         return
     try:
-        key = queue.save_upload(edit.png_bytes(edited), f"edited-{selected.trace_id[:8]}.png")
+        key = queue.save_upload(png_bytes(edited), f"edited-{selected.trace_id[:8]}.png")
     except InvalidUpload as error:
         _refuse(error)
         return

@@ -12,7 +12,7 @@ from PIL import Image
 
 from dashboard.components import ask, edit
 from store import TraceInfo, open_store
-from store.jobs import MAX_PROMPT_CHARS, JobQueue
+from store.jobs import MAX_PROMPT_CHARS, JobQueue, png_bytes
 from store.synthetic import make_synthetic_trace
 
 # --- image edits -------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def test_an_array_works_like_an_image_and_an_unknown_action_is_refused():
 
 def test_png_bytes_are_lossless():
     photo = _photo()
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(edit.png_bytes(photo)))), photo)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(photo)))), photo)
 
 
 def test_canvas_rectangles_become_image_boxes():
@@ -270,6 +270,23 @@ def test_a_question_is_queued_then_its_trace_opens(app, live):
     assert at.query_params["trace"] == answer
     assert "Conversation" in [s.value for s in at.subheader]
     assert not at.button(key="ask:go").disabled
+
+
+def test_a_shapes_world_scene_drawn_from_its_seed_is_asked_about(app, live):
+    from engine.demo.world import make_scene
+
+    directory, trace_id, queue, _ = live
+    at = app("ask", store_dir=directory, trace=trace_id)
+    at.radio(key="ask:source").set_value("A shapes-world scene").run()
+    at.number_input(key="ask:scene_seed").set_value(7).run()
+    at.selectbox(key="ask:scene_count").set_value(4).run()
+    at.text_area(key="ask:prompt").input("How many shapes are there?")
+    at.button(key="ask:go").click().run()
+    assert not at.exception and not at.error
+    [job] = queue.recent(10)
+    sent = np.asarray(Image.open(queue.upload_path(job.request.image)))
+    assert np.array_equal(sent, np.asarray(make_scene(7, 4).image.convert("RGB")))
+    assert not np.array_equal(sent, np.asarray(make_scene(8, 4).image.convert("RGB")))
 
 
 def test_a_failed_question_shows_its_one_line_error(app, live):
