@@ -25,7 +25,7 @@ from dashboard.config import StoreConfig
 from dashboard.figures import Figure
 from dashboard.report import ReportError, ReportOptions, build_report
 from store import StoreError, TraceQuery
-from store.frames import csv_bytes, parquet_bytes, query_frame
+from store.frames import csv_bytes, parquet_bytes, query_frame, token_frame
 
 TRACE_PAGES = ("generation", "attention", "relevancy", "causal")
 SET_PAGES = ("", "dataset")  # Browse (the default page) and Dataset: the filtered set
@@ -147,6 +147,33 @@ def table_downloads(config: StoreConfig, query: TraceQuery, total: int) -> None:
         on_click="ignore",
         icon=":material/download:",
         help="Every matching trace, values exactly as stored (tags as lists).",
+    )
+
+
+def token_downloads(config: StoreConfig, trace_id: str) -> None:
+    """CSV and Parquet of the trace's per-token values (``store.frames.token_frame``)."""
+    store = data.store(config)
+    stem = f"{short_id(trace_id)}-tokens"
+    left, right, _ = st.columns([1.6, 1.2, 5])
+    left.download_button(
+        "Tokens as CSV",
+        data=lambda: csv_bytes(token_frame(store, [trace_id])),
+        file_name=f"{stem}.csv",
+        mime="text/csv",
+        key="export:tokens:csv",
+        on_click="ignore",
+        icon=":material/download:",
+        help="One row per answer token: text, probability, top-k, attention and relevancy "
+        "image shares.",
+    )
+    right.download_button(
+        "Parquet",
+        data=lambda: parquet_bytes(token_frame(store, [trace_id])),
+        file_name=f"{stem}.parquet",
+        mime="application/vnd.apache.parquet",
+        key="export:tokens:parquet",
+        on_click="ignore",
+        icon=":material/download:",
     )
 
 

@@ -83,6 +83,7 @@ def render_page() -> None:
             )
         },
     )
+    export.token_downloads(config, trace.trace_id)
     export.figure_gallery(
         trace.trace_id,
         [

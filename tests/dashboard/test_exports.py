@@ -12,7 +12,7 @@ from PIL import Image
 
 from dashboard.components.filters import BrowseFilters
 from store import open_store
-from store.frames import csv_bytes, query_frame
+from store.frames import csv_bytes, query_frame, token_frame
 from tests.dashboard.browser import chromium, running_dashboard
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -59,6 +59,16 @@ def test_browse_exports_every_matching_trace(site, page, demo_store):
     report = _download(page, "Export report (filtered set)").decode()
     assert f"{len(expected)} trace(s) match" in report
     assert "<script" not in report.lower()
+
+
+def test_generation_exports_the_per_token_table(site, page, demo_store):
+    page.goto(f"{site}/generation?trace={demo_store.main}")
+    with open_store(demo_store.directory) as store:
+        expected = token_frame(store, [demo_store.main])
+    assert len(expected) >= 1
+    assert _download(page, "Tokens as CSV") == csv_bytes(expected)
+    got = pd.read_parquet(io.BytesIO(_download(page, "Parquet")))
+    assert got["token"].tolist() == expected["token"].tolist()
 
 
 def test_trace_and_comparison_reports_and_figures(site, page, demo_store):
