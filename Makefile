@@ -6,7 +6,7 @@ DEMO_STORE ?= demo-store
 export OMP_WAIT_POLICY := PASSIVE
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install browser demo demo-model demo-eval test test-fast bench lint format clean
+.PHONY: install browser postgres demo demo-model demo-eval test test-fast bench lint format clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,13 +23,14 @@ install: $(VENV)/.installed
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-# Record the same questions on both bundled demo checkpoints (once), then serve the dashboard.
+# Record the same questions on both bundled demo checkpoints (once), then serve the dashboard
+# with a worker on the main checkpoint beside it (the Ask page answers live questions).
 demo: install
-	@if [ ! -e $(DEMO_STORE)/.demo-recorded ]; then \
+	@if [ ! -e $(DEMO_STORE)/.demo-recorded-both ]; then \
 		$(VENV)/bin/lvlm-interpret demo record --store $(DEMO_STORE) --count 12 \
 			--checkpoint both && \
-		touch $(DEMO_STORE)/.demo-recorded; fi
-	$(VENV)/bin/lvlm-interpret serve --store $(DEMO_STORE)
+		touch $(DEMO_STORE)/.demo-recorded-both; fi
+	$(VENV)/bin/lvlm-interpret serve --store $(DEMO_STORE) --model engine/demo/checkpoint
 
 # Reproduce the bundled checkpoints (main, then weak) from their seed on 2 cores, then score them.
 demo-model: install
@@ -42,7 +43,12 @@ demo-eval: install
 	$(VENV)/bin/lvlm-interpret demo evaluate --per-kind 120
 	$(VENV)/bin/lvlm-interpret demo evaluate --per-kind 120 --checkpoint weak
 
-test: install browser
+# Debian's PostgreSQL for the shared-index tests (the tests start their own server).
+postgres:
+	@[ -x /usr/lib/postgresql/15/bin/pg_ctl ] || \
+		{ apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+
+test: install browser postgres
 	$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
