@@ -18,8 +18,7 @@ import streamlit as st
 from dashboard import data, state
 from dashboard.components import text
 from dashboard.config import StoreConfig
-from store import InvalidName, Note, StoredTrace, StoreError, TraceStore
-from store._store import MAX_NOTE_LENGTH
+from store import MAX_NOTE_LENGTH, InvalidName, Note, StoredTrace, StoreError, TraceStore
 
 ON_TRACE, ON_TOKENS, ON_REGION = "the trace", "the selected answer tokens", "an image region"
 READ_ONLY = (

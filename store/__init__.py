@@ -15,7 +15,15 @@ from ._codec import (
 )
 from ._index import Page, TraceQuery
 from ._paths import DB_FILE, check_name
-from ._store import GcReport, Problem, ReindexReport, TraceStore, open_store, reindex_store
+from ._store import (
+    MAX_NOTE_LENGTH,
+    GcReport,
+    Problem,
+    ReindexReport,
+    TraceStore,
+    open_store,
+    reindex_store,
+)
 from ._stored import StoredTrace
 from .errors import (
     CorruptTrace,
@@ -61,6 +69,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LOG8_RELATIVE_ERROR",
     "LOG8_ZERO_BELOW",
+    "MAX_NOTE_LENGTH",
     "SPARSE_THRESHOLD",
     "AttentionView",
     "CorruptTrace",

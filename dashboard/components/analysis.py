@@ -106,14 +106,6 @@ def layer_divergence(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array([js_divergence(a[i], b[i]) for i in range(layers)])
 
 
-def relevancy_image_share(llm: np.ndarray, image_positions: np.ndarray) -> np.ndarray:
-    """Per answer token: share of its positive relevancy on image tokens ([N, T] -> [N])."""
-    positive = np.clip(np.asarray(llm, dtype=np.float64), 0.0, None)
-    total = positive.sum(axis=-1)
-    on_image = positive[..., image_positions].sum(axis=-1)
-    return np.divide(on_image, total, out=np.zeros_like(total), where=total > 0)
-
-
 def grouped_sum(values: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:
     """Sum ``values`` over each group of positions (tokens -> words)."""
     values = np.asarray(values, dtype=np.float64)

@@ -14,6 +14,7 @@ from dashboard import context, export, figures, notes, render, state
 from dashboard.components import analysis, charts, html, text
 from dashboard.components.overlay import Scale
 from store import Relevancy, RelevancyMode, StoredTrace, TokenRole
+from store.frames import relevancy_image_share
 
 SCORE = "relevancy (normalised score)"
 
@@ -136,7 +137,7 @@ def relevancy_views(trace: StoredTrace) -> list[export.Offer]:
     with right:
         text_relevancy(trace, selected, hide_template)
     st.subheader("How much each answer token relied on the image")
-    reliance = analysis.relevancy_image_share(trace.relevancy.llm, trace.tokens.image_positions)
+    reliance = relevancy_image_share(trace.relevancy.llm, trace.tokens.image_positions)
     st.html(
         html.shaded_tokens(
             trace.tokens.text[trace.tokens.prompt_length :], reliance, style.colormap

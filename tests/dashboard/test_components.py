@@ -24,6 +24,7 @@ from dashboard.components.explanation import p_value_text
 from dashboard.components.filters import MAX_PAGE, BrowseFilters, clean_text
 from dashboard.components.overlay import OverlayStyle, Scale
 from dashboard.config import DB_ENV, STORE_ENV, StoreConfig, resolve
+from store.frames import relevancy_image_share
 
 
 def test_colormap_ends_and_nan():
@@ -142,7 +143,7 @@ def test_shares_and_ranking():
     summary = np.arange(2 * 1 * 3 * 3, dtype=float).reshape(2, 1, 3, 3)
     assert analysis.token_shares(summary, [0, 2]).shape == (2, 1, 3)
     llm = np.array([[1.0, 1.0, 2.0], [0.0, 0.0, 0.0]])
-    assert np.allclose(analysis.relevancy_image_share(llm, np.array([2])), [0.5, 0.0])
+    assert np.allclose(relevancy_image_share(llm, np.array([2])), [0.5, 0.0])
 
 
 def test_filters_round_trip_and_query():
