@@ -416,8 +416,8 @@ def _edit_again(
 
 def render_page() -> None:
     config = context.config_or_stop()
-    if st.session_state.pop(OPEN_COMPARE, False):
-        st.switch_page("views/compare.py")
+    if st.session_state.get(OPEN_COMPARE):  # cleared by Compare once it runs: a rerun that
+        st.switch_page("views/compare.py")  # interrupts this one must not lose the switch
     st.title("Ask")
     try:
         queue = _queue(config)

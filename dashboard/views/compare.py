@@ -145,6 +145,7 @@ def _normalised_difference(
 
 
 def render_page() -> None:
+    st.session_state.pop("ask:open-compare", None)  # Ask's switch to this page has arrived
     config = context.config_or_stop()
     first = context.trace_or_stop(config)
     st.title("Compare")

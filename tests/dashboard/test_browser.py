@@ -173,7 +173,7 @@ def test_new_user_defects_in_a_real_browser(site, page, demo_store):
     if compute.is_visible():
         compute.click()
     page.set_viewport_size({"width": 1280, "height": 720})
-    heading = page.get_by_text("heads ranked by causal importance")
+    heading = page.get_by_text("heads ranked by causal importance").first  # not the figures list
     heading.wait_for()
     heading.scroll_into_view_if_needed()
     graph = page.locator(CAUSAL_GRAPH).bounding_box()
