@@ -34,6 +34,9 @@ from ._failures import READONLY_ERRNOS, guard, reason, translate
 from ._index import Index, Page, TraceQuery, drop_tables, make_engine, read_notes
 from ._interrupts import interrupts_deferred
 from ._paths import (
+    DB_FILE,
+    OWN_DIRS,
+    STORE_ID_FILE,
     Layout,
     check_name,
     check_trace_id,
@@ -760,11 +763,15 @@ def _refuse_foreign_folder(layout: Layout) -> None:
     root = layout.root
     if is_link(layout.data_dir) or layout.data_dir.is_dir() or not root.is_dir():
         return
-    try:
-        foreign = next(iter(root.iterdir()), None)
+    own = {*OWN_DIRS, layout.lock_path.name, STORE_ID_FILE}
+    prefixes = (DB_FILE, f".{STORE_ID_FILE}-")  # the index and its -wal/-shm; id being written
+    try:  # a store's own names are another process creating the same store right now
+        foreign = [
+            p for p in root.iterdir() if p.name not in own and not p.name.startswith(prefixes)
+        ]
     except OSError:
         return  # the probe write below reports what is wrong with the folder
-    if foreign is not None:
+    if foreign:
         raise StoreOpenError(
             f"{root} is not a store (no data/ folder) and is not empty: give a new or empty "
             "folder to create a store in"
