@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
+import pandas as pd
 import streamlit as st
 
 from dashboard import context, data, state
@@ -121,59 +122,66 @@ def page_report(page_path: str) -> None:
         return
 
 
+def _frame_buttons(
+    make: Callable[[], pd.DataFrame],
+    stem: str,
+    key: str,
+    csv_label: str,
+    widths: tuple[float, float],
+    csv_help: str | None = None,
+    parquet_help: str | None = None,
+) -> None:
+    """A table as CSV and Parquet download buttons side by side (built only when clicked)."""
+    left, right, _ = st.columns([*widths, 5])
+    left.download_button(
+        csv_label,
+        data=lambda: csv_bytes(make()),
+        file_name=f"{stem}.csv",
+        mime="text/csv",
+        key=f"{key}:csv",
+        on_click="ignore",
+        icon=":material/download:",
+        help=csv_help,
+    )
+    right.download_button(
+        "Parquet",
+        data=lambda: parquet_bytes(make()),
+        file_name=f"{stem}.parquet",
+        mime="application/vnd.apache.parquet",
+        key=f"{key}:parquet",
+        on_click="ignore",
+        icon=":material/download:",
+        help=parquet_help,
+    )
+
+
 def table_downloads(config: StoreConfig, query: TraceQuery, total: int) -> None:
     """CSV and Parquet of every trace the filters match (not only the page shown)."""
     store = data.store(config)
     query = replace(query, offset=0)
-    stamp = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    left, right, _ = st.columns([1.2, 1.2, 5])
-    left.download_button(
+    _frame_buttons(
+        lambda: query_frame(store, query),
+        f"traces-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
+        "export",
         f"CSV ({total} traces)",
-        data=lambda: csv_bytes(query_frame(store, query)),
-        file_name=f"traces-{stamp}.csv",
-        mime="text/csv",
-        key="export:csv",
-        on_click="ignore",
-        icon=":material/download:",
-        help="Every matching trace; tags as JSON lists; a cell starting like a formula "
+        (1.2, 1.2),
+        csv_help="Every matching trace; tags as JSON lists; a cell starting like a formula "
         "gets a leading ' so spreadsheets show it instead of running it.",
-    )
-    right.download_button(
-        "Parquet",
-        data=lambda: parquet_bytes(query_frame(store, query)),
-        file_name=f"traces-{stamp}.parquet",
-        mime="application/vnd.apache.parquet",
-        key="export:parquet",
-        on_click="ignore",
-        icon=":material/download:",
-        help="Every matching trace, values exactly as stored (tags as lists).",
+        parquet_help="Every matching trace, values exactly as stored (tags as lists).",
     )
 
 
 def token_downloads(config: StoreConfig, trace_id: str) -> None:
     """CSV and Parquet of the trace's per-token values (``store.frames.token_frame``)."""
     store = data.store(config)
-    stem = f"{short_id(trace_id)}-tokens"
-    left, right, _ = st.columns([1.6, 1.2, 5])
-    left.download_button(
+    _frame_buttons(
+        lambda: token_frame(store, [trace_id]),
+        f"{short_id(trace_id)}-tokens",
+        "export:tokens",
         "Tokens as CSV",
-        data=lambda: csv_bytes(token_frame(store, [trace_id])),
-        file_name=f"{stem}.csv",
-        mime="text/csv",
-        key="export:tokens:csv",
-        on_click="ignore",
-        icon=":material/download:",
-        help="One row per answer token: text, probability, top-k, attention and relevancy "
+        (1.6, 1.2),
+        csv_help="One row per answer token: text, probability, top-k, attention and relevancy "
         "image shares.",
-    )
-    right.download_button(
-        "Parquet",
-        data=lambda: parquet_bytes(token_frame(store, [trace_id])),
-        file_name=f"{stem}.parquet",
-        mime="application/vnd.apache.parquet",
-        key="export:tokens:parquet",
-        on_click="ignore",
-        icon=":material/download:",
     )
 
 
