@@ -1,7 +1,7 @@
 """Benchmark CLEANN on a synthetic LLaVA-7B-shaped layer: all heads, one answer token.
 
 Two parts. ``layer``: the library alone on an in-memory layer (below). ``stored``: the
-dashboard's path, :func:`engine.causal.trace.cached_explanations` on a 7B-shaped trace
+dashboard's path, :func:`methods.cleann.trace.cached_explanations` on a 7B-shaped trace
 (32 layers x 32 heads, P=640, N=60, 24x24 image tokens) written to a real store: open the
 trace, read one layer, explain one answer token in all heads, store the results; then the
 same call again, now a cache hit. Both ancestor-pruning settings are timed.
@@ -36,9 +36,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cleann_reference import FIXTURE, Case, load_fixture, make_cases, run_reference
-from engine.causal import explain_heads
-from engine.causal.explain import CausalExplanation, ExplainParams, explain_rows
-from engine.causal.trace import CausalParams, cached_explanations, head_ranking
+from methods.cleann import explain_heads
+from methods.cleann.explain import CausalExplanation, ExplainParams, explain_rows
+from methods.cleann.trace import CausalParams, cached_explanations, head_ranking
 from store import open_store
 from store.synthetic import make_synthetic_trace
 

@@ -4,7 +4,7 @@ The seed tool (IntelLabs/lvlm-interpret) explains a token with causality-lab's `
 and ``LearnStructOrderedICD`` (``utils_causal_discovery_fn.create_explanation``). This
 script generates heads of our own, runs that reference on them *outside the product*, and
 writes the inputs and the reference's outputs as a test fixture that
-``tests/engine/causal/test_reference_agreement.py`` compares our learner against.
+``tests/methods/cleann/test_reference_agreement.py`` compares our learner against.
 causality-lab is never vendored nor imported by the product: it is imported here only
 from the path given with ``--reference`` (a checkout, e.g. extracted from a git mirror).
 
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-FIXTURE = Path(__file__).resolve().parents[1] / "tests/engine/causal/fixtures/cleann_reference.npz"
+FIXTURE = Path(__file__).resolve().parents[1] / "tests/methods/cleann/fixtures/cleann_reference.npz"
 ALPHAS = (1e-5, 1e-3, 1e-2)
 DOFS = (64, 128, 256)
 MAX_RADIUS = 3

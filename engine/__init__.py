@@ -4,8 +4,8 @@
     loaded = load_model("llava-hf/llava-1.5-7b-hf", dtype="float16", device="cuda")
     trace = record(loaded, load_image("photo.jpg"), "What color is the car?")
 
-Names resolve lazily: ``engine.causal`` (pure numpy) is imported by the dashboard, which
-must never pull in torch through this package's ``__init__``.
+Names resolve lazily, so importing a torch-free part (``engine.demo.world``, the demo's plain
+data, which the dashboard reads) never pulls in torch through this package's ``__init__``.
 """
 
 from __future__ import annotations

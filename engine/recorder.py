@@ -35,8 +35,8 @@ from engine.inputs import (
 )
 from engine.loading import LoadedModel
 from engine.relevancy import RelevancyInputs, VisionInputs, compute_relevancy
-from engine.summaries import attention_shares
 from engine.tokens import token_texts, word_ids
+from methods.summaries import attention_shares
 from store.policy import choose_policy, policy_rows
 from store.schema import (
     CrossAttention,

@@ -29,10 +29,10 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from engine.causal.trace import record_causal
 from engine.inputs import ImageInput, check_generation, check_prompt
 from engine.loading import LoadedModel
 from engine.recorder import Progress, RecordOptions, record
+from methods.cleann.trace import record_causal
 from store import TraceStore
 from store.schema import Trace, TraceInfo
 

@@ -97,6 +97,9 @@ class Method(ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     kind: ClassVar[str] = "faithfulness"
+    # When a method runs among others on one trace: 0 makes maps other methods score
+    # (occlusion, CLEANN), 1 scores maps, 2 combines scores (evidence).
+    stage: ClassVar[int] = 1
     needs: ClassVar[frozenset[Needs]] = frozenset()
     Params: ClassVar[type]  # a frozen dataclass with defaults for every field
 
@@ -128,7 +131,8 @@ class Method(ABC):
     @abstractmethod
     def run(self, trace: StoredTrace, params: Any, **resources: Any) -> MethodResult:
         """Analyse one stored trace. ``resources`` carries what ``needs`` names beyond the
-        trace (``model=`` a loaded model for :attr:`Needs.MODEL`)."""
+        trace: ``model=`` a loaded model for :attr:`Needs.MODEL`; ``store=`` the open store,
+        for methods that read other methods' results (:func:`methods.maps.stored_maps`)."""
 
 
 def model_mismatch(info: Any, model_id: str, revision: str | None) -> str | None:

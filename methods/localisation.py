@@ -24,7 +24,7 @@ import numpy as np
 
 from methods.base import Method, MethodResult, Needs
 from methods.groundtruth import INSIDE_SHARE, region, target_boxes
-from methods.maps import MapChoice, best_head, candidate_maps
+from methods.maps import MapChoice, best_head, candidate_maps, stored_maps
 from methods.registry import register
 from store._stored import StoredTrace
 from store.schema import ImageGeometry
@@ -122,7 +122,9 @@ class Localisation(Method):
         boxes = target_boxes(info.extra, info.prompt)
         inside = region(geometry, boxes)
         near = Grid.of(geometry).near(inside, params.tolerance)
-        maps = candidate_maps(trace, MapChoice(params.layer, params.seed))
+        store = resources.get("store")
+        stored = stored_maps(store, trace.trace_id) if store is not None else None
+        maps = candidate_maps(trace, MapChoice(params.layer, params.seed), stored)
         per_token: dict[str, Any] = {}
         headline: dict[str, float] = {}
         for name, values in maps.items():

@@ -5,19 +5,27 @@ Every method scores the same candidates, named the same way in results and metri
 token's attention row in one LM layer, mean over heads, spread from image tokens onto
 patches); ``attention.best_head`` (the single head with the largest mean image share over
 the answer, from the stored summaries); ``random`` (uniform noise from a fixed seed: the
-baseline a method must beat). All are ``[N, G]``: one map over the G patches per answer token.
+baseline a method must beat); and every map another method stored as a result of kind
+``maps`` (:data:`MAPS_KIND`: occlusion, CLEANN), named by that method. All are ``[N, G]``: one
+map over the G patches per answer token.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from store._stored import StoredTrace
 from store.schema import answer_row
 
+if TYPE_CHECKING:
+    from store import TraceStore
+
 RANDOM = "random"
+MAPS_KIND = "maps"  # result kind of methods whose output is a map: ``per_token["map"]`` [N, G]
 
 
 @dataclass(frozen=True)
@@ -39,9 +47,12 @@ def attention_on_patches(trace: StoredTrace, rows_attention: np.ndarray) -> np.n
     return rows_attention[:, rows] @ geometry.token_patches.matrix(rows, geometry.num_patches)
 
 
-def candidate_maps(trace: StoredTrace, choice: MapChoice) -> dict[str, np.ndarray]:
+def candidate_maps(
+    trace: StoredTrace, choice: MapChoice, stored: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Every map this trace can give, by name (see the module docstring); a relevancy mode
-    or attention that was not recorded is simply absent."""
+    or attention that was not recorded is simply absent. ``stored``: maps from
+    :func:`stored_maps` (those of another shape than ``[N, G]`` are left out)."""
     maps: dict[str, np.ndarray] = {}
     geometry = trace.image
     relevancy = trace.relevancy
@@ -60,8 +71,32 @@ def candidate_maps(trace: StoredTrace, choice: MapChoice) -> dict[str, np.ndarra
         top_layer, top_head = best_head(trace)
         best = np.asarray(trace.attention_rows(rows, [top_layer])[0, top_head])
         maps["attention.best_head"] = attention_on_patches(trace, best.astype(np.float64))
+    for name, values in (stored or {}).items():
+        if values.shape == (n, geometry.num_patches):
+            maps[name] = values
     maps[RANDOM] = random_map(n, geometry.num_patches, choice.seed)
     return maps
+
+
+def stored_maps(store: TraceStore, trace_id: str) -> dict[str, np.ndarray]:
+    """The maps methods stored for ``trace_id`` (kind :data:`MAPS_KIND`), by method name.
+
+    Of several results of one method (other parameters or versions), the last by key wins:
+    keys sort by ``method@version/params-key``, so a newer version is preferred. A payload
+    that is not a finite 2-D array is skipped: results are data read back, never trusted.
+    """
+    found: dict[str, np.ndarray] = {}
+    for _, payload in sorted(store.list_results(trace_id, MAPS_KIND).items()):
+        name = payload.get("method")
+        per_token = payload.get("per_token")
+        values = per_token.get("map") if isinstance(per_token, dict) else None
+        try:
+            array = np.asarray(values, np.float64)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(name, str) and array.ndim == 2 and np.isfinite(array).all():
+            found[name] = array
+    return found
 
 
 def random_map(tokens: int, patches: int, seed: int) -> np.ndarray:

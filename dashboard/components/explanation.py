@@ -1,6 +1,6 @@
 """What a CLEANN explanation means on a trace: patches to highlight, graph nodes, table rows.
 
-A :class:`~engine.causal.CausalExplanation` speaks in token positions; the views need image
+A :class:`~methods.cleann.CausalExplanation` speaks in token positions; the views need image
 patches (every patch a token reads, through the geometry's token -> patch map), token text
 and the PDS distance at which each token joined the explanation. This module does that
 translation once, without Streamlit, so it is tested on its own.
@@ -21,7 +21,7 @@ from dashboard.components.causal_graph import (
     GraphNode,
     radius_colour,
 )
-from engine.causal import CausalExplanation
+from methods.cleann import CausalExplanation
 from store import ImageGeometry, TokenRole, TokenTable
 
 

@@ -10,8 +10,8 @@ from PIL import Image
 from dashboard.components import causal_graph, charts, explanation, maps, stitch
 from dashboard.figures.common import CROP_PX, GALLERY_SIDE, figure_name, fit, source_line
 from dashboard.figures.layout import Figure, Panel, chart_figure, picture_figure
-from engine.causal import CausalExplanation
-from engine.causal.trace import head_ranking
+from methods.cleann import CausalExplanation
+from methods.cleann.trace import head_ranking
 from store import StoredTrace
 
 

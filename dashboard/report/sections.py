@@ -22,8 +22,8 @@ from dashboard.components import charts, explanation, text
 from dashboard.components.overlay import OverlayStyle
 from dashboard.figures import Figure
 from dashboard.report import page
-from engine.causal import CausalExplanation
-from engine.causal.trace import KIND as CLEANN
+from methods.cleann import CausalExplanation
+from methods.cleann.trace import KIND as CLEANN
 from store import Note, RelevancyMode, StoredTrace, TraceStore
 
 # Result kinds a report reads besides CLEANN's: "causal" (other tools' causal results, as the

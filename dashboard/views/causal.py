@@ -21,9 +21,9 @@ from dashboard import context, data, export, figures, render, state
 from dashboard.components import causal_graph, charts, explanation, patches, stitch, text
 from dashboard.components.overlay import Scale
 from dashboard.config import StoreConfig
-from engine.causal import CausalExplanation
-from engine.causal.nodes import MIN_IMAGE_TOKENS
-from engine.causal.trace import KIND, CausalParams, cached_explanations, head_ranking, result_key
+from methods.cleann import CausalExplanation
+from methods.cleann.nodes import MIN_IMAGE_TOKENS
+from methods.cleann.trace import KIND, CausalParams, cached_explanations, head_ranking, result_key
 from store import ImageGeometry, StoredTrace, StoreError, TraceStore
 
 ALL_HEADS = "all heads, ranked"

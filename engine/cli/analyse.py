@@ -117,9 +117,10 @@ def _run(opened, ids: list[str], classes: dict, loaded, steps: int, batch: int) 
     from methods import save_result
 
     jobs = []
+    ordered = sorted(classes.items(), key=lambda item: item[1].stage)  # maps before scores
     for trace_id in ids:
         trace = opened.open(trace_id)
-        for name, cls in classes.items():
+        for name, cls in ordered:
             method = cls()
             reason = method.skip_reason(trace)
             if reason:
@@ -133,7 +134,7 @@ def _run(opened, ids: list[str], classes: dict, loaded, steps: int, batch: int) 
             if hasattr(params, "steps"):
                 params = replace(params, steps=steps, batch=batch)
             try:
-                result = method.run(trace, params, model=loaded)
+                result = method.run(trace, params, model=loaded, store=opened)
             except ValueError as error:
                 fail(error)
             key = save_result(opened, trace.trace_id, result)

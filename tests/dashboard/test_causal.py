@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dashboard.components import causal_graph, explanation, patches
-from engine.causal.trace import KIND, CausalParams, explain_token, result_key
+from methods.cleann.trace import KIND, CausalParams, explain_token, result_key
 from store import open_store
 from store.synthetic import make_synthetic_trace
 
@@ -94,7 +94,7 @@ def test_compute_stores_results_and_the_next_visit_reads_them(app, tmp_path, mon
     def recompute(*args, **kwargs):
         raise AssertionError("a stored explanation was computed again")
 
-    monkeypatch.setattr("engine.causal.trace.explain_layer", recompute)
+    monkeypatch.setattr("methods.cleann.trace.explain_layer", recompute)
     again = app("causal", store_dir=tmp_path, trace=trace_id, tokens="0")
     _ok(again)
     assert not again.button and len(_images(again)) == len(_images(at))

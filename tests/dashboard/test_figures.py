@@ -17,7 +17,7 @@ from PIL import Image
 from dashboard import figures
 from dashboard.components import colormap
 from dashboard.components.overlay import OverlayStyle
-from engine.causal.trace import explain_token
+from methods.cleann.trace import explain_token
 from store import RelevancyMode, open_store
 from tests.dashboard.conftest import MD_IMAGE, XSS_IMG, XSS_SCRIPT
 

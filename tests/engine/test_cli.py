@@ -62,7 +62,7 @@ def test_record_errors_are_one_clear_line(tmp_path, demo_checkpoint):
 
 def test_public_api_resolves_lazily():
     code = (
-        "import sys, engine, engine.causal; assert 'torch' not in sys.modules; "
+        "import sys, engine, methods.cleann; assert 'torch' not in sys.modules; "
         "from engine import load_model, record, RecordOptions, load_image; "
         "assert 'torch' in sys.modules"
     )

@@ -14,7 +14,7 @@ from itertools import chain, combinations, product
 
 import numpy as np
 
-from engine.causal.graph import ARROW, CIRCLE, NONE, TAIL
+from methods.cleann.graph import ARROW, CIRCLE, NONE, TAIL
 
 
 def random_dag(m: int, p: float, rng: np.random.Generator) -> np.ndarray:

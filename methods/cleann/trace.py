@@ -8,7 +8,7 @@ calls "the attention of answer token k" (see :mod:`store.schema`), so relevancy 
 causal explanations of the same token line up. The graph spans the full ``[T, T]``
 matrix (prompt square plus answer rows): candidate nodes are every image token and every
 text or answer token between the image and the explained row (as in the seed tool),
-filtered by :func:`engine.causal.select_nodes`.
+filtered by :func:`methods.cleann.select_nodes`.
 
 Results are stored with ``TraceStore.put_result(trace_id, KIND, result_key(...), payload)``
 so the dashboard can show any (layer, head, token) computed at record time or by an
@@ -24,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from engine.causal.explain import (
+from methods.cleann.explain import (
     DEFAULT_ALPHA,
     DEFAULT_DOF,
     DEFAULT_MAX_RADIUS,
     CausalExplanation,
     ExplainParams,
 )
-from engine.causal.heads import ProgressCallback, explain_heads
-from engine.causal.nodes import DEFAULT_MAX_IMAGE_TOKENS, DEFAULT_THRESHOLD, MIN_IMAGE_TOKENS
+from methods.cleann.heads import ProgressCallback, explain_heads
+from methods.cleann.nodes import DEFAULT_MAX_IMAGE_TOKENS, DEFAULT_THRESHOLD, MIN_IMAGE_TOKENS
 from store import StoredTrace, StoreReadOnly, Trace, TraceStore
 from store.schema import TokenRole, TokenTable
 
@@ -51,11 +51,11 @@ class CausalParams:
     The defaults are the seed tool's (IntelLabs/lvlm-interpret with causality-lab):
     alpha 1e-5, 128 pseudo-samples, search radius 3, ICD's possible-ancestor condition on
     and no cap on the conditioning-set size, so a result equals the reference's on the
-    same nodes (``bench/cleann_reference.py``, tests/engine/causal/test_reference_agreement.py).
+    same nodes (``bench/cleann_reference.py``, tests/methods/cleann/test_reference_agreement.py).
     ``ancestor_pruning=False`` (order alone decides who may be an ancestor) and
     ``max_cond_size`` (an anytime cap on ``r``) remain available as variants, and
     ``set_order="ascending"`` gives results that do not depend on where the tokens sit
-    (the reference's do; see :mod:`engine.causal.structure`).
+    (the reference's do; see :mod:`methods.cleann.structure`).
     """
 
     alpha: float = DEFAULT_ALPHA

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from bench.cleann_reference import FIXTURE, load_fixture
-from engine.causal.explain import CausalExplanation, ExplainParams, explain_rows
+from methods.cleann.explain import CausalExplanation, ExplainParams, explain_rows
 
 CASES = load_fixture(FIXTURE)
 # Cases where ours (set_order="reference") differs from the seed-tool run: causality-lab

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.causal.ci_test import FisherZTest, attention_correlation
-from engine.causal.graph import list_edges
-from engine.causal.pds import PDSTree, build_pds_tree
-from engine.causal.structure import learn_ordered_pag
+from methods.cleann.ci_test import FisherZTest, attention_correlation
+from methods.cleann.graph import list_edges
+from methods.cleann.pds import PDSTree, build_pds_tree
+from methods.cleann.structure import learn_ordered_pag
 
 DEFAULT_ALPHA = 1e-5
 DEFAULT_DOF = 128
@@ -156,12 +156,12 @@ def explain(
     """Explain token ``target`` from one head's ``[T, T]`` attention matrix.
 
     ``nodes`` are the token positions to learn the graph over (see
-    :func:`engine.causal.nodes.select_nodes`); ``target`` must be one of them.
+    :func:`methods.cleann.nodes.select_nodes`); ``target`` must be one of them.
     ``image_positions`` marks which tokens count towards head importance
     (default: all nodes). ``max_cond_size`` optionally caps the CI conditioning
     size, trading completeness for bounded time on dense graphs.
-    ``ancestor_pruning``: see :func:`engine.causal.structure.learn_ordered_pag`.
-    ``set_order``: one of :data:`SET_ORDERS` (see :mod:`engine.causal.structure`).
+    ``ancestor_pruning``: see :func:`methods.cleann.structure.learn_ordered_pag`.
+    ``set_order``: one of :data:`SET_ORDERS` (see :mod:`methods.cleann.structure`).
     """
     att = np.asarray(attention)
     if att.ndim != 2 or att.shape[0] != att.shape[1]:

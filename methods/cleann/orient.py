@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from engine.causal.graph import ARROW, CIRCLE, NONE, TAIL, reset_to_order
+from methods.cleann.graph import ARROW, CIRCLE, NONE, TAIL, reset_to_order
 
 SepSets = Mapping[tuple[int, int], frozenset[int]]
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from engine.causal import CausalExplanation, explain, explain_heads, select_nodes
-from tests.engine.causal.truth import LatentModel, random_latent_model, sem_attention
+from methods.cleann import CausalExplanation, explain, explain_heads, select_nodes
+from tests.methods.cleann.truth import LatentModel, random_latent_model, sem_attention
 
 EXACT = {"alpha": 1e-5, "dof": 1e12}  # exact covariance: tests behave like an oracle
 

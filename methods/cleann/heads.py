@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 
-from engine.causal.explain import (
+from methods.cleann.explain import (
     DEFAULT_ALPHA,
     DEFAULT_DOF,
     DEFAULT_MAX_RADIUS,
@@ -29,7 +29,7 @@ from engine.causal.explain import (
     ExplainParams,
     explain_rows,
 )
-from engine.causal.nodes import DEFAULT_MAX_IMAGE_TOKENS, DEFAULT_THRESHOLD, select_nodes
+from methods.cleann.nodes import DEFAULT_MAX_IMAGE_TOKENS, DEFAULT_THRESHOLD, select_nodes
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -105,7 +105,7 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["engine.causal.explain"])
+    ctx.set_forkserver_preload(["methods.cleann.explain"])
     return ctx
 
 

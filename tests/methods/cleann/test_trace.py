@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from engine.causal.trace import (
+from methods.cleann.trace import (
     KIND,
     CausalParams,
     cached_explanations,

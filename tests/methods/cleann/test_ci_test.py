@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from engine.causal.ci_test import FisherZTest, attention_correlation, fisher_z_pvalue
+from methods.cleann.ci_test import FisherZTest, attention_correlation, fisher_z_pvalue
 
 
 def _residual_pvalue(x: np.ndarray, i: int, j: int, cond: tuple[int, ...]) -> float:

@@ -23,7 +23,7 @@ from itertools import combinations, product
 
 import numpy as np
 
-from engine.causal.graph import ARROW, NONE
+from methods.cleann.graph import ARROW, NONE
 
 
 @dataclass

@@ -9,10 +9,10 @@ linear-Gaussian correlation matrices it must recover the skeleton.
 import numpy as np
 import pytest
 
-from engine.causal.ci_test import FisherZTest
-from engine.causal.graph import ARROW, TAIL, list_edges
-from engine.causal.structure import learn_ordered_pag
-from tests.engine.causal.truth import (
+from methods.cleann.ci_test import FisherZTest
+from methods.cleann.graph import ARROW, TAIL, list_edges
+from methods.cleann.structure import learn_ordered_pag
+from tests.methods.cleann.truth import (
     ancestors,
     gaussian_correlation,
     random_latent_model,

@@ -42,10 +42,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.causal.ci_test import CITest
-from engine.causal.graph import ARROW, NONE, TAIL, complete_ordered_pag, delete_edge
-from engine.causal.orient import orient
-from engine.causal.pds import ConditioningSets, build_pds_tree
+from methods.cleann.ci_test import CITest
+from methods.cleann.graph import ARROW, NONE, TAIL, complete_ordered_pag, delete_edge
+from methods.cleann.orient import orient
+from methods.cleann.pds import ConditioningSets, build_pds_tree
 
 
 @dataclass

@@ -10,8 +10,8 @@ from itertools import combinations
 
 import numpy as np
 
-from engine.causal.graph import ARROW, CIRCLE, NONE
-from engine.causal.pds import ConditioningSets, build_pds_tree
+from methods.cleann.graph import ARROW, CIRCLE, NONE
+from methods.cleann.pds import ConditioningSets, build_pds_tree
 
 
 def _random_pag(rng: np.random.Generator, n: int, p: float) -> np.ndarray:

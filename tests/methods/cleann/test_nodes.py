@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.causal.nodes import select_nodes
+from methods.cleann.nodes import select_nodes
 
 IMAGE = np.arange(10, 30)
 TEXT = np.concatenate([np.arange(10), np.arange(30, 40)])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from engine.causal.trace import KIND, CausalParams, result_key
 from engine.cli import app
 from engine.demo.world import make_scene
+from methods.cleann.trace import KIND, CausalParams, result_key
 from store import open_store
 
 runner = CliRunner()

@@ -20,10 +20,10 @@ import random
 import numpy as np
 import pytest
 
-from engine.causal.trace import explain_layer
 from engine.demo.world import COLOURS, ask, make_scene
 from engine.inputs import load_image
 from engine.recorder import RecordOptions, record
+from methods.cleann.trace import explain_layer
 from store.schema import GenerationSettings, TokenRole
 
 QUESTIONS = 20
