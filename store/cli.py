@@ -331,6 +331,8 @@ def export_table(
         _refuse(f"--format is csv or parquet, not {table_format!r}")
     if tag is not None:
         tag = check_name(tag, "tag")
+    if not str(out).strip() or out.name in ("", ".", ".."):
+        _refuse(f"--out {str(out)!r} names no file; give a new file's path")
     try:
         if out.exists() or out.is_symlink():
             _refuse(f"--out {out} exists; choose a new file")

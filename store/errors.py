@@ -42,7 +42,9 @@ class FormatTooNew(StoreError):
 
 
 class IndexSchemaTooOld(StoreError):
-    """An index written by an older lvlm-interpret that cannot be migrated in place."""
+    """An index this code cannot use as it is: one with no schema version or one older than
+    the first migration (rebuild it with ``store reindex``), or an older schema opened
+    read-only (``store migrate``, or opening it writable, upgrades it in place)."""
 
 
 class StoreReadOnly(StoreError, PermissionError):

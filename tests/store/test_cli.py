@@ -69,4 +69,7 @@ def test_export_table_refuses_bad_tags_and_names_in_one_line(store_dir, make_tra
     long_name = tmp_path / ("x" * 300 + ".csv")
     out = runner.invoke(app, ["export-table", "--out", str(long_name), *opts])
     assert out.exit_code == 2 and "too long" in out.output, out.output
+    for empty in ("", "  ", "."):
+        out = runner.invoke(app, ["export-table", "--out", empty, *opts])
+        assert out.exit_code == 2 and "names no file" in out.output, out.output
     assert not (tmp_path / "t.csv").exists()
