@@ -741,7 +741,7 @@ class Index:
             return sa.literal_column("traces.rowid").in_(sub)
         return sa.or_(*(traces.c[c].icontains(text, autoescape=True) for c in columns))
 
-    def _where(
+    def conditions(
         self, conn: Connection, q: TraceQuery
     ) -> tuple[list[sa.ColumnElement[bool]], int | None]:
         """The conditions of ``q``, and (when it was counted to choose how to search text)
@@ -828,7 +828,7 @@ class Index:
             return self._query(conn, q)
 
     def _query(self, conn: Connection, q: TraceQuery) -> Page:
-        conds, candidates = self._where(conn, q)
+        conds, candidates = self.conditions(conn, q)
         ordered = (
             sa.select(traces.c.trace_id).where(*conds).order_by(self._order(q), traces.c.trace_id)
         )

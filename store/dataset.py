@@ -115,7 +115,7 @@ def _conditions(store: TraceStore, conn: Connection, query: TraceQuery) -> list:
     """The filters of ``query`` as conditions on ``traces``: the index's own logic, so the
     dataset view and Browse always mean the same set."""
     index = store._index
-    conds, _ = index._where(conn, _checked(query))
+    conds, _ = index.conditions(conn, _checked(query))
     return conds
 
 
