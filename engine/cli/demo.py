@@ -155,7 +155,11 @@ def _record_questions(
             question.text,
             reference=question.answer,
             tags=("demo", question.kind),
-            extra={"ground_truth": scene.ground_truth(), "question_kind": question.kind},
+            extra={
+                "ground_truth": scene.ground_truth(),
+                "question_kind": question.kind,
+                "hallucination_bait": question.hallucination_bait,
+            },
             causal=causal,
         )
         with recording_progress(f"{index + 1}/{count}") as progress:
