@@ -3,3 +3,4 @@
 dashboard (never torch) does not."""
 
 from engine.methods import perturbation  # noqa: F401  (registers deletion and insertion)
+from engine.methods import occlusion  # noqa: F401,E402  (registers occlusion)

@@ -98,11 +98,19 @@ class Canvas:
             for im in self.images
         ]
 
-    def compose(self, base: list[np.ndarray], fill: list[np.ndarray], patches: np.ndarray):
-        """``base`` with ``patches`` taken from ``fill``, as PIL images."""
+    def compose(
+        self,
+        base: list[np.ndarray],
+        fill: list[np.ndarray],
+        patches: np.ndarray,
+        boxes: np.ndarray | None = None,
+    ):
+        """``base`` with ``patches`` taken from ``fill``, as PIL images; ``boxes``: pixel boxes
+        to paint per patch instead of the patches' own (occlusion's windows)."""
+        boxes = self.boxes if boxes is None else boxes
         out = [b.copy() for b in base]
         for p in patches:
-            x0, y0, x1, y1 = self.boxes[p]
+            x0, y0, x1, y1 = boxes[p]
             i = self.patch_image[p]
             out[i][y0:y1, x0:x1] = fill[i][y0:y1, x0:x1]
         return [Image.fromarray(np.clip(np.rint(o), 0, 255).astype(np.uint8)) for o in out]
