@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import os
@@ -263,6 +264,27 @@ def migrate(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
     Opening a store writable does the same; a read-only open of an older index asks for it."""
     with _open(store, db, writable=True) as opened:
         console.print(f"index schema version {opened.schema_version()} (up to date)")
+
+
+@app.command("gc-uploads")
+@_one_line_errors
+def gc_uploads(
+    store: StoreDir = Path("traces"),
+    db: DbUrl = None,
+    older_than_days: Annotated[
+        float, typer.Option("--older-than-days", min=0, help="Keep uploads newer than this.")
+    ] = 7.0,
+) -> None:
+    """Delete Ask-page uploads older than the limit that no queued or running job needs.
+
+    Stored traces keep their own copy of the image: a removed upload only means "from the
+    store" starts from that copy (at most 1024 pixels on a side) instead of the original."""
+    from .jobs import JobQueue
+
+    _open(store, db).close()  # an existing store only: never create one here
+    with JobQueue(store, db) as queue:
+        removed = queue.remove_stale_uploads(dt.timedelta(days=older_than_days))
+    console.print(f"removed {len(removed)} upload file(s)")
 
 
 def _held_modes(relevancy) -> str:

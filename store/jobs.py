@@ -58,6 +58,8 @@ UPLOADS_DIR = "uploads"
 IMAGE_PLACEHOLDER = "<image>"
 
 _KEY = re.compile(r"[0-9a-f]{64}")
+# what save_upload writes: the upload, or its temp file left by a killed process
+_UPLOAD_NAME = re.compile(r"[0-9a-f]{64}\.png|\.[0-9a-f]{64}\.\d+\.[0-9a-f]{8}\.tmp")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # tab and newline are text
 
@@ -177,6 +179,17 @@ class LiveRequest:
         fields = {k: v for k, v in data.items() if k in known}
         fields["methods"] = tuple(fields.get("methods", ()))
         return cls(**fields)
+
+
+def _request_image(text: str) -> str:
+    """The upload key a stored request asks about; an unreadable request stops a clean-up
+    rather than letting it remove an upload a job may still need."""
+    try:
+        return str(json.loads(text)["image"])
+    except (TypeError, ValueError, KeyError) as error:
+        raise StoreError(
+            "a queued or running job's request cannot be read; no upload was removed"
+        ) from error
 
 
 @dataclass(frozen=True)
@@ -395,6 +408,39 @@ class JobQueue:
         if not stat.S_ISREG(mode):
             raise StoreError(f"{path} is not a regular file; the store never follows links")
         return path
+
+    def remove_stale_uploads(self, older_than: dt.timedelta) -> list[str]:
+        """Delete uploads (and leftover temp files) last written more than ``older_than``
+        ago that no queued or running job asks about; return the removed names.
+
+        Why this is safe: a stored trace keeps its own copy of the image, so a removed upload
+        only costs Ask's "from the store" its full-resolution original (it falls back to the
+        trace's copy, at most 1024 pixels on a side). Only regular files named as this queue
+        names them are removed, through the folder's descriptor (a link is never followed);
+        anything else in ``uploads/`` is left alone.
+        """
+        cutoff = dt.datetime.now(dt.UTC).timestamp() - older_than.total_seconds()
+        with self._engine.connect() as conn:
+            asked = conn.execute(
+                sa.select(jobs.c.request_json).where(jobs.c.state.in_(("queued", "running")))
+            ).scalars()
+            keep = {f"{_request_image(text)}.png" for text in asked}
+        folder = self._uploads()
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        removed = []
+        try:
+            for name in sorted(os.listdir(dir_fd)):
+                if name in keep or not _UPLOAD_NAME.fullmatch(name):
+                    continue
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                    os.unlink(name, dir_fd=dir_fd)
+                    removed.append(name)
+            if removed:
+                fsync_dir(folder)
+        finally:
+            os.close(dir_fd)
+        return removed
 
     def image_of_trace(self, trace_id: str) -> str:
         """The upload key of a stored trace's image (copied into uploads).

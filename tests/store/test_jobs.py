@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import os
@@ -317,3 +318,44 @@ def test_image_of_trace_copies_a_stored_image(tmp_path, make_trace):
         assert q.image_of_trace(trace.info.trace_id) == key
         with pytest.raises(TraceNotFound):
             q.image_of_trace("0" * 32)
+
+
+def test_stale_uploads_go_unless_a_pending_job_needs_them(queue, tmp_path):
+    old = os.path.getmtime(queue.root) - 30 * 86400
+    pending = ask(queue)  # queued: its upload stays however old
+    needed = queue.get(pending).request.image
+    stale = queue.save_upload(png(colour=(1, 2, 3)))
+    fresh = queue.save_upload(png(colour=(4, 5, 6)))
+    folder = queue.root / "uploads"
+    leftover = folder / f".{stale}.123.abcdef01.tmp"  # a killed writer's temp file
+    leftover.write_bytes(b"x")
+    stranger = folder / "notes.txt"  # not ours: never touched
+    stranger.write_text("keep")
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep")
+    link = folder / f"{'c' * 64}.png"
+    link.symlink_to(victim)
+    for path in (queue.upload_path(needed), queue.upload_path(stale), leftover, stranger):
+        os.utime(path, (old, old))
+    os.utime(link, (old, old), follow_symlinks=False)
+    removed = queue.remove_stale_uploads(dt.timedelta(days=7))
+    assert sorted(removed) == sorted([f"{stale}.png", leftover.name])
+    left = {p.name for p in folder.iterdir()}
+    assert left == {f"{needed}.png", f"{fresh}.png", "notes.txt", link.name}
+    assert victim.read_bytes() == b"keep"
+    assert queue.claim(queue.register_worker("demo", "sha256:1")).job_id == pending
+    assert f"{needed}.png" not in queue.remove_stale_uploads(dt.timedelta(days=7))  # running
+    queue.fail(pending, "gave up")  # no longer pending: its upload may go too
+    assert f"{needed}.png" in queue.remove_stale_uploads(dt.timedelta(days=7))
+
+
+def test_gc_uploads_command_is_one_line_on_a_missing_store(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "store", "gc-uploads", "--store", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "x").exists()
