@@ -2,5 +2,7 @@
 :mod:`methods.registry` beside the torch-free ones, which is why the CLI imports it and the
 dashboard (never torch) does not."""
 
-from engine.methods import perturbation  # noqa: F401  (registers deletion and insertion)
-from engine.methods import occlusion  # noqa: F401,E402  (registers occlusion)
+from engine.methods import (
+    occlusion,  # noqa: F401  (registers occlusion)
+    perturbation,  # noqa: F401  (registers deletion and insertion)
+)
