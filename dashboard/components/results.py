@@ -1,0 +1,228 @@
+"""Stored method results read back for display: curves, scores per map, maps per token.
+
+Results are data read back from the index, written by any version of any tool, so every
+reader here checks the shape it needs and raises :class:`Unreadable` (one line saying what
+is missing) instead of failing deep inside a chart. Numbers come from the payloads only
+(:meth:`methods.base.MethodResult.payload`); nothing is recomputed, so the page shows what
+``lvlm-interpret analyse`` stored.
+
+Payloads read (kind: method):
+- ``faithfulness``: ``localisation`` (``per_token[map][score]`` lists, headline
+  ``<score>.<map>`` and ``<score>.chance``), ``deletion`` / ``insertion`` (``per_token``:
+  ``fractions``, ``curves[map]`` [N][S+1], ``auc[map]`` [N]);
+- ``maps``: ``per_token["map"]`` [N][G] (occlusion, CLEANN), named by the method.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from dashboard.components.charts import LEGEND
+
+LOCALISATION, DELETION, INSERTION = "localisation", "deletion", "insertion"
+RANDOM, CHANCE = "random", "chance"
+FAITHFULNESS, MAPS = "faithfulness", "maps"  # result kinds
+# (score as named in results, column title); the arrows say which way is better
+SCORES = (
+    ("pointing", "pointing ↑"),
+    ("box_mass", "box mass ↑"),
+    ("iou_top", "IoU top region ↑"),
+    ("deletion_auc", "deletion AUC ↓"),
+    ("insertion_auc", "insertion AUC ↑"),
+)
+_LOCALISATION_SCORES = ("pointing", "box_mass", "iou_top")
+
+
+class Unreadable(ValueError):
+    """A stored payload is not in the form a view reads; the message is one line."""
+
+
+def method_of(payload: Any) -> str | None:
+    """The method name a payload states, or ``None`` when it states none."""
+    name = payload.get("method") if isinstance(payload, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def latest(results: Mapping[str, Any]) -> dict[str, dict]:
+    """One payload per method: of several runs (other parameters or versions) the last by
+    key, as :func:`methods.maps.stored_maps` chooses (keys sort ``method@version/params``,
+    so a newer version wins). Payloads that name no method are left out."""
+    chosen: dict[str, dict] = {}
+    for _, payload in sorted(results.items()):
+        name = method_of(payload)
+        if name is not None:
+            chosen[name] = payload
+    return chosen
+
+
+def number(value: Any) -> float | None:
+    """A finite float, or ``None`` (JSON null, text, NaN, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _section(payload: Any, name: str) -> dict:
+    part = payload.get(name) if isinstance(payload, dict) else None
+    if not isinstance(part, dict):
+        raise Unreadable(f"no {name!r} mapping in the payload")
+    return part
+
+
+def floats(values: Any, what: str, length: int | None = None) -> np.ndarray:
+    """A 1-D list of numbers (null as NaN) of ``length`` when given."""
+    if not isinstance(values, list) or not all(
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in values
+    ):
+        raise Unreadable(f"{what} is not a list of numbers")
+    array = np.asarray([np.nan if v is None else float(v) for v in values], np.float64)
+    if length is not None and len(array) != length:
+        raise Unreadable(f"{what} has {len(array)} values, not {length}")
+    return array
+
+
+def token_value(values: Any, token: int) -> float | None:
+    """Entry ``token`` of a per-token list, when it is a finite number."""
+    if isinstance(values, list) and 0 <= token < len(values):
+        return number(values[token])
+    return None
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One map's deletion or insertion curve for one answer token."""
+
+    mode: str  # "deletion" or "insertion"
+    map: str
+    fractions: np.ndarray  # [S + 1] share of patches perturbed
+    probability: np.ndarray  # [S + 1] the token's probability at each step
+    auc: float | None
+
+
+def curves(payload: Any, token: int) -> list[Curve]:
+    """The curves a deletion or insertion payload holds for answer token ``token``."""
+    mode = method_of(payload) or "?"
+    per_token = _section(payload, "per_token")
+    x = floats(per_token.get("fractions"), "fractions")
+    stored = per_token.get("curves")
+    if not isinstance(stored, dict) or not stored:
+        raise Unreadable("no curves in the payload")
+    aucs = per_token.get("auc") if isinstance(per_token.get("auc"), dict) else {}
+    found = []
+    for name, rows in stored.items():
+        if not isinstance(rows, list) or not 0 <= token < len(rows):
+            raise Unreadable(f"no curve of {name} for answer token {token}")
+        y = floats(rows[token], f"the curve of {name}", len(x))
+        found.append(Curve(mode, str(name), x, y, token_value(aucs.get(name), token)))
+    return found
+
+
+def curves_chart(found: list[Curve], token_label: str) -> alt.Chart:
+    """Deletion and insertion curves side by side, one line per map."""
+    frame = pd.DataFrame(
+        [
+            {"mode": c.mode, "map": c.map, "fraction": float(x), "probability": float(y)}
+            for c in found
+            for x, y in zip(c.fractions, c.probability, strict=True)
+        ]
+    )
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("fraction:Q", title="patches perturbed (%)", axis=alt.Axis(format="%")),
+            y=alt.Y(
+                "probability:Q",
+                title=f"probability of {token_label} (%)",
+                axis=alt.Axis(format="%"),
+            ),
+            color=alt.Color("map:N", title="map", legend=LEGEND),
+            tooltip=[
+                "mode:N",
+                "map:N",
+                alt.Tooltip("fraction:Q", format=".0%"),
+                alt.Tooltip("probability:Q", format=".3f"),
+            ],
+        )
+        .properties(width=300, height=260)
+        .facet(column=alt.Column("mode:N", title=None, sort=[DELETION, INSERTION]))
+    )
+
+
+def _localisation_value(payload: dict, name: str, score: str, token: int | None) -> float | None:
+    if token is None:
+        return number(payload.get("headline", {}).get(f"{score}.{name}"))
+    scores = payload.get("per_token", {}).get(name)
+    return token_value(scores.get(score) if isinstance(scores, dict) else None, token)
+
+
+def _auc_value(payload: dict, name: str, token: int | None) -> float | None:
+    if token is None:
+        return number(payload.get("headline", {}).get(f"{method_of(payload)}_auc.{name}"))
+    aucs = payload.get("per_token", {}).get("auc")
+    return token_value(aucs.get(name) if isinstance(aucs, dict) else None, token)
+
+
+def _maps_of(payload: dict) -> list[str]:
+    per_token = payload.get("per_token") if isinstance(payload.get("per_token"), dict) else {}
+    if method_of(payload) == LOCALISATION:
+        return [str(k) for k in per_token]
+    aucs = per_token.get("auc")
+    return [str(k) for k in aucs] if isinstance(aucs, dict) else []
+
+
+def method_table(faithfulness: Mapping[str, dict], token: int | None = None) -> pd.DataFrame:
+    """One row per map, a column per score (:data:`SCORES`); ``token``: that answer token's
+    values, ``None``: the whole answer's (the headline means). ``random`` and the analytic
+    ``chance`` level come last, the rows every map is read against. Empty when no
+    faithfulness result is stored; a score not computed is blank (NaN)."""
+    payloads = {m: p for m, p in faithfulness.items() if m in (LOCALISATION, DELETION, INSERTION)}
+    names = list(dict.fromkeys(n for p in payloads.values() for n in _maps_of(p)))
+    names = [n for n in names if n != RANDOM] + [n for n in names if n == RANDOM]
+    rows = []
+    for name in names:
+        row: dict[str, Any] = {"map": name}
+        for score, title in SCORES:
+            value = None
+            if score in _LOCALISATION_SCORES and LOCALISATION in payloads:
+                value = _localisation_value(payloads[LOCALISATION], name, score, token)
+            elif score == f"{DELETION}_auc" and DELETION in payloads:
+                value = _auc_value(payloads[DELETION], name, token)
+            elif score == f"{INSERTION}_auc" and INSERTION in payloads:
+                value = _auc_value(payloads[INSERTION], name, token)
+            row[title] = np.nan if value is None else value
+        rows.append(row)
+    if LOCALISATION in payloads:
+        headline = payloads[LOCALISATION].get("headline", {})
+        chance = {"map": f"{CHANCE} (analytic)"}
+        for score, title in SCORES:
+            value = (
+                number(headline.get(f"{score}.{CHANCE}")) if isinstance(headline, dict) else None
+            )
+            chance[title] = np.nan if value is None else value
+        rows.append(chance)
+    return pd.DataFrame(rows, columns=["map", *(title for _, title in SCORES)])
+
+
+def map_array(payload: Any, tokens: int, patches: int) -> np.ndarray:
+    """A ``maps`` payload's ``per_token["map"]`` as a finite ``[tokens, patches]`` array."""
+    values = _section(payload, "per_token").get("map")
+    try:
+        array = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+        raise Unreadable("its map is not a table of numbers") from None
+    if array.shape != (tokens, patches):
+        raise Unreadable(
+            f"its map has shape {array.shape}, not ({tokens}, {patches}) (answer tokens, patches)"
+        )
+    if not np.isfinite(array).all():
+        raise Unreadable("its map holds values that are not finite")
+    return array
