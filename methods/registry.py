@@ -40,4 +40,5 @@ def needs_model(chosen: list[str]) -> list[str]:
     return [n for n in chosen if Needs.MODEL in get(n).needs]
 
 
+import methods.cleann.method  # noqa: E402  (registers the CLEANN map)
 import methods.localisation  # noqa: E402,F401  (registers the torch-free methods)
