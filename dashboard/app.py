@@ -29,6 +29,12 @@ PAGES = [
         "views/relevancy.py", title="Relevancy", icon=":material/insights:", url_path="relevancy"
     ),
     st.Page("views/causal.py", title="Causal", icon=":material/science:", url_path="causal"),
+    st.Page(
+        "views/faithfulness.py",
+        title="Faithfulness",
+        icon=":material/verified:",
+        url_path="faithfulness",
+    ),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("views/dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
     st.Page("views/ask.py", title="Ask", icon=":material/forum:", url_path="ask"),
