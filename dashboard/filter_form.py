@@ -80,6 +80,13 @@ def filter_form(
     row[3].text_input("Metric name", **bound("metric", filters.metric or ""))
     row[4].number_input("Metric min", value=None, **bound("mmin", filters.metric_min))
     row[5].number_input("Metric max", value=None, **bound("mmax", filters.metric_max))
+    st.toggle(
+        "With a flagged token",
+        help="Traces where the grounding method flagged a content word (flagged_tokens ≥ 1)",
+        **state.widget(
+            f"{scope}:flagged", filters.flagged, lambda v: _write("flagged", "1" if v else None)
+        ),
+    )
     if not sorting:
         return
     sort_row = st.columns([2, 1.5, 4.5])

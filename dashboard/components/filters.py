@@ -17,6 +17,7 @@ SORT_COLUMNS = ("created_at", "model_id", "model_revision", "prompt", "answer", 
 PAGE_SIZE = 25
 MAX_PAGE = 10**6  # far past any store's end; keeps the SQL offset a small integer
 MAX_TEXT = 200  # characters of a text filter
+FLAGGED_METRIC = "flagged_tokens"  # content words flagged as weakly grounded (grounding method)
 
 
 def _float(text: str | None) -> float | None:
@@ -71,6 +72,7 @@ class BrowseFilters:
     metric_min: float | None = None
     metric_max: float | None = None
     note: str | None = None  # a substring of an analyst's note on the trace
+    flagged: bool = False  # only traces with at least one flagged token
     sort: str = "created_at"
     descending: bool = True
     page: int = 1  # 1-based
@@ -92,6 +94,7 @@ class BrowseFilters:
             metric_min=_float(params.get("mmin")),
             metric_max=_float(params.get("mmax")),
             note=clean_text(params.get("note")),
+            flagged=params.get("flagged") == "1",
             sort=sort if sort in SORT_COLUMNS or sort.startswith("metric:") else "created_at",
             descending=params.get("asc") != "1",
             page=_positive_int(params.get("page"), 1),
@@ -113,6 +116,7 @@ class BrowseFilters:
             "mmin": None if self.metric_min is None else repr(self.metric_min),
             "mmax": None if self.metric_max is None else repr(self.metric_max),
             "note": self.note,
+            "flagged": "1" if self.flagged else None,
             "sort": None if self.sort == "created_at" else self.sort,
             "asc": None if self.descending else "1",
             "page": None if self.page == 1 else str(self.page),
@@ -122,8 +126,14 @@ class BrowseFilters:
         return replace(self, page=min(max(1, page), MAX_PAGE))
 
     def metric_ranges(self) -> dict[str, tuple[float | None, float | None]]:
-        """Inclusive bounds; a metric with no bounds still filters to traces that have it."""
-        return {self.metric: (self.metric_min, self.metric_max)} if self.metric else {}
+        """Inclusive bounds; a metric with no bounds still filters to traces that have it.
+        "With a flagged token" is the bound ``flagged_tokens >= 1`` (tightening the metric
+        filter's own bounds when that names the same metric)."""
+        ranges = {self.metric: (self.metric_min, self.metric_max)} if self.metric else {}
+        if self.flagged:
+            low, high = ranges.get(FLAGGED_METRIC, (None, None))
+            ranges[FLAGGED_METRIC] = (max(1.0, low if low is not None else 1.0), high)
+        return ranges
 
     def to_query(self, page_size: int = PAGE_SIZE) -> TraceQuery:
         """The store query for this page only: the table never loads more than one page."""

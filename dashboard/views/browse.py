@@ -86,7 +86,7 @@ def _selection_links(config: StoreConfig) -> None:
         icon=":material/close:",
     )
     params = {state.TRACE: trace_id, **({state.COMPARE: compare_id} if compare_id else {})}
-    links = st.columns(6)
+    links = st.columns(7)
     for column, (page, label) in zip(
         links,
         [
@@ -94,6 +94,7 @@ def _selection_links(config: StoreConfig) -> None:
             ("views/attention.py", "Raw attention"),
             ("views/relevancy.py", "Relevancy"),
             ("views/causal.py", "Causal"),
+            ("views/faithfulness.py", "Faithfulness"),
             ("views/compare.py", "Compare"),
         ],
         strict=False,
