@@ -24,8 +24,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from engine.demo import world
 from engine.errors import EngineError
-from engine.inputs import load_image
+from engine.inputs import ImageInput, load_image
 from engine.loading import LoadedModel
 from engine.recorder import RecordOptions
 from engine.recording import RecordRequest, record_into_store
@@ -78,6 +81,23 @@ def conversation(store: TraceStore, parent_id: str) -> tuple[tuple[str, str], ..
     return (*turns, (parent.prompt, parent.answer))
 
 
+def ground_truth(store: TraceStore, asked: LiveRequest, image: ImageInput) -> dict | None:
+    """The objects in the image, when they are known: a shapes-world scene named by the
+    request (only if the upload is that scene's exact pixels: the name alone proves
+    nothing), or the parent's ground truth for a follow-up about the same upload. Lets
+    ``analyse --metrics localisation`` score live traces like recorded demo ones."""
+    if asked.scene is not None:
+        scene = world.make_scene(*asked.scene)
+        if not np.array_equal(np.asarray(scene.image.convert("RGB")), np.asarray(image.image)):
+            raise JobFailed(f"the image is not the shapes-world scene {asked.scene} it names")
+        return scene.ground_truth()
+    if asked.parent_trace_id:
+        parent = store.get(asked.parent_trace_id).extra
+        if parent.get("upload") == asked.image and isinstance(parent.get("ground_truth"), dict):
+            return parent["ground_truth"]
+    return None
+
+
 def live_request(queue: JobQueue, store: TraceStore, job: Job) -> RecordRequest:
     """What to record for ``job``: its upload, prompt, settings, methods and links."""
     asked: LiveRequest = job.request
@@ -98,6 +118,9 @@ def live_request(queue: JobQueue, store: TraceStore, job: Job) -> RecordRequest:
         extra["edited_from"] = asked.edited_from
     if asked.edit:
         extra["edit"] = asked.edit
+    truth = ground_truth(store, asked, image)
+    if truth is not None:
+        extra["ground_truth"] = truth
     return RecordRequest(
         images=(image,),
         prompt=asked.prompt,

@@ -49,6 +49,7 @@ MAX_IMAGE_SIDE = 4096
 MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS_LIMIT = 512
 MAX_SEED = 2**63 - 1
+MAX_SCENE_SEED = 10**9  # the Ask page's scene seed field
 MAX_EDIT_CHARS = 500
 METHODS = ("relevancy", "causal")
 STATES = ("queued", "running", "done", "failed")
@@ -124,6 +125,9 @@ class LiveRequest:
     parent_trace_id: str | None = None  # a follow-up: continues that trace's conversation
     edited_from: str | None = None  # counterfactual: the trace whose image was edited
     edit: str | None = None  # what was done to the image, for display
+    # (seed, shapes) of the shapes-world scene the image was drawn from: the worker checks
+    # the pixels against a fresh drawing and stores the scene's ground truth with the trace
+    scene: tuple[int, int] | None = None
 
     def check(self) -> None:
         """Raise :class:`InvalidRequest` (one line) on the first field that is not usable."""
@@ -164,6 +168,11 @@ class LiveRequest:
             raise InvalidRequest(
                 "a question either follows a trace up or asks about an edited image, not both"
             )
+        if self.scene is not None:
+            if not isinstance(self.scene, tuple) or len(self.scene) != 2:
+                raise InvalidRequest(f"scene must be (seed, shapes), not {self.scene!r}")
+            _check_int(self.scene[0], "the scene's seed", 0, MAX_SCENE_SEED)
+            _check_int(self.scene[1], "the scene's shape count", 2, 4)
         if self.edit is not None:
             if self.edited_from is None:
                 raise InvalidRequest("edit describes an edited image: give edited_from too")
@@ -178,6 +187,8 @@ class LiveRequest:
         known = {f.name for f in dataclasses.fields(cls)}
         fields = {k: v for k, v in data.items() if k in known}
         fields["methods"] = tuple(fields.get("methods", ()))
+        if isinstance(fields.get("scene"), list):
+            fields["scene"] = tuple(fields["scene"])
         return cls(**fields)
 
 

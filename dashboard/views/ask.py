@@ -231,9 +231,10 @@ def _image_from_store(config: StoreConfig, selected: TraceInfo | None) -> str:
     return chosen
 
 
-def _scene() -> Image.Image:
+def _scene() -> tuple[Image.Image, tuple[int, int]]:
     """A scene of the demo model's shapes world, drawn from a seed (the world is numpy and
-    Pillow only: no model is loaded)."""
+    Pillow only: no model is loaded), and its (seed, shapes): the worker stores the scene's
+    ground truth with the trace, so its maps can be scored against the objects."""
     from engine.demo import world
 
     seed_column, count_column, picture = st.columns([1, 1, 2])
@@ -241,14 +242,14 @@ def _scene() -> Image.Image:
     count = count_column.selectbox("Shapes", [2, 3, 4], index=1, key="ask:scene_count")
     image = world.make_scene(seed, count).image
     picture.image(image, width=160)
-    return image
+    return image, (seed, count)
 
 
 def _new_question(config: StoreConfig, queue: JobQueue, settings: dict[str, Any]) -> None:
     source = st.radio("Image", [UPLOAD, FROM_STORE, SCENE], horizontal=True, key="ask:source")
-    scene = None
+    scene, drawn_from = None, None
     if source == SCENE:
-        upload, chosen, scene = None, "", _scene()
+        upload, chosen, (scene, drawn_from) = None, "", _scene()
     elif source == UPLOAD:
         upload = st.file_uploader(
             "Image",
@@ -281,7 +282,7 @@ def _new_question(config: StoreConfig, queue: JobQueue, settings: dict[str, Any]
     except (InvalidUpload, InvalidRequest, TraceNotFound) as error:
         _refuse(error)
         return
-    _submit(queue, LiveRequest(image=key, prompt=prompt, **settings))
+    _submit(queue, LiveRequest(image=key, prompt=prompt, scene=drawn_from, **settings))
 
 
 def _follow_up(queue: JobQueue, selected: TraceInfo, settings: dict[str, Any]) -> None:

@@ -287,6 +287,7 @@ def test_a_shapes_world_scene_drawn_from_its_seed_is_asked_about(app, live):
     sent = np.asarray(Image.open(queue.upload_path(job.request.image)))
     assert np.array_equal(sent, np.asarray(make_scene(7, 4).image.convert("RGB")))
     assert not np.array_equal(sent, np.asarray(make_scene(8, 4).image.convert("RGB")))
+    assert job.request.scene == (7, 4)  # the worker stores this scene's ground truth
 
 
 def test_a_failed_question_shows_its_one_line_error(app, live):

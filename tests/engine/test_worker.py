@@ -264,3 +264,28 @@ def test_serve_refuses_a_bad_model_in_one_line(tmp_path):
     )
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "No folder" in lines[0]
+
+
+def test_ground_truth_comes_from_the_named_scene_or_the_parent_only(tmp_path):
+    from dataclasses import replace
+
+    from engine.inputs import load_image
+    from engine.worker import JobFailed, ground_truth
+    from store.synthetic import make_synthetic_trace
+
+    scene = make_scene(11, 3)
+    picture = load_image(scene.image, "scene.png")
+    with open_store(tmp_path / "store", writable=True) as st:
+        asked = LiveRequest(image="a" * 64, prompt="Where is it?", scene=(11, 3))
+        assert ground_truth(st, asked, picture) == scene.ground_truth()
+        other = load_image(make_scene(12, 3).image, "other.png")
+        with pytest.raises(JobFailed, match="not the shapes-world scene"):
+            ground_truth(st, asked, other)  # a seed names a scene; the pixels must match it
+        parent = make_synthetic_trace(num_layers=2, prompt_len=24, answer_len=3, grid=(2, 2))
+        truth = {"objects": [{"shape": "circle", "colour": "red", "box": [0, 0, 8, 8]}]}
+        extra = {"upload": "b" * 64, "ground_truth": truth}
+        st.add(replace(parent, info=replace(parent.info, extra=extra)))
+        follow = LiveRequest(image="b" * 64, prompt="And?", parent_trace_id=parent.info.trace_id)
+        assert ground_truth(st, follow, picture) == truth
+        elsewhere = replace(follow, image="c" * 64)  # another image: the parent's truth is not it
+        assert ground_truth(st, elsewhere, picture) is None

@@ -91,6 +91,8 @@ def test_request_round_trips_through_sql(queue):
     request = queue.get(job_id).request
     assert request.methods == ("relevancy", "causal") and request.edit.startswith("erase")
     assert request == LiveRequest.from_json(request.to_json())
+    drawn = queue.get(ask(queue, scene=(5, 3))).request
+    assert drawn.scene == (5, 3) and drawn == LiveRequest.from_json(drawn.to_json())
 
 
 @pytest.mark.parametrize(
@@ -114,6 +116,10 @@ def test_request_round_trips_through_sql(queue):
         ({"edited_from": "ab" * 16, "parent_trace_id": "cd" * 16}, "not both"),
         ({"edit": "blur"}, "edited_from"),
         ({"image": "../../etc/passwd"}, "upload key"),
+        ({"scene": (1,)}, "scene"),
+        ({"scene": [1, 3]}, "scene"),
+        ({"scene": (-1, 3)}, "seed"),
+        ({"scene": (1, 9)}, "shape count"),
     ],
 )
 def test_bad_requests_are_one_line(queue, fields, says):
