@@ -18,9 +18,10 @@ import numpy as np
 from PIL import Image
 
 from dashboard import figures
-from dashboard.components import charts, explanation, text
+from dashboard.components import charts, explanation, results, text
 from dashboard.components.overlay import OverlayStyle
 from dashboard.figures import Figure
+from dashboard.figures import faithfulness as faith_figures
 from dashboard.report import page
 from methods.cleann import CausalExplanation
 from methods.cleann.trace import KIND as CLEANN
@@ -195,6 +196,44 @@ def numbers_section(trace: StoredTrace, store: TraceStore, options: ReportOption
     return "".join(parts)
 
 
+def _cell(value: object) -> object:
+    """A table cell: a score, or a dash where it was not computed (NaN)."""
+    return "–" if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def faithfulness_section(trace: StoredTrace, store: TraceStore, options: ReportOptions) -> str:
+    """What ``lvlm-interpret analyse`` stored, as the Faithfulness page shows it: the method
+    table over the whole answer, the first chosen token's deletion and insertion curves, and
+    the stored maps (occlusion, CLEANN) of that token."""
+    stored = results.latest(store.list_results(trace.trace_id, results.FAITHFULNESS))
+    table = results.method_table(stored)
+    if not len(table):
+        return page.empty(
+            "No faithfulness results stored for this trace: lvlm-interpret analyse "
+            f"{trace.trace_id} --metrics localisation,deletion,insertion --model CHECKPOINT"
+        )
+    rows = [[_cell(v) for v in row] for row in table.itertuples(index=False)]
+    parts = [
+        page.table(list(table.columns), rows),
+        page.empty("Mean over the answer's tokens; ↑ higher is better, ↓ lower is better."),
+    ]
+    if trace.tokens.answer_length == 0:
+        return "".join(parts)
+    token = figures.check_tokens(trace, options.tokens)[0]
+    if results.DELETION in stored or results.INSERTION in stored:
+        parts.append(_attempt(lambda: faith_figures.curves_figure(trace, store, token), options))
+    for method in results.latest(store.list_results(trace.trace_id, results.MAPS)):
+        parts.append(
+            _attempt(
+                lambda m=method: faith_figures.stored_map_figure(
+                    trace, store, m, token, options.style
+                ),
+                options,
+            )
+        )
+    return "".join(parts)
+
+
 def flags_section(trace: StoredTrace, store: TraceStore) -> str:
     flagged = store.list_results(trace.trace_id, FLAG_KIND)
     if not flagged:
@@ -321,6 +360,7 @@ def trace_sections(
         ("overview", "Question and answer", overview(trace)),
         ("maps", "Maps", maps_section(trace, options)),
         ("numbers", "Metrics and results", numbers_section(trace, store, options)),
+        ("faithfulness", "Faithfulness", faithfulness_section(trace, store, options)),
         ("flags", "Flagged tokens", flags_section(trace, store)),
     ]
     if options.causal:
