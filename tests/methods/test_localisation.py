@@ -3,7 +3,9 @@ and the results channel: a real HDF5 store, results read back, metrics filterabl
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +20,10 @@ from methods.localisation import (
     LocalisationParams,
     chance,
     expected_iou,
+    legacy_reason,
     score_map,
 )
-from store import TraceQuery, TraceStore
+from store import TraceQuery, TraceStore, open_store, reindex_store
 from store.synthetic import make_synthetic_trace
 
 # The synthetic trace's image: one tile of 4 x 6 patches, 21 px each (126 x 84 px).
@@ -276,3 +279,18 @@ def test_demo_traces_get_mask_scores_and_a_changed_scene_gets_none(tmp_path, dem
     result = method.run(stored, LocalisationParams())
     assert "does not match" in result.provenance["mask_skipped"]
     assert set(result.per_token["random"]) == set(SCORES)  # box scores still there
+
+
+def test_a_format_1_trace_is_not_scored(tmp_path):
+    """lvlm-interpret 0.1's file: patch boxes in the processed image's pixels, so boxes in
+    the original's pixels would land on the wrong patches."""
+    legacy = Path(__file__).parents[1] / "dashboard" / "fixtures"
+    source = legacy / "66666666666666666666666666666666.h5"
+    open_store(tmp_path, writable=True).close()
+    target = tmp_path / "data" / "66" / source.name
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(source, target)
+    reindex_store(tmp_path)
+    with open_store(tmp_path) as store, store.open(source.stem) as trace:
+        assert trace.image.processed is not None
+        assert "format 1-2" in legacy_reason(trace)
