@@ -156,7 +156,7 @@ def maps_view(shown: Shown, stored: dict[str, dict]) -> list[export.Offer]:
             row = values[shown.token]
             st.text(f"{method} · {shown.label}")
             scale = faith_figures.scale_for(row, f"{method} (score)")
-            render.heatmap(trace, row, shown.style, scale, shown.views, key=f"faith:map:{i}")
+            render.heatmap(trace, row, shown.style, scale, shown.views, key=f"faith-map-{i}")
             offers.append(
                 export.Offer(
                     f"Stored map {method}, answer token {shown.token}",

@@ -115,7 +115,7 @@ def curves(payload: Any, token: int) -> list[Curve]:
     stored = per_token.get("curves")
     if not isinstance(stored, dict) or not stored:
         raise Unreadable("no curves in the payload")
-    aucs = per_token.get("auc") if isinstance(per_token.get("auc"), dict) else {}
+    aucs = _mapping(per_token, "auc")
     found = []
     for name, rows in stored.items():
         if not isinstance(rows, list) or not 0 <= token < len(rows):
@@ -157,26 +157,29 @@ def curves_chart(found: list[Curve], token_label: str) -> alt.Chart:
     )
 
 
+def _mapping(value: Any, name: str) -> dict:
+    """``value[name]`` when both are mappings, else empty (a table cell left blank)."""
+    part = value.get(name) if isinstance(value, dict) else None
+    return part if isinstance(part, dict) else {}
+
+
 def _localisation_value(payload: dict, name: str, score: str, token: int | None) -> float | None:
     if token is None:
-        return number(payload.get("headline", {}).get(f"{score}.{name}"))
-    scores = payload.get("per_token", {}).get(name)
-    return token_value(scores.get(score) if isinstance(scores, dict) else None, token)
+        return number(_mapping(payload, "headline").get(f"{score}.{name}"))
+    return token_value(_mapping(_mapping(payload, "per_token"), name).get(score), token)
 
 
 def _auc_value(payload: dict, name: str, token: int | None) -> float | None:
     if token is None:
-        return number(payload.get("headline", {}).get(f"{method_of(payload)}_auc.{name}"))
-    aucs = payload.get("per_token", {}).get("auc")
-    return token_value(aucs.get(name) if isinstance(aucs, dict) else None, token)
+        return number(_mapping(payload, "headline").get(f"{method_of(payload)}_auc.{name}"))
+    return token_value(_mapping(_mapping(payload, "per_token"), "auc").get(name), token)
 
 
 def _maps_of(payload: dict) -> list[str]:
-    per_token = payload.get("per_token") if isinstance(payload.get("per_token"), dict) else {}
+    per_token = _mapping(payload, "per_token")
     if method_of(payload) == LOCALISATION:
         return [str(k) for k in per_token]
-    aucs = per_token.get("auc")
-    return [str(k) for k in aucs] if isinstance(aucs, dict) else []
+    return [str(k) for k in _mapping(per_token, "auc")]
 
 
 def method_table(faithfulness: Mapping[str, dict], token: int | None = None) -> pd.DataFrame:
@@ -200,13 +203,11 @@ def method_table(faithfulness: Mapping[str, dict], token: int | None = None) -> 
                 value = _auc_value(payloads[INSERTION], name, token)
             row[title] = np.nan if value is None else value
         rows.append(row)
-    if LOCALISATION in payloads:
-        headline = payloads[LOCALISATION].get("headline", {})
-        chance = {"map": f"{CHANCE} (analytic)"}
+    if LOCALISATION in payloads and rows:
+        headline = _mapping(payloads[LOCALISATION], "headline")
+        chance: dict[str, Any] = {"map": f"{CHANCE} (analytic)"}
         for score, title in SCORES:
-            value = (
-                number(headline.get(f"{score}.{CHANCE}")) if isinstance(headline, dict) else None
-            )
+            value = number(headline.get(f"{score}.{CHANCE}"))
             chance[title] = np.nan if value is None else value
         rows.append(chance)
     return pd.DataFrame(rows, columns=["map", *(title for _, title in SCORES)])
