@@ -63,6 +63,26 @@ def paired_demo_store(tmp_path_factory) -> Path:
     return store
 
 
+@pytest.fixture(scope="session")
+def occlusion_demo_store(tmp_path_factory) -> tuple[Path, list[str]]:
+    """Three demo questions (colour, shape, position: each about one object) recorded by
+    ``demo record --metrics occlusion`` without causal explanations, and their trace ids in
+    question order: traces with ground truth and a stored occlusion map."""
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+    from store import open_store
+
+    store = tmp_path_factory.mktemp("occlusion") / "store"
+    args = ["demo", "record", "--store", str(store), "--count", "3", "--no-causal"]
+    result = CliRunner().invoke(app, [*args, "--metrics", "occlusion"])
+    assert result.exit_code == 0, result.output
+    with open_store(store) as opened:
+        items = sorted(opened.query().items, key=lambda i: i.created_at)
+        assert [i.extra["question_kind"] for i in items] == ["colour", "shape", "position"]
+    return store, [i.trace_id for i in items]
+
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 

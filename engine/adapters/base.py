@@ -133,6 +133,23 @@ class VlmAdapter:
                 "template and image token."
             ) from error
 
+    def build_batch(
+        self, image_lists: Sequence[Sequence[ImageInput]], prompt: str
+    ) -> dict[str, torch.Tensor]:
+        """The tensors of ``prompt`` over each image list (same sizes, same count), one batch
+        row per list, from ONE processor call: the chat template and tokeniser run once per
+        batch, not once per image, for the perturbation metrics' hundreds of re-reads of one
+        image. Equal to the lists' :meth:`build_inputs` concatenated (tested per family)."""
+        inputs = dict(
+            self.processor(
+                images=[[im.image for im in images] for images in image_lists],  # row = group
+                text=[self.chat_text(prompt, len(image_lists[0]))] * len(image_lists),
+                return_tensors="pt",
+                **self.processor_options(),
+            )
+        )
+        return {k: v for k, v in inputs.items() if k != "labels"}
+
     def processor_images(self, images: Sequence[ImageInput]) -> list:
         """The processor's ``images`` argument for one prompt: the images, flat."""
         return [im.image for im in images]
@@ -209,12 +226,13 @@ class VlmAdapter:
 
     # -- the teacher-forced pass --------------------------------------------------------------
     def forced_inputs(self, inputs: dict[str, torch.Tensor], sequence: torch.Tensor) -> dict:
-        """``inputs`` for one forward pass over prompt + answer (``sequence`` [T])."""
+        """``inputs`` for one forward pass over prompt + answer (``sequence`` [T]), every
+        batch row of ``inputs`` (:meth:`build_batch`) forced on the same ``sequence``."""
         prompt_length = inputs["input_ids"].shape[1]
         n = len(sequence) - prompt_length
         forced = {k: v for k, v in inputs.items() if k != "labels"}
-        forced["input_ids"] = sequence[None]
-        forced["attention_mask"] = torch.ones_like(sequence)[None]
+        forced["input_ids"] = sequence[None].repeat(inputs["input_ids"].shape[0], 1)
+        forced["attention_mask"] = torch.ones_like(forced["input_ids"])
         for key, fill in self.grown_inputs.items():
             if key not in inputs:
                 continue

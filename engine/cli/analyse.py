@@ -10,6 +10,7 @@ ground-truth box, say) is skipped with a note. Results go through the one channe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +24,8 @@ MetricsOption = Annotated[
     str,
     typer.Option(
         "--metrics",
-        help="Comma-separated methods: localisation, deletion, insertion (deletion and "
-        "insertion re-run the model).",
+        help="Comma-separated methods: localisation, occlusion, deletion, insertion, ... "
+        "(occlusion, deletion and insertion re-run the model).",
     ),
 ]
 
@@ -35,7 +36,7 @@ def analyse(
     metrics: MetricsOption = "localisation",
     model: Annotated[
         str | None,
-        typer.Option(help="The checkpoint that recorded the traces (deletion, insertion)."),
+        typer.Option(help="The checkpoint that recorded the traces (methods that re-run it)."),
     ] = None,
     steps: Annotated[
         int, typer.Option(min=1, max=256, help="Perturbation steps over the patches.")
@@ -46,21 +47,17 @@ def analyse(
     db: DbUrl = None,
     device: Device = "cpu",
 ) -> None:
-    """Score stored traces' maps: localisation against ground-truth boxes, deletion and
-    insertion curves by re-running the model."""
-    import engine.methods  # noqa: F401  (registers the methods that need the model)
-    from methods import get, needs_model
+    """Score stored traces' maps: localisation against ground-truth boxes; occlusion maps,
+    deletion and insertion curves by re-running the model."""
+    from methods import needs_model
     from store import StoreError, open_store
     from store._paths import check_trace_id
 
-    chosen = [m.strip() for m in metrics.split(",") if m.strip()]
     try:
-        classes = {name: get(name) for name in dict.fromkeys(chosen)}
+        classes = checked_metrics(metrics)
         ids = list(dict.fromkeys(check_trace_id(t) for t in trace_ids))
-    except (KeyError, StoreError) as error:
-        fail(str(error).strip("'\""))
-    if not classes:
-        fail("--metrics is empty: name at least one method")
+    except StoreError as error:
+        fail(error)
     if not store.is_dir():
         fail(f"store directory not found: {store}")
     modelled = needs_model(list(classes))
@@ -73,7 +70,7 @@ def analyse(
                 fail(f"no trace {missing[0]} in {store}")
             infos = [opened.get(t) for t in ids]
             loaded = _load_if_needed(model, infos, device) if modelled else None
-            _run(opened, ids, classes, loaded, steps, batch)
+            run_metrics(opened, ids, classes, loaded, {"steps": steps, "batch": batch})
     except StoreError as error:
         fail(error)
 
@@ -109,34 +106,37 @@ def _load_if_needed(model: str | None, infos: list, device: str):
     return loaded
 
 
-def _run(opened, ids: list[str], classes: dict, loaded, steps: int, batch: int) -> None:
-    """Every applicable (trace, method) pair, one progress step each, stored as it ends."""
-    from dataclasses import replace
+def checked_metrics(metrics: str) -> dict:
+    """``--metrics`` as method classes, or one line and exit 2 (before any model loads)."""
+    from engine.methods.runner import chosen_methods
 
+    try:
+        return chosen_methods(metrics)
+    except (KeyError, ValueError) as error:
+        fail(str(error).strip("'\""))
+
+
+def run_metrics(
+    opened,
+    ids: list[str],
+    classes: dict,
+    loaded,
+    overrides: dict,
+    echo: Callable[[str], None] = typer.echo,
+    label: str = "analyse",
+) -> None:
+    """Every applicable (trace, method) pair in stage order, one progress step each, stored as
+    it ends; ``echo`` gets one ``<trace id> <kind>: <key>`` line per stored result (``record``
+    sends them to stderr: its stdout is the trace id alone)."""
     from engine.cli.progress import recording_progress
-    from methods import save_result
+    from engine.methods.runner import plan, run_jobs
 
-    jobs = []
-    ordered = sorted(classes.items(), key=lambda item: item[1].stage)  # maps before scores
-    for trace_id in ids:
-        trace = opened.open(trace_id)
-        for name, cls in ordered:
-            method = cls()
-            reason = method.skip_reason(trace)
-            if reason:
-                note(f"skipped {name} on {trace_id}: {reason}")
-            else:
-                jobs.append((trace, method))
-    with recording_progress("analyse") as progress:
-        for done, (trace, method) in enumerate(jobs):
-            progress("methods", done, len(jobs))
-            params = method.Params()
-            if hasattr(params, "steps"):
-                params = replace(params, steps=steps, batch=batch)
-            try:
-                result = method.run(trace, params, model=loaded, store=opened)
-            except ValueError as error:
-                fail(error)
-            key = save_result(opened, trace.trace_id, result)
-            typer.echo(f"{trace.trace_id} {result.kind}: {escape(key)}")
-        progress("methods", len(jobs), len(jobs))
+    jobs, skipped = plan(opened, ids, classes)
+    for line in skipped:
+        note(line)
+    with recording_progress(label) as progress:
+        try:
+            for trace_id, result, key in run_jobs(opened, jobs, loaded, overrides, progress):
+                echo(f"{trace_id} {result.kind}: {escape(key)}")
+        except ValueError as error:
+            fail(error)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli.messages import fail
+from engine.cli.messages import fail, note
 from engine.cli.options import DbUrl, StoreDir
 from engine.cli.record import CausalLayers
 from engine.demo.checkpoints import BOTH, DEMO_CHECKPOINTS, checkpoint_folders
@@ -112,13 +112,19 @@ def record_demo(
         bool, typer.Option(help="Store CLEANN explanations: every answer token, all heads.")
     ] = True,
     causal_layers: CausalLayers = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated methods to run on each trace, as `record` does."),
+    ] = None,
 ) -> None:
     """Record demo traces of held-out scenes, with ground truth and reference answers; the
     same questions on each checkpoint, so the dashboard can compare them pair by pair."""
     from engine.checkpoint import check_layers, check_model_source
+    from engine.cli.analyse import checked_metrics, run_metrics
     from engine.errors import EngineError
     from store import StoreError, open_store
 
+    classes = checked_metrics(metrics) if metrics is not None else {}
     try:
         sources = [
             check_model_source(str(folder)) for folder in checkpoint_folders(checkpoint or ["main"])
@@ -134,21 +140,25 @@ def record_demo(
                 if len(sources) > 1:
                     console.print(f"[bold]{escape(loaded.model_id)}[/bold]")
                 layers = tuple(causal_layers or ()) if causal else None
-                _record_questions(opened, loaded, count, seed, layers)
+                ids = _record_questions(opened, loaded, count, seed, layers)
+                if classes:
+                    run_metrics(opened, ids, classes, loaded, {}, echo=note)
     except (EngineError, StoreError) as error:
         fail(error)
 
 
 def _record_questions(
     opened, loaded, count: int, seed: int, causal: tuple[int, ...] | None
-) -> None:
+) -> list[str]:
     """Record ``count`` held-out questions (``demo_items(count, seed)``) with one model;
-    ``causal``: the layers to explain (empty: every layer), None: no explanations."""
+    ``causal``: the layers to explain (empty: every layer), None: no explanations. Returns
+    the trace ids, in question order."""
     from engine.cli.progress import recording_progress
     from engine.demo.world import demo_items
     from engine.inputs import load_image
     from engine.recording import RecordRequest, record_into_store
 
+    ids = []
     for index, (scene, question) in enumerate(demo_items(count, seed)):
         request = RecordRequest(
             (load_image(scene.image, f"scene-{scene.seed}.png"),),
@@ -164,9 +174,11 @@ def _record_questions(
         )
         with recording_progress(f"{index + 1}/{count}") as progress:
             recorded = record_into_store(opened, loaded, request, progress)
+        ids.append(recorded.trace_id)
         if recorded.info is None:
             console.print(f"= {escape(question.text)} (already stored)")
             continue
         mark = "[green]✓[/green]" if recorded.info.correct else "[red]✗[/red]"
         answer = escape(repr(recorded.info.answer))
         console.print(f"{mark} {escape(question.text)} -> {answer}")
+    return ids

@@ -110,9 +110,17 @@ def record(
         bool, typer.Option(help="Store CLEANN explanations: every answer token, all heads.")
     ] = False,
     causal_layers: CausalLayers = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated methods to run on the new trace with the loaded model "
+            "(occlusion, deletion, insertion, localisation, ...), as `analyse` does."
+        ),
+    ] = None,
 ) -> None:
     """Generate an answer and record its full interpretability trace into the store."""
     from engine.checkpoint import check_layers
+    from engine.cli.analyse import checked_metrics, run_metrics
     from engine.cli.progress import recording_progress
     from engine.errors import EngineError
     from engine.inputs import (
@@ -129,6 +137,7 @@ def record(
     if max_new_tokens > MAX_NEW_TOKENS:
         note(f"note: --max-new-tokens {max_new_tokens} capped at {MAX_NEW_TOKENS}")
         max_new_tokens = MAX_NEW_TOKENS
+    classes = checked_metrics(metrics) if metrics is not None else {}
     try:
         settings = check_generation(
             GenerationSettings(
@@ -201,6 +210,8 @@ def record(
             if recorded.info is None:
                 note(f"already stored (same model, images, prompt and settings): {trace_id}")
             info = recorded.info or opened.get(trace_id)
+            if classes:
+                run_metrics(opened, [trace_id], classes, loaded, {}, echo=note, label="metrics")
     except (EngineError, StoreError) as error:
         fail(error)
     kept = info.extra["recording"]["policy"]

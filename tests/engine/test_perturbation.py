@@ -1,7 +1,8 @@
 """Deletion and insertion on the bundled demo model, and ``lvlm-interpret analyse`` end to
-end: real traces recorded by the real command, real forwards, results read back from the
-store. The batched curves must equal one forward per image; relevancy must beat its own
-inverse on deletion (a test the map can fail)."""
+end: real traces recorded by the real command (with stored occlusion maps, which deletion and
+insertion score too), real forwards, results read back from the store. The batched curves
+must equal one forward per image; relevancy must beat its own inverse on deletion (a test
+the map can fail)."""
 
 from __future__ import annotations
 
@@ -10,24 +11,22 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.cli import app
-from engine.methods.perturbation import PerturbationParams, auc, fractions, perturbation_curves
-from methods.maps import MapChoice, candidate_maps
+from engine.methods.perturbation import (
+    PerturbationParams,
+    auc,
+    chosen_maps,
+    fractions,
+    perturbation_curves,
+)
+from methods.maps import MapChoice, candidate_maps, stored_maps
 from store import TraceQuery, open_store
 from tests.engine.test_cli_hostile import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
-def demo_store(tmp_path_factory):
-    """Three demo questions (colour, shape, position: each about one object), recorded by
-    ``demo record`` without causal explanations."""
-    store = tmp_path_factory.mktemp("perturbation") / "store"
-    args = ["demo", "record", "--store", str(store), "--count", "3", "--no-causal"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    with open_store(store) as opened:
-        items = sorted(opened.query().items, key=lambda i: i.created_at)
-        assert [i.extra["question_kind"] for i in items] == ["colour", "shape", "position"]
-    return store, [i.trace_id for i in items]
+def demo_store(occlusion_demo_store):
+    """Three demo questions (colour, shape, position), each with a stored occlusion map."""
+    return occlusion_demo_store
 
 
 def test_batched_curves_equal_one_forward_at_a_time(demo_store, demo_model):
@@ -44,9 +43,23 @@ def test_batched_curves_equal_one_forward_at_a_time(demo_store, demo_model):
     for mode in ("deletion", "insertion"):
         for name in chosen:
             assert batched[mode][name].shape == (len(recorded), 5)
-            np.testing.assert_allclose(batched[mode][name], single[mode][name], atol=1e-5)
+            np.testing.assert_allclose(batched[mode][name], single[mode][name], atol=1e-6)
     # step 0 of deletion is the untouched image: the probability the recording saw
     np.testing.assert_allclose(batched["deletion"]["random"][:, 0], recorded, atol=1e-4)
+
+
+def test_chosen_maps_take_stored_maps_when_given(demo_store):
+    store, ids = demo_store
+    params = PerturbationParams()
+    with open_store(store) as opened:
+        trace = opened.open(ids[0])
+        stored = stored_maps(opened, ids[0])
+        assert set(stored) == {"occlusion"}
+        with_stored = chosen_maps(trace, params, stored)
+        np.testing.assert_array_equal(with_stored["occlusion"], stored["occlusion"])
+        assert "occlusion" not in chosen_maps(trace, params)
+        only = chosen_maps(trace, PerturbationParams(maps="occlusion,cleann"), stored)
+        assert list(only) == ["occlusion"]  # an absent map is skipped, not an error
 
 
 def test_relevancy_deletes_faster_than_its_inverse(demo_store, demo_model):
@@ -83,7 +96,9 @@ def test_analyse_stores_results_and_metrics_idempotently(demo_store, demo_checkp
         assert deletion["params"]["steps"] == 4
         assert deletion["per_token"]["fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
         curves = deletion["per_token"]["curves"]
-        assert {"relevancy.llm", "attention.head_mean", "random"} <= set(curves)
+        # the stored occlusion map is scored beside the attention maps; no CLEANN was stored
+        assert {"relevancy.llm", "attention.head_mean", "random", "occlusion"} <= set(curves)
+        assert "cleann" not in curves
         assert deletion["provenance"]["model"]["revision"] == opened.get(ids[0]).model_revision
         key = next(k for k in results if k.startswith("localisation@"))
         assert opened.get_result(ids[0], "faithfulness", key)["method"] == "localisation"
