@@ -16,6 +16,7 @@ from typer._click import exceptions as click_errors  # typer vendors Click
 from engine.cli import analyse, dataset, demo, families, record
 from engine.cli.messages import fail, note
 from engine.cli.report import report as report_command
+from engine.cli.sanity import sanity_check as sanity_check_command
 from engine.cli.worker import worker as worker_command
 from store.cli import app as store_app
 from store.cli import ls as store_ls
@@ -32,6 +33,7 @@ app.command("families")(families.families)
 app.command("report")(report_command)
 app.command("worker")(worker_command)
 app.command("analyse")(analyse.analyse)
+app.command("sanity-check")(sanity_check_command)
 app.add_typer(demo.app, name="demo")
 app.add_typer(store_app, name="store")
 app.command("ls", help="List stored traces (same as `store ls`).")(store_ls)
