@@ -3,6 +3,7 @@
 dashboard (never torch) does not."""
 
 from engine.methods import (
+    grounding,  # noqa: F401  (registers grounding)
     occlusion,  # noqa: F401  (registers occlusion)
     perturbation,  # noqa: F401  (registers deletion and insertion)
 )

@@ -10,7 +10,6 @@ from scipy.stats import mannwhitneyu
 from methods.grounding import (
     answer_words,
     flag_words,
-    grounding_score,
     image_share,
     is_content,
     relative_drop,
@@ -74,7 +73,6 @@ def test_image_share_counts_cross_attention_keys_as_image():
     keys = np.array([[0.5], [0.6]])
     crossed = Relevancy(llm, np.zeros((2, 4)), None, np.zeros((2, 4)), llm_keys=keys)
     np.testing.assert_allclose(image_share(crossed, np.array([], int)), [0.5, 0.6])
-    np.testing.assert_allclose(grounding_score([1.0, 0.0], [0.5, 0.6]), [0.75, 0.3])
 
 
 def test_roc_auc_matches_mann_whitney_with_ties():
