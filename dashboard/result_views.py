@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from dashboard import export, figures, render
-from dashboard.components import results, text
+from dashboard.components import html, results, text
 from dashboard.components.overlay import OverlayStyle
 from dashboard.components.stitch import View
 from dashboard.figures import faithfulness as faith_figures
@@ -167,3 +167,44 @@ def maps_view(shown: Shown, stored: dict[str, dict]) -> list[export.Offer]:
                 )
             )
     return offers
+
+
+FLAG_NOTE = "flagged: a content word produced with low visual grounding"
+
+
+def flagged_answer(trace: StoredTrace, flagged: tuple[int, ...]) -> None:
+    """The answer as text with its flagged words highlighted (Generation shows it too)."""
+    answer = trace.tokens.text[trace.tokens.prompt_length :]
+    st.html(html.marked_tokens(answer, flagged, FLAG_NOTE))
+    if flagged:
+        st.caption(
+            f"Highlighted: {len(flagged)} token(s) of content words the grounding method "
+            "flagged (low grounding: the answer may not rest on the image there)."
+        )
+    else:
+        st.caption("No word of this answer is flagged by the grounding method.")
+
+
+@register(results.GROUNDING, "Visual grounding and flags", "grounding", model=True)
+def grounding_view(shown: Shown, stored: dict[str, dict]) -> list[export.Offer]:
+    """Per token: probability with and without the image, drop, image share, grounding;
+    per word: grounding and the flag; the answer with flagged words highlighted."""
+    labels = figures.answer_labels(shown.trace)
+    for method, payload in stored.items():
+        try:
+            found = results.grounding(payload, labels)
+        except results.Unreadable as error:
+            unreadable(f"{method} result", error)
+            continue
+        flagged_answer(shown.trace, found.flagged)
+        st.dataframe(found.tokens, hide_index=True, key=f"faith:grounding:{method}")
+        st.dataframe(found.words, hide_index=True, key=f"faith:words:{method}")
+        threshold = "" if found.threshold is None else f" below {found.threshold:g}"
+        st.caption(
+            text.markdown_literal(
+                "drop = clip((p - p masked) / p, 0, 1) with the image painted its mean colour; "
+                "image share = share of the token's positive LLM relevancy on image tokens; "
+                f"a content word is flagged when its grounding (max over its tokens) is{threshold}."
+            )
+        )
+    return []

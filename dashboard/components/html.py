@@ -56,3 +56,17 @@ def diff(pieces: Sequence[DiffPiece], inline_style: bool = True) -> str:
     tags = _DIFF_TAGS if inline_style else _BARE_TAGS
     body = " ".join(f"{tags[p.op][0]}{html.escape(p.text)}{tags[p.op][1]}" for p in pieces)
     return f'<div class="lvlm-diff">{body}</div>'
+
+
+def marked_tokens(texts: Sequence[str], marked: Sequence[int], note: str) -> str:
+    """Tokens as text, the ``marked`` ones (indices into ``texts``) highlighted with ``note``
+    as their tooltip: the answer with its flagged words."""
+    chosen = set(marked)
+    spans = [
+        f'<mark title="{html.escape(note)}" style="background:#fdd;border-bottom:2px solid '
+        f'#d62728;white-space:pre-wrap">{html.escape(t)}</mark>'
+        if i in chosen
+        else f'<span style="white-space:pre-wrap">{html.escape(t)}</span>'
+        for i, t in enumerate(texts)
+    ]
+    return f'<div class="lvlm-tokens" style="line-height:1.9">{"".join(spans)}</div>'

@@ -28,16 +28,18 @@ from dashboard.components.charts import LEGEND
 
 LOCALISATION, DELETION, INSERTION = "localisation", "deletion", "insertion"
 RANDOM, CHANCE = "random", "chance"
-FAITHFULNESS, MAPS = "faithfulness", "maps"  # result kinds
+FAITHFULNESS, MAPS, GROUNDING = "faithfulness", "maps", "grounding"  # result kinds
 # (score as named in results, column title); the arrows say which way is better
 SCORES = (
     ("pointing", "pointing ↑"),
     ("box_mass", "box mass ↑"),
     ("iou_top", "IoU top region ↑"),
+    ("mask_mass", "mask mass ↑"),
+    ("iou_mask", "IoU mask ↑"),
     ("deletion_auc", "deletion AUC ↓"),
     ("insertion_auc", "insertion AUC ↑"),
 )
-_LOCALISATION_SCORES = ("pointing", "box_mass", "iou_top")
+_LOCALISATION_SCORES = ("pointing", "box_mass", "iou_top", "mask_mass", "iou_mask")
 
 
 class Unreadable(ValueError):
@@ -186,7 +188,8 @@ def method_table(faithfulness: Mapping[str, dict], token: int | None = None) -> 
     """One row per map, a column per score (:data:`SCORES`); ``token``: that answer token's
     values, ``None``: the whole answer's (the headline means). ``random`` and the analytic
     ``chance`` level come last, the rows every map is read against. Empty when no
-    faithfulness result is stored; a score not computed is blank (NaN)."""
+    faithfulness result is stored; a score not computed is blank (NaN), a score computed for
+    no map (mask scores without a known mask) is left out."""
     payloads = {m: p for m, p in faithfulness.items() if m in (LOCALISATION, DELETION, INSERTION)}
     names = list(dict.fromkeys(n for p in payloads.values() for n in _maps_of(p)))
     names = [n for n in names if n != RANDOM] + [n for n in names if n == RANDOM]
@@ -210,7 +213,8 @@ def method_table(faithfulness: Mapping[str, dict], token: int | None = None) -> 
             value = number(headline.get(f"{score}.{CHANCE}"))
             chance[title] = np.nan if value is None else value
         rows.append(chance)
-    return pd.DataFrame(rows, columns=["map", *(title for _, title in SCORES)])
+    frame = pd.DataFrame(rows, columns=["map", *(title for _, title in SCORES)])
+    return frame.dropna(axis=1, how="all") if rows else frame
 
 
 def map_array(payload: Any, tokens: int, patches: int) -> np.ndarray:
@@ -227,3 +231,66 @@ def map_array(payload: Any, tokens: int, patches: int) -> np.ndarray:
     if not np.isfinite(array).all():
         raise Unreadable("its map holds values that are not finite")
     return array
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """A grounding payload read back: one row per answer token, one per answer word, and
+    the answer tokens of the flagged words."""
+
+    tokens: pd.DataFrame  # probability, with the image masked, drop, image share, grounding
+    words: pd.DataFrame  # word, content word, word grounding, flagged
+    flagged: tuple[int, ...]  # answer-token indices k of flagged words
+    threshold: float | None
+
+
+_TOKEN_SERIES = (
+    ("probability", "probability"),
+    ("masked_probability", "probability, image masked"),
+    ("drop", "drop"),
+    ("image_share", "image share"),
+    ("grounding", "grounding"),
+)
+
+
+def grounding(payload: Any, labels: list[str]) -> Grounding:
+    """The grounding method's payload (:mod:`methods.grounding`) for an answer whose tokens
+    read ``labels``: per-token series of that length, words with their token lists."""
+    per_token = _section(payload, "per_token")
+    n = len(labels)
+    tokens = pd.DataFrame({"answer token": [f"{k}: {t}" for k, t in enumerate(labels)]})
+    for name, title in _TOKEN_SERIES:
+        if name in per_token:
+            tokens[title] = floats(per_token[name], name, n)
+    words, spans = per_token.get("words"), per_token.get("word_tokens")
+    flagged, content = per_token.get("flagged"), per_token.get("content")
+    if not (isinstance(words, list) and isinstance(spans, list) and len(spans) == len(words)):
+        raise Unreadable("no answer words with their tokens in the payload")
+    count = len(words)
+    if not all(isinstance(f, list) and len(f) == count for f in (flagged, content)):
+        raise Unreadable("the flags or content marks do not match the words")
+    if not all(
+        isinstance(s, list) and all(isinstance(k, int) and 0 <= k < n for k in s) for s in spans
+    ):
+        raise Unreadable("a word's tokens are not answer-token indices")
+    table = pd.DataFrame(
+        {
+            "word": [str(w) for w in words],
+            "content word": [bool(c) for c in content],
+            "word grounding": floats(per_token.get("word_grounding"), "word_grounding", count),
+            "flagged": [bool(f) for f in flagged],
+        }
+    )
+    marked = sorted({k for s, f in zip(spans, flagged, strict=True) if f for k in s})
+    params = payload.get("params") if isinstance(payload.get("params"), dict) else {}
+    return Grounding(tokens, table, tuple(marked), number(params.get("threshold")))
+
+
+def flagged_tokens(results: Mapping[str, Any], labels: list[str]) -> tuple[int, ...] | None:
+    """The flagged answer tokens of the newest grounding result (``None``: none readable)."""
+    for payload in reversed(latest(results).values()):
+        try:
+            return grounding(payload, labels).flagged
+        except Unreadable:
+            continue
+    return None

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import context, export, figures, notes, render, state
-from dashboard.components import charts, groundtruth, stitch, text
+from dashboard import context, data, export, figures, notes, render, result_views, state
+from dashboard.components import charts, groundtruth, results, stitch, text
 from store import StoredTrace
 
 
@@ -61,6 +61,9 @@ def render_page() -> None:
             width="stretch",
         )
         st.caption("Click a bar to add its token to the selection (click again to remove it).")
+        stored = data.store(config).list_results(trace.trace_id, results.GROUNDING)
+        if (flagged := results.flagged_tokens(stored, labels)) is not None:
+            result_views.flagged_answer(trace, flagged)
     st.subheader("Top-k alternatives")
     rows = [
         {
