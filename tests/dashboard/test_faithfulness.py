@@ -27,6 +27,7 @@ from tests.dashboard.conftest import MD_IMAGE, XSS_IMG, XSS_SCRIPT
 
 METRICS = "localisation,deletion,insertion,occlusion"
 HOSTILE_MAP = f"{XSS_SCRIPT}**bold**"
+STRICT = 0.99  # a grounding threshold the demo's answer word falls below
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +65,26 @@ def _hostile_copy(source: Path, target: Path, trace_id: str) -> None:
         broken = {"method": "broken", "per_token": {"map": "not a table"}}
         store.put_result(trace_id, results.MAPS, "broken@1/0", broken)
         store.put_result(trace_id, results.FAITHFULNESS, "insertion@9/0", {"method": "insertion"})
-        store.set_metrics(trace_id, {FLAGGED_METRIC: 2.0})
+        (grounding,) = store.list_results(trace_id, results.GROUNDING).items()
+        key, payload = grounding
+        payload["per_token"]["words"][0] = XSS_SCRIPT
+        store.put_result(trace_id, results.GROUNDING, key, payload)
+
+
+def _grounding(directory: Path, trace_id: str, model) -> None:
+    """The real grounding method with a strict threshold: the demo model's correct colour
+    word (grounding ~0.97) is flagged, so a flag reaches the page and Browse's filter."""
+    from engine.methods.grounding import Grounding, GroundingParams
+    from methods import save_result
+
+    with open_store(directory, writable=True) as store:
+        trace = store.open(trace_id)
+        result = Grounding().run(trace, GroundingParams(threshold=STRICT), model=model)
+        save_result(store, trace_id, result)
 
 
 @pytest.fixture(scope="module")
-def faith(tmp_path_factory, demo_checkpoint) -> FaithStore:
+def faith(tmp_path_factory, demo_checkpoint, demo_model) -> FaithStore:
     root = tmp_path_factory.mktemp("faithfulness")
     directory = root / "store"
     _cli("demo", "record", "--store", str(directory), "--count", "1", "--no-causal")
@@ -78,6 +94,7 @@ def faith(tmp_path_factory, demo_checkpoint) -> FaithStore:
         "analyse", trace_id, "--store", str(directory), "--model", str(demo_checkpoint),
         "--metrics", METRICS, "--steps", "4",
     )  # fmt: skip
+    _grounding(directory, trace_id, demo_model)
     with open_store(directory, writable=True) as store:
         bare = store.add(make_synthetic_trace(seed=21))
     _hostile_copy(directory, root / "hostile", trace_id)
@@ -152,6 +169,9 @@ def test_hostile_names_and_unreadable_payloads_show_as_text(app, faith):
     assert f"{XSS_IMG} · answer token 0: yellow" in texts  # the map's name, literally
     assert any(t.startswith("broken map: not shown (its map is not a table") for t in texts)
     assert any(t.startswith("insertion result: not shown") for t in texts)
+    grounding_words = at.dataframe[-1].value  # the payload's words are table cells
+    assert grounding_words["word"][0] == XSS_SCRIPT
+    assert not any("<script" in h.proto.body for h in at.get("html"))
     assert len(at.get("image")) == 2  # occlusion and the hostile-named copy; not the broken one
     assert HOSTILE_MAP in list(at.dataframe[0].value["map"])  # a table cell: text
     rows = _frame(at.get("vega_lite_chart")[0])
@@ -209,13 +229,14 @@ def test_browse_filters_by_flagged_tokens_and_deletion_auc(app, faith):
     short = faith.trace[:8]
     assert shown(faith.directory, metric=name, mmax=repr(auc + 1e-6)) == [short]
     assert shown(faith.directory, metric=name, mmax=repr(auc - 1e-6)) == []
-    assert shown(faith.directory, flagged="1") == []  # no trace flagged here
-    assert shown(faith.hostile, flagged="1") == [short]  # flagged_tokens = 2 in the copy
-    assert shown(faith.hostile, flagged="1", metric=name, mmin=repr(auc + 1e-6)) == []
-    with open_store(faith.hostile) as store:  # the query the table ran, on the store itself
+    assert shown(faith.directory, flagged="1") == [short]  # the grounding method flagged a word
+    assert shown(faith.directory, flagged="1", metric=name, mmin=repr(auc + 1e-6)) == []
+    with open_store(faith.directory, writable=True) as store:
         query = BrowseFilters.from_params({"flagged": "1"}).to_query()
         assert [i.trace_id for i in store.query(query).items] == [faith.trace]
-        assert store.query(TraceQuery(metric_ranges={FLAGGED_METRIC: (1, None)})).total == 1
+        store.set_metrics(faith.bare, {FLAGGED_METRIC: 0.0})  # graded, none flagged: left out
+        assert store.query(TraceQuery(metric_ranges={FLAGGED_METRIC: (None, None)})).total == 2
+        assert store.query(query).total == 1
 
 
 def test_figures_and_report_section(faith):
@@ -271,3 +292,27 @@ def test_page_in_chromium_draws_curves_table_and_map_and_runs_no_script(faith):
         assert errors == []
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "faithfulness.png"), full_page=True)
+
+
+def test_grounding_view_and_flagged_answer_on_generation(app, faith):
+    (payload,) = _stored(faith.directory, faith.trace, results.GROUNDING).values()
+    assert payload["per_token"]["flagged"] == [True, False]  # "yellow" < STRICT; "</s>" no word
+    at = app("faithfulness", store_dir=faith.directory, trace=faith.trace)
+    assert not at.exception
+    tokens = at.dataframe[2].value  # method table, token table, then grounding's two tables
+    assert list(tokens["drop"]) == pytest.approx(payload["per_token"]["drop"])
+    assert list(tokens["image share"]) == pytest.approx(payload["per_token"]["image_share"])
+    words = at.dataframe[3].value
+    assert list(words["word"]) == ["yellow", "</s>"] and list(words["flagged"]) == [True, False]
+    (answer,) = [h.proto.body for h in at.get("html") if "lvlm-tokens" in h.proto.body]
+    assert "<mark" in answer and ">yellow</mark>" in answer and "&lt;/s&gt;</span>" in answer
+    generation = app("generation", store_dir=faith.directory, trace=faith.trace)
+    assert not generation.exception
+    shown = [h.proto.body for h in generation.get("html") if "lvlm-tokens" in h.proto.body]
+    assert shown == [answer]  # the same highlighted answer beside the probabilities
+
+
+def test_generation_without_grounding_shows_no_flag_line(app, faith):
+    at = app("generation", store_dir=faith.directory, trace=faith.bare)
+    assert not at.exception
+    assert not [h for h in at.get("html") if "<mark" in h.proto.body]
