@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import streamlit as st
 
 from dashboard import export, figures, render
@@ -208,3 +209,44 @@ def grounding_view(shown: Shown, stored: dict[str, dict]) -> list[export.Offer]:
             )
         )
     return []
+
+
+@register(results.EVIDENCE, "Consolidated evidence", "evidence", model=False)
+def evidence_view(shown: Shown, stored: dict[str, dict]) -> list[export.Offer]:
+    """The evidence map of the selected token, the maps' agreement and their weights."""
+    trace = shown.trace
+    found = results.evidence(
+        next(reversed(stored.values())), trace.answer_length, trace.image.num_patches
+    )
+    image, numbers = st.columns([3, 2])
+    with image:
+        st.text(f"Evidence map · {shown.label}")
+        row = found.map[shown.token]
+        scale = faith_figures.scale_for(row, "evidence (weighted rank, 0-1)")
+        render.heatmap(trace, row, shown.style, scale, shown.views, key="faith-evidence")
+    with numbers:
+        agreement = found.agreement[shown.token]
+        mean = np.nanmean(found.agreement) if np.isfinite(found.agreement).any() else np.nan
+        st.text(
+            f"Agreement (mean Spearman between weighted maps): {_number(agreement)} for this "
+            f"token, {_number(mean)} over the answer"
+        )
+        st.text(f"Weighting: {found.weighting}")
+        st.dataframe(found.weights, hide_index=True, key="faith:weights")
+        st.caption(
+            "Each map's weight is how far it beat the random map on this trace's deletion and "
+            "insertion results (0: not better, or not measured); the evidence map is the "
+            "weighted mean of the maps' patch ranks."
+        )
+    token = shown.token
+    return [
+        export.Offer(
+            f"Evidence map, answer token {token}",
+            f"evidence-{token}",
+            lambda: faith_figures.evidence_figure(trace, shown.store, token, shown.style),
+        )
+    ]
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}" if np.isfinite(value) else "not defined (fewer than two maps)"

@@ -10,7 +10,10 @@ Payloads read (kind: method):
 - ``faithfulness``: ``localisation`` (``per_token[map][score]`` lists, headline
   ``<score>.<map>`` and ``<score>.chance``), ``deletion`` / ``insertion`` (``per_token``:
   ``fractions``, ``curves[map]`` [N][S+1], ``auc[map]`` [N]);
-- ``maps``: ``per_token["map"]`` [N][G] (occlusion, CLEANN), named by the method.
+- ``maps``: ``per_token["map"]`` [N][G] (occlusion, CLEANN), named by the method;
+- ``grounding``: per-token series and per-word flags (:mod:`methods.grounding`);
+- ``evidence``: ``per_token``: ``map`` [N][G], ``agreement`` [N], ``weights`` {map: w}
+  (:mod:`methods.evidence`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from dashboard.components.charts import LEGEND
 
 LOCALISATION, DELETION, INSERTION = "localisation", "deletion", "insertion"
 RANDOM, CHANCE = "random", "chance"
-FAITHFULNESS, MAPS, GROUNDING = "faithfulness", "maps", "grounding"  # result kinds
+# result kinds
+FAITHFULNESS, MAPS, GROUNDING, EVIDENCE = "faithfulness", "maps", "grounding", "evidence"
 # (score as named in results, column title); the arrows say which way is better
 SCORES = (
     ("pointing", "pointing ↑"),
@@ -294,3 +298,33 @@ def flagged_tokens(results: Mapping[str, Any], labels: list[str]) -> tuple[int, 
         except Unreadable:
             continue
     return None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """An evidence payload read back: the consolidated map, agreement per token, and the
+    weight each map got."""
+
+    map: np.ndarray  # [N, G]
+    agreement: np.ndarray  # [N]; NaN where fewer than two maps were weighted
+    weights: pd.DataFrame  # map, weight (largest first)
+    weighting: str  # "weighted", or "unweighted: why"
+
+
+def evidence(payload: Any, tokens: int, patches: int) -> Evidence:
+    """The evidence method's payload (:mod:`methods.evidence`) for ``tokens`` answer tokens
+    over ``patches`` patches."""
+    values = map_array(payload, tokens, patches)
+    per_token = _section(payload, "per_token")
+    agree = floats(per_token.get("agreement"), "agreement", tokens)
+    weights = {str(k): number(v) for k, v in _mapping(per_token, "weights").items()}
+    if not weights or any(v is None for v in weights.values()):
+        raise Unreadable("its weights are not a mapping of map names to numbers")
+    table = pd.DataFrame({"map": list(weights), "weight": list(weights.values())})
+    how = _mapping(payload, "provenance").get("weighting")
+    return Evidence(
+        values,
+        agree,
+        table.sort_values("weight", ascending=False, kind="stable"),
+        how if isinstance(how, str) else "not stated",
+    )

@@ -104,3 +104,29 @@ def stored_map_figure(
         f"The per-patch map the {method} method stored for the token.",
         style,
     )
+
+
+def evidence_figure(
+    trace: StoredTrace, store: TraceStore, token: int = 0, style: OverlayStyle | None = None
+) -> Figure:
+    """The consolidated evidence map of answer token ``token`` (the evidence method's)."""
+    stored = results.latest(store.list_results(trace.trace_id, results.EVIDENCE))
+    if not stored:
+        raise ValueError("no evidence result is stored for this trace")
+    found = results.evidence(
+        next(reversed(stored.values())), trace.answer_length, trace.image.num_patches
+    )
+    k = _one_token(trace, token)
+    agreement = found.agreement[k]
+    said = f"{agreement:.2f}" if np.isfinite(agreement) else "not defined (one map)"
+    return token_map_figure(
+        trace,
+        found.map,
+        k,
+        "evidence",
+        "Evidence map",
+        "The maps combined by their measured faithfulness (weighted mean of each map's "
+        f"patch ranks, 0-1); {found.weighting}; agreement between the maps (mean Spearman) "
+        f"{said}.",
+        style,
+    )

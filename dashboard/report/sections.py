@@ -222,6 +222,13 @@ def faithfulness_section(trace: StoredTrace, store: TraceStore, options: ReportO
     token = figures.check_tokens(trace, options.tokens)[0]
     if results.DELETION in stored or results.INSERTION in stored:
         parts.append(_attempt(lambda: faith_figures.curves_figure(trace, store, token), options))
+    if store.list_results(trace.trace_id, results.EVIDENCE):
+        parts.append(
+            _attempt(
+                lambda: faith_figures.evidence_figure(trace, store, token, options.style),
+                options,
+            )
+        )
     for method in results.latest(store.list_results(trace.trace_id, results.MAPS)):
         parts.append(
             _attempt(
