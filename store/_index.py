@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import json
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -359,11 +359,25 @@ def drop_tables(conn: Connection) -> None:
     conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
 
 
-def read_notes(conn: Connection) -> list[dict[str, Any]]:
-    """Every note in the index, oldest first (none if it predates notes)."""
-    if not sa.inspect(conn).has_table(notes.name):
-        return []
-    return [dict(r._mapping) for r in conn.execute(sa.select(notes).order_by(notes.c.note_id))]
+# Rows added after recording (tags and metrics edited, methods' results, analysts' notes, the
+# live queue): the trace files do not hold them, so a reindex reads them first and puts them
+# back on the traces it indexes again.
+CARRIED = (tags, metrics, results, notes, jobs)
+
+
+def read_carried(conn: Connection) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the :data:`CARRIED` tables, by table name (empty for a table the index
+    predates), in primary-key order."""
+    present = set(sa.inspect(conn).get_table_names())
+    return {
+        table.name: [
+            dict(r._mapping)
+            for r in conn.execute(sa.select(table).order_by(*table.primary_key.columns))
+        ]
+        if table.name in present
+        else []
+        for table in CARRIED
+    }
 
 
 def _checked(q: TraceQuery) -> TraceQuery:
@@ -491,14 +505,31 @@ class Index:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(traces)).scalar_one()
 
-    def restore_notes(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Put back notes read from the index this one replaces (reindex), ids included; on
-        PostgreSQL the id sequence then continues after them."""
-        if not rows:
-            return
+    def restore_carried(
+        self, rows: dict[str, list[dict[str, Any]]], known: Collection[str]
+    ) -> None:
+        """Put back rows :func:`read_carried` read from the index this one replaces (reindex),
+        in one transaction. Tags of the traces the old index ``known`` replace the tags their
+        files hold (a tag removed stays removed); metrics and results replace the same names
+        and keys (a value set after recording wins); notes keep their ids (on PostgreSQL
+        the id sequence then continues after them); jobs come back as they were."""
         with self.engine.begin() as conn:
-            conn.execute(notes.insert(), list(rows))
-            if self.engine.dialect.name == "postgresql":
+            known = sorted(known)
+            for start in range(0, len(known), 500):  # bound the number of SQL parameters
+                conn.execute(tags.delete().where(tags.c.trace_id.in_(known[start : start + 500])))
+            for table in CARRIED:
+                chosen = rows.get(table.name) or []
+                if not chosen:
+                    continue
+                if table in (metrics, results):
+                    keys = list(table.primary_key.columns)
+                    match = [c == sa.bindparam(f"pk_{c.name}") for c in keys]
+                    conn.execute(
+                        table.delete().where(*match),
+                        [{f"pk_{c.name}": row[c.name] for c in keys} for row in chosen],
+                    )
+                conn.execute(table.insert(), chosen)
+            if rows.get(notes.name) and self.engine.dialect.name == "postgresql":
                 conn.exec_driver_sql(
                     "SELECT setval(pg_get_serial_sequence('trace_notes', 'note_id'), "
                     "(SELECT max(note_id) FROM trace_notes))"

@@ -19,7 +19,7 @@ import shutil
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -31,7 +31,7 @@ from . import _codec, _h5
 from ._binding import bind, check_root, read_store_id, shown_url
 from ._codec import Precision
 from ._failures import READONLY_ERRNOS, guard, reason, translate
-from ._index import Index, Page, TraceQuery, drop_tables, make_engine, read_notes
+from ._index import Index, Page, TraceQuery, drop_tables, make_engine, read_carried
 from ._interrupts import interrupts_deferred
 from ._paths import (
     DB_FILE,
@@ -88,15 +88,16 @@ class ReindexReport:
     checksum kept, or a failed internal check recorded) so that ``verify`` still reports them.
     ``skipped``: entries under ``data/`` that are not trace files (a symbolic link, a user's
     file), left alone and not indexed; listed so that a trace behind a link is not dropped from
-    the index without a word. Analysts' notes are carried over (``notes_kept``); those of
-    traces that are not indexed again are kept in ``notes_set_aside``."""
+    the index without a word. What was added after recording (edited tags and metrics,
+    methods' results, notes, live jobs) is carried over (``carried``: rows per table); rows of
+    traces that are not indexed again are kept as JSON in ``set_aside``."""
 
     indexed: int = 0
     quarantined: list[Path] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
-    notes_kept: int = 0
-    notes_set_aside: Path | None = None  # notes of traces not indexed again, kept as JSON
+    carried: dict[str, int] = field(default_factory=dict)  # table name -> rows put back
+    set_aside: Path | None = None  # rows of traces not indexed again, kept as JSON
 
 
 CHECKSUM = "sha256"
@@ -693,25 +694,34 @@ class TraceStore:
                         os.rmdir(entry.path)
         return report
 
-    def _restore_notes(self, rows: list[dict]) -> tuple[int, Path | None]:
-        """Put the old index's notes back on the traces indexed again; the notes of traces
-        that are not (file gone or quarantined) go to ``quarantine/notes-<n>.json``, as
-        JSON, never dropped. (How many were kept, where the others went.)"""
+    def _restore_carried(
+        self, rows: dict[str, list[dict]], known: Collection[str]
+    ) -> tuple[dict[str, int], Path | None]:
+        """Put the old index's added rows back on the traces indexed again (``known``: the
+        traces the old index had); rows of traces that are not (file gone or quarantined)
+        go to ``quarantine/index-rows-<n>.json``, as JSON, never dropped. Jobs stay whole:
+        a queued question does not depend on a trace. (Rows put back per table, where the
+        others went.)"""
         indexed = {r.trace_id for r in self._index.file_records()}
-        kept = [r for r in rows if r["trace_id"] in indexed]
-        self._index.restore_notes(kept)
-        orphans = [r for r in rows if r["trace_id"] not in indexed]
-        if not orphans:
-            return len(kept), None
+
+        def kept(table: str, row: dict) -> bool:
+            return table == "jobs" or row["trace_id"] in indexed
+
+        back = {t: [r for r in table_rows if kept(t, r)] for t, table_rows in rows.items()}
+        self._index.restore_carried(back, [t for t in known if t in indexed])
+        orphans = {t: [r for r in table_rows if not kept(t, r)] for t, table_rows in rows.items()}
+        carried = {t: len(r) for t, r in back.items() if r}
+        if not any(orphans.values()):
+            return carried, None
         lay = self.layout
         lay.no_links(lay.quarantine_dir)
         lay.quarantine_dir.mkdir(exist_ok=True)
         n = 1
-        while (path := lay.quarantine_dir / f"notes-{n}.json").exists() or is_link(path):
+        while (path := lay.quarantine_dir / f"index-rows-{n}.json").exists() or is_link(path):
             n += 1
-        text = json.dumps(orphans, indent=2, ensure_ascii=False).encode()
-        _write_new(path, lambda f: f.write(text))
-        return len(kept), path
+        text = json.dumps({t: r for t, r in orphans.items() if r}, indent=2, ensure_ascii=False)
+        _write_new(path, lambda f: f.write(text.encode()))
+        return carried, path
 
     def _reindex(self, old: dict[str, str]) -> ReindexReport:
         """Index every trace file under ``data/`` (for :func:`reindex_store`).
@@ -879,25 +889,26 @@ def _set_aside_sqlite(db: Path) -> Path | None:
     return bak
 
 
-def _old_notes(url: str, required: bool) -> list[dict]:
-    """The notes of the index a reindex replaces. ``required`` (an index that is dropped, not
-    set aside as a .bak): a failure to read them stops the reindex before anything changes."""
+def _old_rows(url: str, required: bool) -> dict[str, list[dict]]:
+    """The rows a reindex carries over (:data:`CARRIED`) from the index it replaces.
+    ``required`` (an index that is dropped, not set aside as a .bak): a failure to read them
+    stops the reindex before anything changes."""
     try:
         engine = make_engine(url, writable=False)
     except StoreError:
         if required:
             raise
-        return []
+        return {}
     try:
         with engine.connect() as conn:
-            return read_notes(conn)
+            return read_carried(conn)
     except (sa.exc.SQLAlchemyError, OSError) as exc:
         if required:
             raise StoreOpenError(
-                f"cannot read the notes in {shown_url(url)} ({reason(exc)}); reindex would "
-                "lose them, so nothing was changed"
+                f"cannot read the notes and results in {shown_url(url)} ({reason(exc)}); "
+                "reindex would lose them, so nothing was changed"
             ) from None
-        return []
+        return {}
     finally:
         engine.dispose()
 
@@ -920,11 +931,12 @@ def _previous(url: str) -> tuple[str | None, dict[str, str]]:
 def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexReport:
     """Rebuild the index from the trace files.
 
-    For the default SQLite index the old file is kept as ``index.sqlite.bak-<n>`` (tags,
-    metrics and results edited after recording are still there); for another URL the
-    store's tables are dropped and recreated. Tags and metrics come back as recorded.
-    Checksums of the old index are carried over for files that no longer match them, files
-    that cannot be read are moved to ``quarantine/``; nothing is deleted.
+    For the default SQLite index the old file is kept as ``index.sqlite.bak-<n>``; for
+    another URL the store's tables are dropped and recreated. Either way what was added
+    after recording (tags and metrics as last edited, methods' results, notes, live jobs) is
+    read from the old index first and put back (:data:`store._index.CARRIED`). Checksums of
+    the old index are carried over for files that no longer match them, files that cannot
+    be read are moved to ``quarantine/``; nothing is deleted.
     """
     layout = Layout(Path(directory).absolute())
     check_root(layout.root)
@@ -933,7 +945,7 @@ def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexRe
     with store_lock(layout, exclusive=True):
         url = db_url or f"sqlite:///{layout.no_links(layout.db_path)}"
         index_id, old = _previous(url)
-        old_notes = _old_notes(url, required=db_url is not None)
+        old_rows = _old_rows(url, required=db_url is not None)
         dir_id = read_store_id(layout)
         if index_id is not None and dir_id is not None and index_id != dir_id:
             raise StoreOpenError(
@@ -956,7 +968,7 @@ def reindex_store(directory: str | Path, db_url: str | None = None) -> ReindexRe
             guard(f"reindexing {layout.root}"),
         ):
             report = store._reindex(old)
-            report.notes_kept, report.notes_set_aside = store._restore_notes(old_notes)
+            report.carried, report.set_aside = store._restore_carried(old_rows, old)
             return report
 
 

@@ -51,6 +51,16 @@ def _one_line_errors(command: F) -> F:
     return run  # type: ignore[return-value]
 
 
+# what reindex names the rows it carries over (store._index.CARRIED), in this order
+CARRIED_LABELS = {
+    "trace_tags": "tag(s)",
+    "trace_metrics": "metric(s)",
+    "trace_results": "result(s)",
+    "trace_notes": "note(s)",
+    "jobs": "live job(s)",
+}
+
+
 def _refuse(message: str) -> NoReturn:
     """One plain line on stderr, exit code 2."""
     sys.stderr.write(f"error: {' '.join(message.split())}\n")
@@ -246,11 +256,16 @@ def reindex(store: StoreDir = Path("traces"), db: DbUrl = None) -> None:
             markup=False,
             soft_wrap=True,
         )
-    if report.notes_kept:
-        console.print(f"notes carried over: {report.notes_kept}")
-    if report.notes_set_aside is not None:
+    if report.carried:
+        rows = ", ".join(
+            f"{report.carried[table]} {label}"
+            for table, label in CARRIED_LABELS.items()
+            if table in report.carried
+        )
+        console.print(f"kept from the old index: {rows}", markup=False)
+    if report.set_aside is not None:
         console.print(
-            f"notes of traces no longer indexed, kept in: {report.notes_set_aside}",
+            f"notes and results of traces no longer indexed, kept in: {report.set_aside}",
             markup=False,
             soft_wrap=True,
         )

@@ -7,11 +7,14 @@ in; then it is upgraded, and every row must still be there.
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 from typer.testing import CliRunner
 
 from store import FormatTooNew, IndexSchemaTooOld, TraceQuery, migrations, open_store, reindex_store
@@ -123,11 +126,52 @@ def test_reindex_keeps_notes(store_dir, make_trace, index_url):
         path = st.layout.trace_path(gone)
     path.unlink()
     report = reindex_store(store_dir, index_url)
-    assert report.indexed == 1 and report.notes_kept == 1
-    assert report.notes_set_aside == store_dir / "quarantine" / "notes-1.json"
-    assert "orphaned note" in report.notes_set_aside.read_text()
+    assert report.indexed == 1 and report.carried["trace_notes"] == 1
+    assert report.set_aside == store_dir / "quarantine" / "index-rows-1.json"
+    assert "orphaned note" in report.set_aside.read_text()
     with open_store(store_dir, db_url=index_url, writable=True) as st:
         assert st.notes(a) == [kept]
         assert st.add_note(a, "after").note_id > kept.note_id
         assert {p.kind for p in st.verify()} == {"quarantined"}
     assert _revision_and_version(_url(store_dir, index_url)) == ("0002", "2")
+
+
+def test_reindex_keeps_what_was_added_after_recording(store_dir, make_trace, index_url):
+    """Methods' results, metrics and tags edited after recording, and the live queue, are in
+    the index only (the files hold what was recorded): a reindex puts them back — on
+    PostgreSQL, where the tables are dropped, they would otherwise be gone."""
+    from dataclasses import replace
+
+    from store.jobs import JobQueue, LiveRequest
+
+    first = make_trace(seed=1)
+    first = replace(first, info=replace(first.info, tags=("demo", "colour")))
+    with open_store(store_dir, db_url=index_url, writable=True) as st:
+        a, gone = st.add(first), st.add(make_trace(seed=2))
+        recorded_tags = set(st.get(a).tags)
+        st.put_result(a, "faithfulness", "deletion@1/abc", {"auc": [0.25]})
+        st.put_result(gone, "faithfulness", "deletion@1/abc", {"auc": [0.5]})
+        st.set_metrics(a, {"deletion_auc.random": 0.9})
+        assert recorded_tags  # a removed recorded tag must stay removed
+        st.untag(a, sorted(recorded_tags)[0])
+        st.tag(a, "reviewed")
+        tags_before, metrics_before = set(st.get(a).tags), dict(st.get(a).metrics)
+        path = st.layout.trace_path(gone)
+    with JobQueue(store_dir, index_url) as queue:
+        job = queue.submit(LiveRequest(image=queue.save_upload(_png()), prompt="What is it?"))
+    path.unlink()
+    report = reindex_store(store_dir, index_url)
+    assert report.carried["trace_results"] == 1 and report.carried["jobs"] == 1
+    with open_store(store_dir, db_url=index_url) as st:
+        assert st.get_result(a, "faithfulness", "deletion@1/abc") == {"auc": [0.25]}
+        assert set(st.get(a).tags) == tags_before and dict(st.get(a).metrics) == metrics_before
+    with JobQueue(store_dir, index_url) as queue:
+        assert queue.get(job).state == "queued"
+    orphans = json.loads(report.set_aside.read_text())
+    assert [r["trace_id"] for r in orphans["trace_results"]] == [gone]
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(out, format="PNG")
+    return out.getvalue()
