@@ -41,4 +41,5 @@ def needs_model(chosen: list[str]) -> list[str]:
 
 
 import methods.cleann.method  # noqa: E402  (registers the CLEANN map)
+import methods.evidence  # noqa: E402  (registers the evidence map)
 import methods.localisation  # noqa: E402,F401  (registers the torch-free methods)
