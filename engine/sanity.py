@@ -20,10 +20,12 @@ then averaged over tokens.
 - Re-initialisation uses the model's own ``_init_weights`` (that of the innermost
   ``PreTrainedModel`` holding the layer, so a CLIP layer gets CLIP's scheme), with the
   ``_is_hf_initialized`` flags that ``from_pretrained`` sets cleared first (transformers 5's
-  init functions skip flagged tensors). A weight matrix it leaves unchanged gets
-  ``normal(0, initializer_range)`` (0.02 where the config has none). Each layer's draw is
-  seeded by (seed, tower, layer), so the cascade is cumulative and repeatable. Weights are
-  changed in memory only and restored afterwards; no file is touched.
+  init functions skip flagged tensors). A parameter it does not write gets a stated fallback
+  (:func:`reinitialise`). Each layer's draw is seeded by (seed, tower, layer), so the
+  cascade is cumulative and repeatable. Weights are changed in memory only and restored
+  afterwards; no file is touched.
+- A randomised map that is flat (one value everywhere: it ranks nothing) scores a
+  correlation of 0 and chance overlap, and is counted (``flat_tokens``); see :func:`spearman`.
 - Verdict (:data:`THRESHOLD`): a map FAILS a cascade when its mean Spearman correlation with
   the trained model's map is still >= 0.5 once every layer of the cascade is re-initialised.
   0.5 is the conventional boundary of a "large" correlation (Cohen); Adebayo et al. judged
@@ -208,18 +210,24 @@ class Reinitialised:
 
     tower: str
     index: int
-    init: str  # "_init_weights of <class>", with a note of tensors given the normal fallback
-    fallback: int  # weight matrices the model's init left unchanged (given the normal fallback)
+    init: str  # "_init_weights of <class>" (or "normal": no PreTrainedModel holds the layer)
+    fallback: int  # parameters the model's init did not write (given the fallback)
 
 
 def reinitialise(model: nn.Module, layer: nn.Module, seed: int) -> tuple[str, int]:
     """Re-initialise ``layer`` in place (see module docstring); returns (init used, number
-    of weight matrices given the normal fallback)."""
+    of parameters the model's init did not write, given the fallback).
+
+    Parameters are set to NaN first, so one the model's init leaves alone is seen for sure
+    (comparing with the old values would not: an init can redraw what is there already).
+    The fallback: ``normal(0, initializer_range)`` for matrices, 0 for biases, 1 for other
+    vectors (norm scales)."""
     owner = _owner(model, layer)
-    before = {name: p.detach().clone() for name, p in layer.named_parameters()}
     devices = [p.device for p in layer.parameters() if p.device.type == "cuda"][:1]
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         torch.manual_seed(seed)
+        for param in layer.parameters():
+            param.fill_(math.nan)
         for module in layer.modules():
             _unflag(module)
             for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
@@ -231,9 +239,13 @@ def reinitialise(model: nn.Module, layer: nn.Module, seed: int) -> tuple[str, in
         std = float(getattr(config, "initializer_range", None) or 0.02)
         fallback = 0
         for name, param in layer.named_parameters():
-            if param.dim() >= 2 and torch.equal(param, before[name]):
+            if not torch.isnan(param).any():
+                continue
+            fallback += 1
+            if param.dim() >= 2:
                 nn.init.normal_(param, 0.0, std)
-                fallback += 1
+            else:
+                param.fill_(0.0 if name.rsplit(".", 1)[-1] == "bias" else 1.0)
     init = f"_init_weights of {type(owner).__name__}" if owner is not None else "normal"
     return init, fallback
 
@@ -268,18 +280,36 @@ def reinitialised(
 # -- comparing maps ---------------------------------------------------------------------------
 
 
+def flat(values: np.ndarray) -> bool:
+    """A map with one value everywhere: it ranks no patch above another."""
+    return bool(np.all(values == values[0]))
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps (ties get average ranks); NaN when either map is
-    constant (its ranking is undefined)."""
+    """Spearman rank correlation of the trained model's map ``a`` and the randomised model's
+    ``b`` (ties get average ranks). NaN when ``a`` is flat (nothing to keep); 0 when only
+    ``b`` is: the randomised model's map lost every ranking (Mllama's cross-attention gates
+    start at 0, so re-initialising a cross-attention layer cuts the image off and every image
+    map goes to 0), which shares no ranking with ``a``. Such tokens are counted apart."""
+    if flat(a):
+        return math.nan
+    if flat(b):
+        return 0.0
     ra, rb = rankdata(a), rankdata(b)
     da, db = ra - ra.mean(), rb - rb.mean()
-    norm = math.sqrt(float(da @ da)) * math.sqrt(float(db @ db))
-    return float(np.clip(da @ db / norm, -1.0, 1.0)) if norm > 0 else math.nan
+    # one square root of the product: sqrt(s * s) is s exactly, so equal maps give 1.0 exactly
+    norm = math.sqrt(float(da @ da) * float(db @ db))
+    return float(np.clip(float(da @ db) / norm, -1.0, 1.0))
 
 
 def top_overlap(a: np.ndarray, b: np.ndarray, fraction: float = TOP_FRACTION) -> float:
     """Share of ``a``'s top ``fraction`` patches that are also in ``b``'s (ties: lower patch
-    index first); chance is ``fraction``."""
+    index first); chance is ``fraction``, which is also what a flat ``b`` gets (it has no top
+    patches; NaN for a flat ``a``, as :func:`spearman`)."""
+    if flat(a):
+        return math.nan
+    if flat(b):
+        return fraction
     k = max(1, math.ceil(fraction * len(a)))
     top = [set(np.argsort(-np.asarray(m), kind="stable")[:k].tolist()) for m in (a, b)]
     return len(top[0] & top[1]) / k
@@ -291,11 +321,13 @@ class MapScores:
 
     spearman: list[list[float]] = field(default_factory=list)
     overlap: list[list[float]] = field(default_factory=list)
+    flat_tokens: int = 0  # tokens whose randomised map is flat (and the trained one is not)
 
     def add(self, original: np.ndarray, randomised: np.ndarray) -> None:
         pairs = list(zip(original, randomised, strict=True))
         self.spearman.append([spearman(a, b) for a, b in pairs])
         self.overlap.append([top_overlap(a, b) for a, b in pairs])
+        self.flat_tokens += sum(flat(b) and not flat(a) for a, b in pairs)
 
     @staticmethod
     def _mean(values: list[list[float]]) -> float:
@@ -370,6 +402,7 @@ class SanityReport:
                         name: {
                             "spearman": number(scores.mean_spearman),
                             "top_overlap": number(scores.mean_overlap),
+                            "flat_tokens": scores.flat_tokens,
                             "per_token_spearman": [[number(v) for v in r] for r in scores.spearman],
                             "per_token_overlap": [[number(v) for v in r] for r in scores.overlap],
                         }
@@ -427,4 +460,4 @@ def sanity_check(
 
 
 def _describe(done: Reinitialised) -> str:
-    return done.init + (f" (+normal for {done.fallback} matrices)" if done.fallback else "")
+    return done.init + (f" (+fallback for {done.fallback} tensors)" if done.fallback else "")

@@ -164,8 +164,7 @@ def _from_store(
                 fail(f"no trace {missing[0]} in {store}")
             infos = [opened.get(t) for t in ids]
             _check_depth(model, plan)
-            note(f"loading {model} ...")
-            loaded = _load_if_needed(model, infos, device)
+            loaded = _load_if_needed(model, infos, device)  # checks every trace's model first
             traces = [opened.open(t) for t in ids]
             try:
                 cases = [case_from_trace(loaded, trace) for trace in traces]
