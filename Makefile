@@ -70,6 +70,13 @@ bench: install browser
 		$(VENV)/bin/lvlm-interpret demo record --store $(BENCH_STORE) --count 6 >/dev/null
 	$(PY) bench/bench_dashboard.py --store $(BENCH_STORE)
 
+# Quality bars (issue 12): every map's localisation, deletion and insertion on 200 held-out
+# questions beside random and chance, the hallucination flag's ROC AUC (weak checkpoint);
+# resumable, tables in artifacts/quality/. Not part of `make bench`: an hour or more on 2 cores.
+.PHONY: bench-quality
+bench-quality: install
+	$(PY) bench/bench_quality.py
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
