@@ -25,7 +25,7 @@ from store.synthetic import make_synthetic_trace
 from tests.dashboard.browser import SCREENSHOTS, chromium, running_dashboard
 from tests.dashboard.conftest import MD_IMAGE, XSS_IMG, XSS_SCRIPT
 
-METRICS = "localisation,deletion,insertion,occlusion"
+METRICS = "localisation,deletion,insertion,occlusion,evidence"
 HOSTILE_MAP = f"{XSS_SCRIPT}**bold**"
 STRICT = 0.99  # a grounding threshold the demo's answer word falls below
 
@@ -69,6 +69,9 @@ def _hostile_copy(source: Path, target: Path, trace_id: str) -> None:
         key, payload = grounding
         payload["per_token"]["words"][0] = XSS_SCRIPT
         store.put_result(trace_id, results.GROUNDING, key, payload)
+        ((key, evidence),) = store.list_results(trace_id, results.EVIDENCE).items()
+        evidence["per_token"]["weights"] = {HOSTILE_MAP: 1.0}
+        store.put_result(trace_id, results.EVIDENCE, key, evidence)
 
 
 def _grounding(directory: Path, trace_id: str, model) -> None:
@@ -112,6 +115,11 @@ def _frame(chart) -> list[dict]:
     return pa.ipc.open_stream(io.BytesIO(dataset.data.data)).read_all().to_pylist()
 
 
+def _table(at, column: str):
+    """The first table on the page with ``column`` (pages hold several)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
 def _texts(at) -> list[str]:
     return [t.value for t in at.text]
 
@@ -144,7 +152,7 @@ def test_method_table_and_curves_are_the_stored_numbers(app, faith):
     ]
     assert llm == pytest.approx(deletion["per_token"]["curves"]["relevancy.llm"][1])
     assert {r["mode"] for r in rows} == {"deletion", "insertion"}
-    assert len(at.get("image")) == 1  # the stored occlusion map, as a heatmap
+    assert len(at.get("image")) == 2  # the stored occlusion map and the evidence map
     with open_store(faith.directory) as store:  # the headline numbers are filterable metrics
         assert store.get(faith.trace).metrics["deletion_auc.relevancy.llm"] == pytest.approx(
             row["deletion AUC ↓"]
@@ -169,10 +177,11 @@ def test_hostile_names_and_unreadable_payloads_show_as_text(app, faith):
     assert f"{XSS_IMG} · answer token 0: yellow" in texts  # the map's name, literally
     assert any(t.startswith("broken map: not shown (its map is not a table") for t in texts)
     assert any(t.startswith("insertion result: not shown") for t in texts)
-    grounding_words = at.dataframe[-1].value  # the payload's words are table cells
+    grounding_words = _table(at, "word")  # the payload's words are table cells
     assert grounding_words["word"][0] == XSS_SCRIPT
     assert not any("<script" in h.proto.body for h in at.get("html"))
-    assert len(at.get("image")) == 2  # occlusion and the hostile-named copy; not the broken one
+    assert len(at.get("image")) == 3  # occlusion, its hostile-named copy, evidence; not broken
+    assert HOSTILE_MAP in list(_table(at, "weight")["map"])  # evidence weights: text cells
     assert HOSTILE_MAP in list(at.dataframe[0].value["map"])  # a table cell: text
     rows = _frame(at.get("vega_lite_chart")[0])
     assert {HOSTILE_MAP, MD_IMAGE} <= {r["map"] for r in rows}  # chart data, never markup
@@ -246,6 +255,7 @@ def test_figures_and_report_section(faith):
         svg = curves.svg()
         assert "relevancy.llm" in svg and "deletion" in svg
         stored_map = faith_figures.stored_map_figure(trace, store, "occlusion", 1)
+        assert faith_figures.evidence_figure(trace, store, 0).png(1).startswith(b"\x89PNG")
         assert stored_map.png(1).startswith(b"\x89PNG")
         with pytest.raises(ValueError, match="no cleann map is stored"):
             faith_figures.stored_map_figure(trace, store, "cleann", 0)
@@ -257,7 +267,7 @@ def test_figures_and_report_section(faith):
             faith_figures.curves_figure(bare, store, 0)
     section = report.split('data-section="Faithfulness"', 1)[1].split("</section>", 1)[0]
     assert "<th>deletion AUC ↓</th>" in section and "chance (analytic)" in section
-    assert section.count("<figure>") == 2  # the curves and the occlusion map
+    assert section.count("<figure>") == 3  # the curves, the evidence and the occlusion map
 
 
 def test_hostile_report_section_is_escaped(faith):
@@ -299,10 +309,10 @@ def test_grounding_view_and_flagged_answer_on_generation(app, faith):
     assert payload["per_token"]["flagged"] == [True, False]  # "yellow" < STRICT; "</s>" no word
     at = app("faithfulness", store_dir=faith.directory, trace=faith.trace)
     assert not at.exception
-    tokens = at.dataframe[2].value  # method table, token table, then grounding's two tables
+    tokens = _table(at, "drop")
     assert list(tokens["drop"]) == pytest.approx(payload["per_token"]["drop"])
     assert list(tokens["image share"]) == pytest.approx(payload["per_token"]["image_share"])
-    words = at.dataframe[3].value
+    words = _table(at, "word")
     assert list(words["word"]) == ["yellow", "</s>"] and list(words["flagged"]) == [True, False]
     (answer,) = [h.proto.body for h in at.get("html") if "lvlm-tokens" in h.proto.body]
     assert "<mark" in answer and ">yellow</mark>" in answer and "&lt;/s&gt;</span>" in answer
@@ -316,3 +326,19 @@ def test_generation_without_grounding_shows_no_flag_line(app, faith):
     at = app("generation", store_dir=faith.directory, trace=faith.bare)
     assert not at.exception
     assert not [h for h in at.get("html") if "<mark" in h.proto.body]
+
+
+def test_evidence_view_is_the_stored_map_agreement_and_weights(app, faith):
+    (payload,) = _stored(faith.directory, faith.trace, results.EVIDENCE).values()
+    at = app("faithfulness", store_dir=faith.directory, trace=faith.trace, tokens="0")
+    assert not at.exception
+    agreement = payload["per_token"]["agreement"]
+    line = next(t for t in _texts(at) if t.startswith("Agreement"))
+    assert f"{agreement[0]:.2f} for this token" in line
+    weights = _table(at, "weight")
+    stored = payload["per_token"]["weights"]
+    assert dict(zip(weights["map"], weights["weight"], strict=True)) == pytest.approx(stored)
+    assert list(weights["weight"]) == sorted(stored.values(), reverse=True)
+    assert "random" not in stored  # the baseline is what weights are measured against
+    found = results.evidence(payload, 2, len(payload["per_token"]["map"][0]))
+    assert found.map.shape[0] == 2 and (found.map >= 0).all() and (found.map <= 1).all()
