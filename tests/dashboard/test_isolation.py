@@ -15,7 +15,7 @@ ROOT = APP.parents[1]
 SCRIPT = """
 import json, sys
 from streamlit.testing.v1 import AppTest
-pages = ["generation", "attention", "relevancy", "causal", "compare", "ask"]
+pages = ["generation", "attention", "relevancy", "causal", "faithfulness", "compare", "ask"]
 at = AppTest.from_file(sys.argv[1], default_timeout=60)
 at.query_params.update(trace=sys.argv[2], compare=sys.argv[3])
 at.run()
