@@ -81,11 +81,7 @@ def case_from_trace(loaded: LoadedModel, trace: StoredTrace) -> Case:
     """The stored trace's question and answer, on its stored pixels. Raises ``ValueError``
     when the prompt does not tokenise to the stored prompt tokens with this model's processor
     (another model, or the trace was recorded differently)."""
-    names = [image.name for image in trace.image.images]
-    images = tuple(
-        load_image(image_from(pixels), name)
-        for pixels, name in zip((i.pixels for i in trace.image.images), names, strict=True)
-    )
+    images = tuple(load_image(image_from(i.pixels), i.name) for i in trace.image.images)
     history = tuple((str(q), str(a)) for q, a in trace.info.extra.get("history") or ())
     ids = torch.as_tensor(np.asarray(trace.tokens.ids), dtype=torch.long, device=loaded.device)
     case = Case(trace.trace_id, images, trace.info.prompt, ids, history)

@@ -109,7 +109,10 @@ def sanity_check(
         )
     _print(report)
     if json_out is not None:
-        _write_json(json_out, report)
+        try:
+            _write_json(json_out, report)
+        except OSError as error:
+            fail(f"--json {json_out}: {error.strerror or error}")
         note(f"wrote {json_out}")
 
 
@@ -147,6 +150,7 @@ def _from_store(
     """Stored traces: ids checked, the store opened read only, the model checked against
     every trace (weights hash before loading), then the cascades."""
     from engine.cli.analyse import _load_if_needed
+    from engine.errors import EngineError
     from engine.sanity import case_from_trace
     from store import StoreError, open_store
     from store._paths import check_trace_id
@@ -168,7 +172,7 @@ def _from_store(
             traces = [opened.open(t) for t in ids]
             try:
                 cases = [case_from_trace(loaded, trace) for trace in traces]
-            except ValueError as error:
+            except (EngineError, ValueError) as error:
                 fail(error)
             finally:
                 for trace in traces:
@@ -244,6 +248,7 @@ def _check_depth(model: str, plan: Plan) -> None:
 
 def _run(loaded, cases: list, plan: Plan) -> SanityReport:
     from engine.cli.progress import recording_progress
+    from engine.errors import EngineError
     from engine.sanity import LANGUAGE, VISION, cascade_depths, sanity_check
 
     depths, unavailable = {}, {}
@@ -257,8 +262,11 @@ def _run(loaded, cases: list, plan: Plan) -> SanityReport:
                 fail(error)
             unavailable[tower] = str(error)
             note(f"note: {error}")
-    with recording_progress("sanity-check") as progress:
-        report = sanity_check(loaded, cases, depths, plan.seed, progress, plan.threshold)
+    try:
+        with recording_progress("sanity-check") as progress:
+            report = sanity_check(loaded, cases, depths, plan.seed, progress, plan.threshold)
+    except EngineError as error:
+        fail(error)
     report.unavailable = unavailable
     return report
 
