@@ -23,6 +23,7 @@ SECTIONS = (
     "Question and answer",
     "Maps",
     "Metrics and results",
+    "Faithfulness",
     "Flagged tokens",
     "Causal explanation",
     "Notes",
