@@ -36,7 +36,7 @@ def render_page() -> None:
         st.caption(
             "Mean over the answer's tokens. A map is worth reading where it beats the random "
             "map and the chance level (pointing, box mass and IoU: higher is better; deletion "
-            "AUC: lower; insertion AUC: higher). Blank: not computed for that map."
+            "AUC: lower; insertion AUC: higher). None: not computed for that map."
         )
     else:
         st.text("No faithfulness results stored for this trace (see below).")
