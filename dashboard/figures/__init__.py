@@ -27,6 +27,7 @@ from dashboard.figures.common import (
     map_figure,
 )
 from dashboard.figures.compare import compare_figures
+from dashboard.figures.faithfulness import curves_figure, evidence_figure, stored_map_figure
 from dashboard.figures.layout import (
     DEFAULT_SCALE,
     Figure,
@@ -68,6 +69,8 @@ __all__ = [
     "check_tokens",
     "compare_figures",
     "cross_attention_figure",
+    "curves_figure",
+    "evidence_figure",
     "head_share_chart",
     "image_figure",
     "map_figure",
@@ -77,6 +80,7 @@ __all__ = [
     "relevancy_gallery",
     "relevancy_maps",
     "share_matrix_figure",
+    "stored_map_figure",
     "text_relevancy_chart",
     "text_to_image_figures",
     "vision_figure",

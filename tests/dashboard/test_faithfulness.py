@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from dashboard import result_views
+from dashboard import figures, result_views
 from dashboard.components import results
 from dashboard.components.filters import FLAGGED_METRIC, BrowseFilters
 from dashboard.figures import faithfulness as faith_figures
@@ -153,6 +153,8 @@ def test_method_table_and_curves_are_the_stored_numbers(app, faith):
     assert llm == pytest.approx(deletion["per_token"]["curves"]["relevancy.llm"][1])
     assert {r["mode"] for r in rows} == {"deletion", "insertion"}
     assert len(at.get("image")) == 2  # the stored occlusion map and the evidence map
+    # the page's figures for export: the curves, the occlusion map, the evidence map
+    assert "Figures (3): PNG and SVG" in [e.label for e in at.expander]
     with open_store(faith.directory) as store:  # the headline numbers are filterable metrics
         assert store.get(faith.trace).metrics["deletion_auc.relevancy.llm"] == pytest.approx(
             row["deletion AUC ↓"]
@@ -251,7 +253,7 @@ def test_browse_filters_by_flagged_tokens_and_deletion_auc(app, faith):
 def test_figures_and_report_section(faith):
     with open_store(faith.directory) as store:
         trace = store.open(faith.trace)
-        curves = faith_figures.curves_figure(trace, store, 0)
+        curves = figures.curves_figure(trace, store, 0)  # as a notebook calls it
         svg = curves.svg()
         assert "relevancy.llm" in svg and "deletion" in svg
         stored_map = faith_figures.stored_map_figure(trace, store, "occlusion", 1)
