@@ -196,8 +196,13 @@ class Offer:
 
 
 def figure_gallery(trace_id: str, offers: Sequence[Offer]) -> None:
-    """The page's figures, each with PNG (print resolution) and SVG downloads."""
-    with st.expander(f"Figures ({len(offers)}): PNG and SVG", key="figures"):
+    """The page's figures, each with PNG (print resolution) and SVG downloads. The list is
+    drawn only while its expander is open (opening it reruns the page): a closed one costs
+    the page's first heatmap nothing."""
+    gallery = st.expander(f"Figures ({len(offers)}): PNG and SVG", key="figures", on_change="rerun")
+    if not gallery.open:
+        return
+    with gallery:
         st.caption(
             "As drawn on this page with its current settings; PNG at print resolution, "
             "SVG with vector text and legends."

@@ -144,12 +144,17 @@ def _form(writer: TraceStore, trace: StoredTrace) -> None:
 
 
 def panel(config: StoreConfig, trace: StoredTrace) -> None:
-    """The notes of ``trace`` in an expander: each with what it is about, when, and a Delete
-    button; then the form to add one (or the reason it is off)."""
+    """The notes of ``trace`` in an expander (open when there are notes): each with what it is
+    about, when, and a Delete button; then the form to add one (or the reason it is off). The
+    content is drawn only while the expander is open (opening it reruns the page), so a trace
+    without notes sends its heatmap without the form."""
     notes = data.notes(config, trace.trace_id)
+    box = st.expander(f"Notes ({len(notes)})", expanded=bool(notes), key="notes", on_change="rerun")
+    if not box.open:
+        return
     writer = data.results_store(config)
     writable = writer.mode == "a"
-    with st.expander(f"Notes ({len(notes)})", expanded=bool(notes), key="notes"):
+    with box:
         message = st.session_state.pop(_MESSAGE, None)
         if message:
             st.warning(text.markdown_literal(message))

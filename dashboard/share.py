@@ -5,8 +5,9 @@ browser's own address. It is read in the browser at the moment of the click, not
 the server from configuration: the server may be reached under another host name (a tunnel,
 a proxy, ``--allow-host``) and only the browser knows which. The snippet carries no text
 from the server, so nothing a trace or a user wrote can end up in its HTML or script.
-Where the clipboard is refused (an insecure origin, a policy), the link is selected in a
-text field for copying by hand, and the sidebar also shows it as text.
+Where the clipboard is refused (an insecure origin, a policy), the link appears, selected,
+in a text field for copying by hand; otherwise that field stays hidden (an empty box on every
+page said nothing). The sidebar also offers the link as text, drawn only when opened.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _SNIPPET = """
            border: 1px solid rgba(49, 51, 63, 0.2); background: white; cursor: pointer; }
   button:hover { border-color: #ff4b4b; color: #ff4b4b; }
   input { display: block; width: 96%; margin-top: 6px; font-size: 12px; }
+  input[hidden] { display: none; }  /* display: block above would show it empty */
 </style>
 <button id="copy" type="button">Copy link</button>
 <input id="link" type="text" readonly hidden aria-label="Link to this view">
@@ -32,12 +34,13 @@ _SNIPPET = """
   button.addEventListener("click", async () => {
     const url = window.parent.location.href;
     field.value = url;
-    field.hidden = false;
-    field.select();
     try {
       await navigator.clipboard.writeText(url);
+      field.hidden = true;
       button.textContent = "Link copied ✓";
     } catch (error) {
+      field.hidden = false;  // the fallback: the link, selected, for copying by hand
+      field.select();
       const copied = document.execCommand && document.execCommand("copy");
       button.textContent = copied ? "Link copied ✓" : "Copy the selected link";
     }
@@ -63,9 +66,12 @@ def current_url() -> str | None:
 
 def link_button() -> None:
     """The "Copy link" button, and the same link as text under it (the app puts them at
-    the top of the sidebar)."""
-    st.iframe(_SNIPPET, height=76)
+    the top of the sidebar). The text is drawn only while its expander is open (opening it
+    reruns the page), so a page's first heatmap does not wait for it."""
+    st.iframe(_SNIPPET, height=76)  # room for the fallback field under the button
     url = current_url()
     if url:
-        with st.expander("Link as text"):
-            st.code(url, language=None, wrap_lines=True)
+        shown = st.expander("Link as text", key="share:text", on_change="rerun")
+        if shown.open:
+            with shown:
+                st.code(url, language=None, wrap_lines=True)

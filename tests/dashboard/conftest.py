@@ -150,14 +150,23 @@ def family_store(tmp_path_factory: pytest.TempPathFactory) -> FamilyStore:
 
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch, demo_store: DemoStore) -> Callable[..., AppTest]:
-    """Run a page of the real app (through its navigation) with URL parameters."""
+    """Run a page of the real app (through its navigation) with URL parameters; ``expand``
+    names lazy expanders (drawn only when open: "notes", "figures") to open as a user would."""
     monkeypatch.setenv(STORE_ENV, str(demo_store.directory))
 
-    def run(view: str | None = None, /, store_dir: Path | None = None, **params: str) -> AppTest:
+    def run(
+        view: str | None = None,
+        /,
+        store_dir: Path | None = None,
+        expand: tuple[str, ...] = (),
+        **params: str,
+    ) -> AppTest:
         if store_dir is not None:
             monkeypatch.setenv(STORE_ENV, str(store_dir))
         at = AppTest.from_file(str(APP), default_timeout=60)
         at.query_params.update(params)
+        for key in expand:
+            at.session_state[key] = True
         if view is not None:
             at.switch_page(f"views/{view}.py")
         return at.run()

@@ -96,11 +96,13 @@ def test_every_trace_page_offers_its_figures_and_a_report(app, demo_store, tmp_p
     from store.synthetic import make_synthetic_trace
 
     for view, count in (("generation", 2), ("attention", 2), ("relevancy", 3)):
-        at = app(view, trace=demo_store.main, tokens="1")
+        at = app(view, trace=demo_store.main, tokens="1", expand=("figures",))
         assert not at.exception
         assert f"Figures ({count}): PNG and SVG" in [e.label for e in at.expander], view
         labels = [b.proto.label for b in at.get("download_button")]
         assert "Export report (this trace)" in labels and labels.count("PNG") == count, view
+    closed = app("attention", trace=demo_store.main, tokens="1")  # lazy: drawn when opened
+    assert "PNG" not in [b.proto.label for b in closed.get("download_button")]
     with open_store(tmp_path, writable=True) as store:
         trace_id = store.add(make_synthetic_trace(seed=1, grid=(4, 6)))
     at = app("causal", store_dir=tmp_path, trace=trace_id, tokens="0", head="1")

@@ -42,7 +42,7 @@ def _key(trace_id: str, name: str) -> str:
 
 def test_add_on_trace_tokens_and_region_then_delete(app, notes_store):
     main, where = notes_store.main, notes_store.directory
-    at = app("generation", store_dir=where, trace=main, tokens="1,2")
+    at = app("generation", store_dir=where, trace=main, tokens="1,2", expand=("notes",))
     assert not at.exception
     at.text_area(key=_key(main, "text")).input(HOSTILE)
     at.button(key=_key(main, "submit")).click().run()
@@ -62,7 +62,7 @@ def test_add_on_trace_tokens_and_region_then_delete(app, notes_store):
     assert any(t.startswith("answer token 2: ") for t in _texts(at))
 
     # A region: the inputs start from the box around the selected patches.
-    at = app("relevancy", store_dir=where, trace=main, patches="8,15")
+    at = app("relevancy", store_dir=where, trace=main, patches="8,15", expand=("notes",))
     at.radio(key=_key(main, "on")).set_value(ON_REGION).run()
     seeded = [at.number_input(key=_key(main, c)).value for c in ("x0", "y0", "x1", "y1")]
     expected = [*boxes[[8, 15], :2].min(axis=0), *boxes[[8, 15], 2:].max(axis=0)]
