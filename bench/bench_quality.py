@@ -81,6 +81,7 @@ class Settings:
     batch: int = 64
     cleann_count: int = 40
     shard: tuple[int, int] = (0, 1)
+    only: frozenset[str] = frozenset()  # analyse only these methods (empty: all)
     checkpoints: tuple[str, ...] = ("main", "weak")
     log: Callable[[str], None] = print
     skipped: list[str] = field(default_factory=list)
@@ -184,6 +185,8 @@ def analyse(store: TraceStore, ids: list[str], groups: list[list[Job]], loaded, 
             for job in group:
                 cls = get(job.method)
                 if job.limit is not None and position >= job.limit:
+                    continue
+                if settings.only and job.method not in settings.only:
                     continue
                 if up_to_date(store, trace_id, cls, job) or cls().skip_reason(trace):
                     continue
@@ -309,6 +312,7 @@ class Word:
     text: str
     wrong: bool
     bait: bool
+    kind: str  # the question's kind (colour, shape, position, count, existence)
     scores: dict[str, float]
 
 
@@ -337,7 +341,8 @@ def labelled_words(store: TraceStore, ids: list[str]) -> list[Word]:
                 scores[label] = 1.0 - float(np.max(values[tokens]))
             wrong = info.correct is False and word_key(word.text) not in known
             bait = bool(info.extra.get("hallucination_bait"))
-            words.append(Word(trace_id, word.text, wrong, bait, scores))
+            kind = str(info.extra.get("question_kind"))
+            words.append(Word(trace_id, word.text, wrong, bait, kind, scores))
     return words
 
 
@@ -375,10 +380,16 @@ def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, rounds: int = 1000) -> 
 
 
 def roc_rows(words: list[Word]) -> dict[str, Any]:
-    """ROC AUC of every score for wrong vs right content words: all words, and the words of
-    hallucination-bait questions only."""
+    """ROC AUC of every score for wrong vs right content words: all words; the words of
+    existence questions ("is there a ...?": the real objects' and the bait's, so that a "yes"
+    to bait is told from a true "yes"); the words of hallucination-bait questions only (no AUC
+    when the model answers every bait the same way: one class)."""
     out: dict[str, Any] = {}
-    subsets = {"all questions": words, "hallucination-bait questions": [w for w in words if w.bait]}
+    subsets = {
+        "all questions": words,
+        "existence questions": [w for w in words if w.kind == "existence"],
+        "hallucination-bait questions": [w for w in words if w.bait],
+    }
     for subset, chosen in subsets.items():
         names = sorted({n for w in chosen for n in w.scores})
         rows = {}
@@ -395,6 +406,31 @@ def roc_rows(words: list[Word]) -> dict[str, Any]:
             }
         out[subset] = rows
     return out
+
+
+def flag_summary(words: list[Word]) -> dict[str, int]:
+    """The flag at its threshold: how many wrong and how many right content words it flags
+    (true and false positives), and how the model met the bait (questions answered wrong)."""
+
+    def flagged(word: Word) -> bool:
+        return any(n.startswith("flagged") and v == 1 for n, v in word.scores.items())
+
+    bait = [w for w in words if w.bait]
+    wrong = [w for w in words if w.wrong]
+    right = [w for w in words if not w.wrong]
+    existence = [w for w in right if w.kind == "existence"]
+    return {
+        "wrong_words": len(wrong),
+        "wrong_flagged": sum(map(flagged, wrong)),
+        "right_words": len(right),
+        "right_flagged": sum(map(flagged, right)),
+        "right_existence_words": len(existence),
+        "right_existence_flagged": sum(map(flagged, existence)),
+        "bait_questions": len({w.trace_id for w in bait}),
+        "bait_answered_wrong": len({w.trace_id for w in bait if w.wrong}),
+        "bait_words": len(bait),
+        "bait_flagged": sum(map(flagged, bait)),
+    }
 
 
 # -- formatting --------------------------------------------------------------------------------
@@ -462,6 +498,16 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {subset} | {name} | {value} | {row['words']} | {row['wrong']} | "
                 f"{row['questions']} |"
             )
+    flag = report["flag"]
+    lines += [
+        "",
+        f"The flag at its threshold: {flag['wrong_flagged']} of {flag['wrong_words']} wrong and "
+        f"{flag['right_flagged']} of {flag['right_words']} right content words flagged "
+        f"({flag['right_existence_flagged']} of {flag['right_existence_words']} right words of "
+        f"existence questions). Hallucination bait: {flag['bait_answered_wrong']} of "
+        f"{flag['bait_questions']} questions answered wrong; {flag['bait_flagged']} of their "
+        f"{flag['bait_words']} content words flagged.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -478,6 +524,7 @@ def report(store_root: Path, out: Path, settings: Settings) -> dict[str, Any]:
             ids = question_traces(weak, settings.count, settings.seed)
             words = labelled_words(weak, ids)
     result["roc"] = roc_rows(words)
+    result["flag"] = flag_summary(words)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(_finite(result), indent=1, allow_nan=False))
     (out / "quality.md").write_text(markdown(result))
@@ -521,19 +568,21 @@ def main() -> None:
     parser.add_argument("--checkpoints", default="main,weak")
     parser.add_argument("--shard", default="0/1", help="i/n: analyse every n-th question")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="", help="analyse only these methods (a,b,...)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     index, shards = (int(x) for x in args.shard.split("/"))
     settings = Settings(
-        args.count,
-        args.seed,
-        args.steps,
-        args.batch,
-        args.cleann_count,
-        (index, shards),
-        tuple(c for c in args.checkpoints.split(",") if c),
+        count=args.count,
+        seed=args.seed,
+        steps=args.steps,
+        batch=args.batch,
+        cleann_count=args.cleann_count,
+        shard=(index, shards),
+        only=frozenset(m for m in args.only.split(",") if m),
+        checkpoints=tuple(c for c in args.checkpoints.split(",") if c),
         log=lambda line: print(line, flush=True),
     )
     stages = set(args.stage.split(","))

@@ -17,6 +17,7 @@ from bench.bench_quality import (
     Word,
     analyse_all,
     content_tokens,
+    flag_summary,
     labelled_words,
     markdown,
     question_traces,
@@ -111,12 +112,13 @@ def test_words_are_labelled_by_the_stated_rule(quality):
             reference = info.reference_answer.casefold().split()
             assert word.wrong == (not info.correct and word.text.casefold() not in reference)
             assert word.bait == info.extra["hallucination_bait"]
+            assert word.kind == info.extra["question_kind"]
             assert 0 <= word.scores["1 - token probability"] <= 1
 
 
 def test_roc_rows_count_pairs_by_hand():
     def word(score: float, wrong: bool, bait: bool = False) -> Word:
-        return Word("t", "w", wrong, bait, {"s": score})
+        return Word("t", "w", wrong, bait, "existence" if bait else "colour", {"s": score})
 
     # wrong 0.9 beats both rights; wrong 0.7 beats 0.1 only, not 0.8: 3 of 4 pairs
     words = [word(0.9, True), word(0.8, False, True), word(0.1, False), word(0.7, True, True)]
@@ -124,7 +126,26 @@ def test_roc_rows_count_pairs_by_hand():
     assert rows["all questions"]["s"]["auc"] == pytest.approx(0.75)
     assert rows["all questions"]["s"]["words"] == 4 and rows["all questions"]["s"]["wrong"] == 2
     assert rows["hallucination-bait questions"]["s"]["auc"] == pytest.approx(0.0)
+    assert rows["existence questions"]["s"]["words"] == 2
     low, high = rows["all questions"]["s"]["ci95"]
     assert 0 <= low <= 0.75 <= high <= 1
     one_class = roc_rows([word(0.5, False)])["all questions"]["s"]
     assert math.isnan(one_class["auc"])
+
+
+def test_flag_summary_counts_flagged_words_by_label():
+    def word(trace: str, wrong: bool, flagged: float, kind: str = "colour") -> Word:
+        scores = {"flagged (grounding < 0.1)": flagged, "1 - token probability": 0.5}
+        return Word(trace, "w", wrong, kind == "bait", kind, scores)
+
+    words = [
+        word("a", True, 1.0, "bait"),
+        word("b", False, 1.0, "existence"),
+        word("c", False, 0.0),
+        word("d", True, 0.0),
+    ]
+    summary = flag_summary(words)
+    assert (summary["wrong_flagged"], summary["wrong_words"]) == (1, 2)
+    assert (summary["right_flagged"], summary["right_words"]) == (1, 2)
+    assert (summary["right_existence_flagged"], summary["right_existence_words"]) == (1, 1)
+    assert (summary["bait_answered_wrong"], summary["bait_flagged"]) == (1, 1)
