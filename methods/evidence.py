@@ -18,10 +18,12 @@ neither make a map count nor silence it, and a map no better than random gets we
 method that does not beat random adds noise, not evidence. Where only one of the two results
 exists its term alone is used. Weights are per trace, not per token, because one token's
 AUC is a single noisy curve. A map the results do not score (``attention.best_head`` is not
-in deletion's default list) gets weight 0: only measured faithfulness counts. Of several
-results of one method, the newest key whose ``layer`` equals ours is read (another layer's
-``attention.head_mean`` is another map). With no usable result, or no map beating random,
-every map weighs the same and the provenance says ``unweighted`` and why.
+in deletion's default list) gets weight 0: only measured faithfulness counts. Several results
+of one test (other steps, other map lists) are averaged, each margin against its own random
+run, so the weights do not depend on which happens to be stored; only those whose ``layer``
+equals ours count (another layer's ``attention.head_mean`` is another map). With no usable
+result, or no map beating random, every map weighs the same and the provenance says
+``unweighted`` and why.
 
 **Normalisation**: each map's row is replaced by its ranks scaled to [0, 1] (average ranks for
 ties, ``(rank - 1) / (G - 1)``). Maps differ in scale (relevancy shares, attention weights,
@@ -72,12 +74,12 @@ class EvidenceParams:
 
 def stored_aucs(
     store: TraceStore, trace_id: str, method: str, layer: int, tokens: int
-) -> tuple[str | None, dict[str, np.ndarray]]:
-    """``(key, {map: [N] AUCs})`` of the newest stored ``method`` result (deletion or
-    insertion) computed with attention layer ``layer``; ``(None, {})`` if there is none. AUC
-    lists that are not ``tokens`` finite numbers are skipped: results are data read back."""
-    results = store.list_results(trace_id, FAITHFULNESS_KIND)
-    for key, payload in sorted(results.items(), reverse=True):
+) -> dict[str, dict[str, np.ndarray]]:
+    """``{key: {map: [N] AUCs}}`` of every stored ``method`` result (deletion or insertion)
+    computed with attention layer ``layer``. Payloads of another shape and AUC lists that are
+    not ``tokens`` finite numbers are skipped: results are data read back, never trusted."""
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for key, payload in store.list_results(trace_id, FAITHFULNESS_KIND).items():
         if not isinstance(payload, Mapping) or payload.get("method") != method:
             continue
         params, per_token = payload.get("params"), payload.get("per_token")
@@ -86,30 +88,33 @@ def stored_aucs(
         aucs = per_token.get("auc") if isinstance(per_token, Mapping) else None
         if not isinstance(aucs, Mapping):
             continue
-        found = {}
+        found[key] = {}
         for name, values in aucs.items():
             try:
                 array = np.asarray(values, np.float64)
             except (TypeError, ValueError):
                 continue
             if array.shape == (tokens,) and np.isfinite(array).all():
-                found[str(name)] = array
-        return key, found
-    return None, {}
+                found[key][str(name)] = array
+    return found
 
 
 def gains(
-    deletion: Mapping[str, np.ndarray], insertion: Mapping[str, np.ndarray]
+    deletion: Sequence[Mapping[str, np.ndarray]], insertion: Sequence[Mapping[str, np.ndarray]]
 ) -> dict[str, float]:
-    """``gain_m`` of every map either result scores beside ``random`` (module docstring)."""
+    """``gain_m`` of every map some result scores beside ``random`` (module docstring): per
+    test, the mean over its results of ``mean_k`` of the map's margin over random."""
     out: dict[str, float] = {}
-    for aucs, sign in ((insertion, 1.0), (deletion, -1.0)):
-        if RANDOM not in aucs:
-            continue
-        for name, values in aucs.items():
-            if name != RANDOM:
-                term = sign * float(np.mean(values - aucs[RANDOM]))
-                out[name] = out.get(name, 0.0) + term
+    for results, sign in ((insertion, 1.0), (deletion, -1.0)):
+        margins: dict[str, list[float]] = {}
+        for aucs in results:
+            if RANDOM not in aucs:
+                continue
+            for name, values in aucs.items():
+                if name != RANDOM:
+                    margins.setdefault(name, []).append(float(np.mean(values - aucs[RANDOM])))
+        for name, values in margins.items():
+            out[name] = out.get(name, 0.0) + sign * float(np.mean(values))
     return out
 
 
@@ -177,9 +182,9 @@ class Evidence(Method):
         maps = {name: values for name, values in found.items() if name != RANDOM}
         if not maps:
             raise ValueError(f"trace {trace.trace_id} has no map to combine")
-        del_key, deletion = stored_aucs(store, trace.trace_id, DELETION, params.layer, n)
-        ins_key, insertion = stored_aucs(store, trace.trace_id, INSERTION, params.layer, n)
-        measured = gains(deletion, insertion)
+        deletion = stored_aucs(store, trace.trace_id, DELETION, params.layer, n)
+        insertion = stored_aucs(store, trace.trace_id, INSERTION, params.layer, n)
+        measured = gains(list(deletion.values()), list(insertion.values()))
         weights, how = weigh(list(maps), measured)
         evidence, agree = combine(maps, weights)
         per_token = {
@@ -191,7 +196,7 @@ class Evidence(Method):
         provenance = {
             "weighting": how,
             "gains": {name: measured.get(name) for name in maps},
-            "results": {DELETION: del_key, INSERTION: ins_key},
+            "results": {DELETION: sorted(deletion), INSERTION: sorted(insertion)},
             "tokens": trace.tokens.text[trace.prompt_length :],
             "formulas": {
                 "gain": "mean_k(ins_m - ins_random) + mean_k(del_random - del_m)",
