@@ -44,11 +44,33 @@ def running_dashboard(store_dir: Path) -> Iterator[str]:
         process.wait(timeout=30)
 
 
+# The test session's one Chromium (``shared_chromium``), while it runs; None otherwise.
+_shared: Browser | None = None
+
+
 @contextmanager
 def chromium() -> Iterator[Browser]:
+    """Headless Chromium: the test session's shared one where it runs (a launch costs
+    seconds on 2 busy cores, and Playwright's sync API allows one driver per thread), else
+    a browser of its own. Callers isolate themselves with a new context, never close it."""
+    if _shared is not None:
+        yield _shared
+        return
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def shared_chromium() -> Iterator[Browser]:
+    """Launch one Chromium that every ``chromium()`` inside this block returns."""
+    global _shared
+    with chromium() as browser:
+        _shared = browser
+        try:
+            yield browser
+        finally:
+            _shared = None

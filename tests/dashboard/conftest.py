@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import Browser
 from streamlit.testing.v1 import AppTest
 
 from dashboard.config import STORE_ENV
 from store import open_store, reindex_store
 from store.synthetic import make_synthetic_trace
+from tests.dashboard.browser import running_dashboard, shared_chromium
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 # Written by lvlm-interpret 0.1 (make_synthetic_trace(seed=6, grid=(4, 6)), format 1).
@@ -146,6 +148,23 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
 @pytest.fixture(scope="session")
 def family_store(tmp_path_factory: pytest.TempPathFactory) -> FamilyStore:
     return family_store_at(tmp_path_factory.mktemp("families"))
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the session (a launch costs seconds on 2 busy cores);
+    each test isolates itself in a new context. Playwright's sync API allows one driver per
+    thread, so ``browser.chromium()`` hands out this one while it runs."""
+    with shared_chromium() as launched:
+        yield launched
+
+
+@pytest.fixture(scope="session")
+def demo_site(demo_store: DemoStore) -> Iterator[str]:
+    """One real server on the demo store for the modules that only read it (each browser
+    context is a session of its own there)."""
+    with running_dashboard(demo_store.directory) as url:
+        yield url
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from engine.demo import world
 from store import open_store
 from store.jobs import JobQueue
-from tests.dashboard.browser import SCREENSHOTS, chromium, running_dashboard
+from tests.dashboard.browser import SCREENSHOTS, running_dashboard
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -85,12 +85,6 @@ def worker(store_dir: Path):
 def site(store_dir: Path, worker):
     with running_dashboard(store_dir) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as instance:
-        yield instance
 
 
 def _tab(browser):

@@ -13,7 +13,6 @@ from PIL import Image
 from dashboard.components.filters import BrowseFilters
 from store import open_store
 from store.frames import csv_bytes, query_frame, token_frame
-from tests.dashboard.browser import chromium, running_dashboard
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -21,19 +20,17 @@ TIMEOUT = 60_000
 
 
 @pytest.fixture(scope="module")
-def site(demo_store):
-    with running_dashboard(demo_store.directory) as url:
-        yield url
+def site(demo_site):
+    return demo_site
 
 
 @pytest.fixture(scope="module")
-def page():
-    with chromium() as browser:
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        tab = context.new_page()
-        tab.set_default_timeout(TIMEOUT)
-        yield tab
-        context.close()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    tab.set_default_timeout(TIMEOUT)
+    yield tab
+    context.close()
 
 
 def _download(page, name: str, where=None) -> bytes:

@@ -13,8 +13,8 @@ import pytest
 
 from store import open_store
 from store.synthetic import make_synthetic_trace
-from tests.dashboard.browser import chromium, running_dashboard
-from tests.dashboard.conftest import _xss_trace
+from tests.dashboard.browser import running_dashboard
+from tests.dashboard.conftest import XSS_SCRIPT, _xss_trace
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -75,7 +75,7 @@ def site(hostile):
         yield url
 
 
-def test_every_page_keeps_hostile_text_inert(site, hostile):
+def test_every_page_keeps_hostile_text_inert(site, hostile, browser):
     _, bad, plain = hostile
     pages = [
         (f"?trace={bad}", "[data-testid='stDataFrame']", [HOSTILE[:60]]),
@@ -92,26 +92,29 @@ def test_every_page_keeps_hostile_text_inert(site, hostile):
         (f"dataset?tag={quote(SCRIPT)}", "[data-testid='stMain']", []),
         ("ask", "[data-testid='stMain']", []),
     ]
-    with chromium() as browser:
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        dialogs: list[str] = []
-        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-        for path, ready, literal in pages:
-            page.goto(f"{site}/{path}")
-            page.locator(ready).first.wait_for()
-            page.wait_for_timeout(800)  # late renders (charts, notes) have arrived
-            assert page.evaluate("window.__xss") is None, path
-            for frame in page.frames:
-                assert frame.evaluate(_DANGER) == [], (path, frame.url)
-            shown = page.locator("[data-testid='stMain']").inner_text()
-            for text in literal:
-                assert text in shown, (path, text)
-            assert "Traceback" not in shown, path
-        # The tag filter lists the hostile tag as plain text.
-        page.goto(f"{site}/?tag={quote(TAG)}")
-        page.get_by_test_id("stSelectbox").filter(has_text="Tag").click()
-        assert page.get_by_role("option", name=SCRIPT, exact=True).is_visible()
-        assert page.evaluate("window.__xss") is None and dialogs == []
-        context.close()
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    for path, ready, literal in pages:
+        page.goto(f"{site}/{path}")
+        page.locator(ready).first.wait_for()
+        page.wait_for_timeout(800)  # late renders (charts, notes) have arrived
+        assert page.evaluate("window.__xss") is None, path
+        for frame in page.frames:
+            assert frame.evaluate(_DANGER) == [], (path, frame.url)
+        shown = page.locator("[data-testid='stMain']").inner_text()
+        for text in literal:
+            assert text in shown, (path, text)
+        assert "Traceback" not in shown, path
+        if path.startswith("relevancy"):  # the answer's tokens, shaded: HTML the app builds
+            tokens = page.locator(".lvlm-tokens")
+            assert XSS_SCRIPT in tokens.inner_text()
+            assert tokens.locator("script, img").count() == 0
+    # The tag filter lists the hostile tag as plain text.
+    page.goto(f"{site}/?tag={quote(TAG)}")
+    page.get_by_test_id("stSelectbox").filter(has_text="Tag").click()
+    assert page.get_by_role("option", name=SCRIPT, exact=True).is_visible()
+    assert page.evaluate("window.__xss") is None and dialogs == []
+    context.close()

@@ -7,15 +7,17 @@ import dataclasses
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
 from dashboard.report import ReportError, ReportOptions, build_report
+from engine.cli import app
 from store import TraceQuery, open_store
 from store.synthetic import make_synthetic_trace
-from tests.dashboard.browser import SCREENSHOTS, chromium
+from tests.dashboard.browser import SCREENSHOTS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = "http://report.test/"
@@ -52,13 +54,19 @@ def cli(*args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     )
 
 
+def invoke(*args: object) -> Result:
+    """The real command in this process (no interpreter start per call); a process of its
+    own (``cli``) where the process itself is checked: no torch loaded, the PDF's browser."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, list[str]]:
     """Two traces of the bundled demo model, recorded by the real command (with CLEANN),
     plus a note, metrics, an evaluation result and flagged tokens on the first."""
     directory = tmp_path_factory.mktemp("demo-report") / "store"
-    done = cli("demo", "record", "--store", directory, "--count", "2")
-    assert done.returncode == 0, done.stderr
+    done = invoke("demo", "record", "--store", directory, "--count", "2")
+    assert done.exit_code == 0, done.output
     with open_store(directory, writable=True) as store:
         ids = [i.trace_id for i in store.query(TraceQuery(order_by="created_at")).items]
         first = ids[0]
@@ -101,12 +109,6 @@ def hostile(tmp_path_factory) -> tuple[Path, str]:
         store.put_result(trace_id, "causal", HOSTILE[0], {HOSTILE[1]: 0.5, "x": [HOSTILE[2]]})
         store.put_result(trace_id, "flags", HOSTILE[4], {"why": HOSTILE[5]})
     return directory, trace_id
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    with chromium() as launched:
-        yield launched
 
 
 def open_offline(browser, html: str):
@@ -321,16 +323,17 @@ def test_cli_mistakes_are_one_line(demo, tmp_path):
         ((ids[0], "--token", "99", "--out", tmp_path / "a.html"), "answer token 99"),
     ]
     for args, message in cases:
-        done = cli("report", *args, "--store", directory)
-        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        done = invoke("report", *args, "--store", directory)
+        assert done.exit_code == 2, (args, done.stdout, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, done.stderr)
+        assert done.stdout == "", (args, done.stdout)
     assert existing.read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.html", "plain"]
     with open_store(directory) as store:  # the store is as it was
         assert store.query().total == 2
-    done = cli("report", ids[0], "--store", directory, "--out", existing, "--force")
-    assert done.returncode == 0 and existing.read_text().startswith("<!DOCTYPE html>")
+    done = invoke("report", ids[0], "--store", directory, "--out", existing, "--force")
+    assert done.exit_code == 0 and existing.read_text().startswith("<!DOCTYPE html>")
 
 
 @pytest.mark.browser

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.dashboard.browser import SCREENSHOTS, chromium, running_dashboard
+from tests.dashboard.browser import SCREENSHOTS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -25,15 +25,8 @@ MAP = ".st-key-heatmap"
 
 
 @pytest.fixture(scope="module")
-def site(demo_store):
-    with running_dashboard(demo_store.directory) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as instance:
-        yield instance
+def site(demo_site):
+    return demo_site
 
 
 def _fresh(browser, site: str):
