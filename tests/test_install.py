@@ -1,8 +1,8 @@
 """A fresh virtual environment installs the project and gets the console command."""
 
-import shutil
 import site
 import subprocess
+import sys
 import sysconfig
 import venv
 from pathlib import Path
@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_fresh_environment_install(tmp_path):
     # This interpreter's packages stand in for the dependencies (no network in tests); the
     # project itself is built and installed from pyproject.toml.
+    # No pip inside it (ensurepip costs seconds): this pip installs into it (--python).
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
     purelib = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -27,10 +28,9 @@ def test_fresh_environment_install(tmp_path):
     ).stdout.strip()
     dependencies = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
     Path(purelib, "dependencies.pth").write_text("\n".join(dependencies) + "\n")
-    for bundled in Path(purelib).glob("setuptools*"):  # venv's old copy: use the pinned one
-        shutil.rmtree(bundled)
+    pip = [sys.executable, "-m", "pip", "--python", str(python)]
     install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)],
+        [*pip, "install", "-q", "--no-deps", "--no-build-isolation", str(ROOT)],
         capture_output=True,
         text=True,
         check=False,
