@@ -78,7 +78,7 @@ def _library_versions() -> dict[str, str]:
     return {"python": platform.python_version()} | {n: importlib.metadata.version(n) for n in names}
 
 
-def _generate(loaded: LoadedModel, inputs: dict, settings: GenerationSettings) -> Generated:
+def generate(loaded: LoadedModel, inputs: dict, settings: GenerationSettings) -> Generated:
     """Plain ``generate``, except that the processor's placeholder tokens (image, video,
     vision start/end) are never chosen: an answer holding one has no pixels behind it, so the
     teacher-forced replay would fail or mislead (random test models pick them; trained ones
@@ -128,7 +128,7 @@ def _embeddings_in_graph(model: torch.nn.Module, enabled: bool) -> Iterator[None
         handle.remove()
 
 
-def _teacher_forced(
+def teacher_forced(
     loaded: LoadedModel, inputs: dict, sequence: torch.Tensor, *, with_graph: bool
 ) -> Forward:
     """One forward over prompt + answer: answer logits and every layer's attention.
@@ -221,7 +221,7 @@ def _token_table(
     )
 
 
-def _relevancy(
+def relevancy_maps(
     loaded: LoadedModel,
     forward: Forward,
     pieces: Sequence[VisionPiece],
@@ -315,7 +315,7 @@ def record(
             "the image. Check the processor's chat template and image token."
         )
     report("generate", 0, 1)
-    generated = _generate(loaded, inputs, settings)
+    generated = generate(loaded, inputs, settings)
     report("generate", 1, 1)
     prompt_length = int(prompt_ids.shape[0])
     answer_ids = generated.sequence[prompt_length:]
@@ -323,13 +323,15 @@ def record(
         raise PromptError("The model generated no tokens; raise max_new_tokens.")
 
     report("forward", 0, 1)
-    forward = _teacher_forced(loaded, inputs, generated.sequence, with_graph=options.relevancy)
+    forward = teacher_forced(loaded, inputs, generated.sequence, with_graph=options.relevancy)
     report("forward", 1, 1)
     pieces = adapter.vision_pieces(forward.vision_calls, geometry)
 
     relevancy = None
     if options.relevancy:
-        relevancy = _relevancy(loaded, forward, pieces, geometry, answer_ids, prompt_length, report)
+        relevancy = relevancy_maps(
+            loaded, forward, pieces, geometry, answer_ids, prompt_length, report
+        )
 
     sequence = generated.sequence.cpu().numpy()
     tokens = _token_table(tokenizer, sequence, prompt_length, image_positions, placement)

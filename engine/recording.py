@@ -37,6 +37,21 @@ from store import TraceStore
 from store.schema import Trace, TraceInfo
 
 
+def stored_history(extra: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The earlier (question, answer) turns a follow-up trace was asked after, as recording
+    wrote them into ``extra["history"]``: what a method re-reading the trace must put back
+    in the chat, or its prompt would not tokenise to the stored tokens. Malformed entries
+    (``extra`` is free-form JSON read back from a file) are left out."""
+    turns = extra.get("history")
+    if not isinstance(turns, list):
+        return ()
+    return tuple(
+        (str(turn[0]), str(turn[1]))
+        for turn in turns
+        if isinstance(turn, list | tuple) and len(turn) == 2
+    )
+
+
 @dataclass(frozen=True)
 class RecordRequest:
     """Everything one trace is recorded from, apart from the loaded model."""
@@ -85,7 +100,13 @@ def trace_identity(loaded: LoadedModel, request: RecordRequest) -> dict[str, Any
             "policy": options.policy.value if options.policy else None,
             "lossy": request.lossy,
         },
-    } | ({"history": [list(turn) for turn in request.history]} if request.history else {})
+    } | _history_extra(request.history)
+
+
+def _history_extra(history: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """``{"history": [[question, answer], ...]}`` for a follow-up, nothing otherwise: the form
+    :func:`stored_history` reads back."""
+    return {"history": [list(turn) for turn in history]} if history else {}
 
 
 def identity_trace_id(identity: dict[str, Any]) -> str:
@@ -135,7 +156,8 @@ def record_trace(
         request.options,
         reference_answer=request.reference,
         tags=request.tags,
-        extra=request.extra,
+        # the turns go with the trace: whatever re-reads it must rebuild the same chat
+        extra=request.extra | _history_extra(request.history),
         progress=progress,
         history=request.history,
     )

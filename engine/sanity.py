@@ -53,7 +53,8 @@ from transformers import PreTrainedModel
 from engine.adapters.base import resolve
 from engine.inputs import ImageInput, load_image
 from engine.loading import LoadedModel
-from engine.recorder import Progress, _generate, _relevancy, _teacher_forced
+from engine.recorder import Progress, generate, relevancy_maps, teacher_forced
+from engine.recording import stored_history
 from methods.maps import RANDOM, random_map
 from store._stored import StoredTrace
 from store.schema import GenerationSettings, answer_row
@@ -82,7 +83,7 @@ def case_from_trace(loaded: LoadedModel, trace: StoredTrace) -> Case:
     when the prompt does not tokenise to the stored prompt tokens with this model's processor
     (another model, or the trace was recorded differently)."""
     images = tuple(load_image(image_from(i.pixels), i.name) for i in trace.image.images)
-    history = tuple((str(q), str(a)) for q, a in trace.info.extra.get("history") or ())
+    history = stored_history(trace.info.extra)
     ids = torch.as_tensor(np.asarray(trace.tokens.ids), dtype=torch.long, device=loaded.device)
     case = Case(trace.trace_id, images, trace.info.prompt, ids, history)
     prompt_ids = _inputs(loaded, case)["input_ids"][0]
@@ -111,7 +112,7 @@ def case_from_prompt(
     label = " + ".join(image.name for image in images)
     case = Case(label, tuple(images), prompt, torch.empty(0, dtype=torch.long))
     inputs = _inputs(loaded, case)
-    sequence = _generate(loaded, inputs, settings).sequence
+    sequence = generate(loaded, inputs, settings).sequence
     if len(sequence) == inputs["input_ids"].shape[1]:
         raise ValueError("the model generated no tokens; raise --max-new-tokens")
     return Case(label, case.images, prompt, sequence)
@@ -133,9 +134,9 @@ def explanation_maps(
     geometry = adapter.geometry(inputs, list(case.images)).geometry
     prompt_length = int(inputs["input_ids"].shape[1])
     answer_ids = case.sequence[prompt_length:]
-    forward = _teacher_forced(loaded, inputs, case.sequence, with_graph=True)
+    forward = teacher_forced(loaded, inputs, case.sequence, with_graph=True)
     pieces = adapter.vision_pieces(forward.vision_calls, geometry)
-    relevancy = _relevancy(loaded, forward, pieces, geometry, answer_ids, prompt_length, report)
+    relevancy = relevancy_maps(loaded, forward, pieces, geometry, answer_ids, prompt_length, report)
     maps = {
         f"relevancy.{mode.value}": np.asarray(relevancy.on_patches(mode, geometry), np.float64)
         for mode in relevancy.modes

@@ -134,7 +134,7 @@ class VlmAdapter:
             ) from error
 
     def build_batch(
-        self, image_lists: Sequence[Sequence[ImageInput]], prompt: str
+        self, image_lists: Sequence[Sequence[ImageInput]], prompt: str, history: History = ()
     ) -> dict[str, torch.Tensor]:
         """The tensors of ``prompt`` over each image list (same sizes, same count), one batch
         row per list, from ONE processor call: the chat template and tokeniser run once per
@@ -143,7 +143,7 @@ class VlmAdapter:
         inputs = dict(
             self.processor(
                 images=[[im.image for im in images] for images in image_lists],  # row = group
-                text=[self.chat_text(prompt, len(image_lists[0]))] * len(image_lists),
+                text=[self.chat_text(prompt, len(image_lists[0]), history)] * len(image_lists),
                 return_tensors="pt",
                 **self.processor_options(),
             )

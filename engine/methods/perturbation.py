@@ -35,6 +35,7 @@ from PIL import Image, ImageFilter
 
 from engine.inputs import load_image
 from engine.loading import LoadedModel
+from engine.recording import stored_history
 from methods.base import Method, MethodResult, Needs, model_mismatch
 from methods.maps import MapChoice, candidate_maps, stored_maps
 from methods.registry import register
@@ -142,13 +143,14 @@ def answer_probabilities(
     ids = torch.as_tensor(np.asarray(trace.tokens.ids), dtype=torch.long, device=loaded.device)
     p, n = trace.prompt_length, trace.answer_length
     names = [image.name for image in trace.image.images]
+    history = stored_history(trace.info.extra)  # a follow-up's earlier turns
     out = []
     for start in range(0, len(images), batch):
         lists = [
             [load_image(im, name) for im, name in zip(pictures, names, strict=True)]
             for pictures in images[start : start + batch]
         ]
-        inputs = adapter.build_batch(lists, trace.info.prompt)
+        inputs = adapter.build_batch(lists, trace.info.prompt, history)
         inputs = {k: v.to(loaded.device) if hasattr(v, "to") else v for k, v in inputs.items()}
         prompts = inputs["input_ids"]
         if prompts.shape[1] != p or not torch.equal(prompts, ids[:p].expand_as(prompts)):

@@ -139,3 +139,25 @@ def test_hostile_ids_and_store(demo_store, tmp_path):
     nowhere = tmp_path / "nowhere"
     assert_one_line_error(run_cli(["analyse", ids[0], "--store", nowhere], tmp_path), "not found")
     assert not nowhere.exists()
+
+
+def test_a_follow_up_trace_is_re_read_with_its_conversation(tmp_path, demo_model):
+    """A follow-up (asked after earlier turns, as the Ask page records them) re-reads its
+    image with those turns in the chat: the untouched image gives the recorded probabilities
+    rather than a refusal that the prompt does not tokenise to the stored tokens."""
+    from engine.demo.world import make_scene
+    from engine.inputs import load_image
+    from engine.methods.perturbation import answer_probabilities
+    from engine.recording import RecordRequest, record_into_store
+
+    scene = make_scene(5)
+    request = RecordRequest(
+        (load_image(scene.image, "scene.png"),),
+        "What shape is the red object?",
+        history=(("How many shapes are there?", "three"),),
+    )
+    with open_store(tmp_path / "store", writable=True) as opened:
+        trace_id = record_into_store(opened, demo_model, request).trace_id
+        trace = opened.open(trace_id)
+        probs = answer_probabilities(demo_model, trace, [[scene.image]], batch=1)[0]
+        np.testing.assert_allclose(probs, trace.top_k.chosen_prob, atol=1e-4)
