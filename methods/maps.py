@@ -81,12 +81,14 @@ def candidate_maps(
 def stored_maps(store: TraceStore, trace_id: str) -> dict[str, np.ndarray]:
     """The maps methods stored for ``trace_id`` (kind :data:`MAPS_KIND`), by method name.
 
-    Of several results of one method (other parameters or versions), the last by key wins:
-    keys sort by ``method@version/params-key``, so a newer version is preferred. A payload
+    Of several results of one method, the highest version wins (compared as numbers, so
+    "10" is newer than "9"); among results of one version, the last by parameters key (an
+    arbitrary but stable choice: run one parameter set per method to avoid it). A payload
     that is not a finite 2-D array is skipped: results are data read back, never trusted.
     """
     found: dict[str, np.ndarray] = {}
-    for _, payload in sorted(store.list_results(trace_id, MAPS_KIND).items()):
+    ordered = sorted(store.list_results(trace_id, MAPS_KIND).items(), key=_version_order)
+    for _, payload in ordered:
         name = payload.get("method")
         per_token = payload.get("per_token")
         values = per_token.get("map") if isinstance(per_token, dict) else None
@@ -109,3 +111,11 @@ def best_head(trace: StoredTrace) -> tuple[int, int]:
     shares = trace.summaries.head_image_attention
     layer, head = np.unravel_index(int(np.argmax(shares)), shares.shape)
     return int(layer), int(head)
+
+
+def _version_order(item: tuple[str, dict]) -> tuple:
+    """Sort key of a ``(key, payload)`` result: its version as numbers, then its key."""
+    key, payload = item
+    version = str(payload.get("version", "")) if isinstance(payload, dict) else ""
+    parts = tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
+    return parts, key

@@ -20,12 +20,28 @@ from rich.markup import escape
 from engine.cli.messages import fail, note
 from engine.cli.options import DbUrl, Device
 
+# Named here rather than read from the registry: the registry of model methods imports torch,
+# and `--help` must stay instant. tests/engine/test_cli.py checks both lists against it.
+METHOD_NAMES = (
+    "cleann",
+    "occlusion",
+    "localisation",
+    "deletion",
+    "insertion",
+    "grounding",
+    "evidence",
+)
+MODEL_METHODS = ("occlusion", "deletion", "insertion", "grounding")
+
 MetricsOption = Annotated[
     str,
     typer.Option(
         "--metrics",
-        help="Comma-separated methods: localisation, occlusion, deletion, insertion, ... "
-        "(occlusion, deletion and insertion re-run the model).",
+        help="Comma-separated methods, run maps first: "
+        + ", ".join(METHOD_NAMES)
+        + " ("
+        + ", ".join(MODEL_METHODS)
+        + " re-run the model: give --model).",
     ),
 ]
 
@@ -47,8 +63,9 @@ def analyse(
     db: DbUrl = None,
     device: Device = "cpu",
 ) -> None:
-    """Score stored traces' maps: localisation against ground-truth boxes; occlusion maps,
-    deletion and insertion curves by re-running the model."""
+    """Run analysis methods on stored traces and store their results: maps (CLEANN,
+    occlusion), scores of every map (localisation, deletion, insertion), visual grounding and
+    hallucination flags, and the consolidated evidence map."""
     from methods import needs_model
     from store import StoreError, open_store
     from store._paths import check_trace_id

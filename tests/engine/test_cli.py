@@ -119,3 +119,14 @@ def test_pickle_checkpoint_loads_only_when_allowed(tmp_path, demo_checkpoint):
     assert refused.returncode == 2 and b"--allow-pickle" in refused.stderr
     allowed = run_cli([*args, "--allow-pickle"], tmp_path)
     assert allowed.returncode == 0, allowed.stderr.decode()
+
+
+def test_analyse_help_names_every_registered_method():
+    """The help's method lists are written out (importing the model methods for --help would
+    import torch): they must name exactly the registered methods, and which re-run the model."""
+    import engine.methods  # noqa: F401  (registers the model methods)
+    from engine.cli.analyse import METHOD_NAMES, MODEL_METHODS
+    from methods import names, needs_model
+
+    assert sorted(METHOD_NAMES) == names()
+    assert sorted(MODEL_METHODS) == sorted(needs_model(names()))
