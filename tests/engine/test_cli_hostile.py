@@ -119,9 +119,10 @@ DEVICES = ["bogus", "cuda:64", "mps", "meta"]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_unusable_device(workdir, demo_checkpoint, device):
-    result = run_cli(record_args(workdir, demo_checkpoint, "--device", device), workdir)
-    assert_one_line_error(result, "device" if device != "meta" else "not supported")
+def test_unusable_device(workdir, refusals, device):
+    assert_one_line_error(
+        refusals[f"device {device}"], "device" if device != "meta" else "not supported"
+    )
     assert_store_intact(workdir)
 
 
@@ -233,19 +234,43 @@ DB_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", [*DB_CASES, "garbage file", "another store's index"])
-def test_malformed_db(workdir, demo_checkpoint, tmp_path, case):
-    if case == "garbage file":
-        garbage = tmp_path / "garbage.sqlite"
-        garbage.write_bytes(os.urandom(4096))
-        url, fragment = f"sqlite:///{garbage}", "index"
-    elif case == "another store's index":
-        open_store(tmp_path / "other", writable=True).close()
-        url, fragment = f"sqlite:///{tmp_path / 'other' / 'index.sqlite'}", "another store"
-    else:
-        url, fragment = DB_CASES[case]
-    result = run_cli(record_args(workdir, demo_checkpoint, "--db", url), workdir)
-    assert_one_line_error(result, fragment)
+DB_FILE_CASES = {"garbage file": "index", "another store's index": "another store"}
+
+
+def _db_urls(folder: Path) -> dict[str, str]:
+    """Every --db case's URL; the two file cases get their file in ``folder``."""
+    garbage = folder / "garbage.sqlite"
+    garbage.write_bytes(os.urandom(4096))
+    open_store(folder / "other", writable=True).close()
+    return {
+        **{case: url for case, (url, _) in DB_CASES.items()},
+        "garbage file": f"sqlite:///{garbage}",
+        "another store's index": f"sqlite:///{folder / 'other' / 'index.sqlite'}",
+    }
+
+
+@pytest.fixture(scope="module")
+def refusals(workdir, demo_checkpoint, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """The --device and --db refusals, each through its own console command, two or more
+    at a time: each waits seconds on imports before it refuses, and one at a time left a
+    core idle. Each case still has its own test (below) reading its result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    urls = _db_urls(tmp_path_factory.mktemp("db-cases"))
+    cases = {f"device {d}": ["--device", d] for d in DEVICES}
+    cases |= {f"db {case}": ["--db", url] for case, url in urls.items()}
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        runs = {
+            name: pool.submit(run_cli, record_args(workdir, demo_checkpoint, *extra), workdir)
+            for name, extra in cases.items()
+        }
+        return {name: run.result() for name, run in runs.items()}
+
+
+@pytest.mark.parametrize("case", [*DB_CASES, *DB_FILE_CASES])
+def test_malformed_db(workdir, refusals, case):
+    fragment = DB_FILE_CASES.get(case) or DB_CASES[case][1]
+    assert_one_line_error(refusals[f"db {case}"], fragment)
     assert_store_intact(workdir)
 
 
