@@ -287,7 +287,13 @@ def gc_uploads(
     store: StoreDir = Path("traces"),
     db: DbUrl = None,
     older_than_days: Annotated[
-        float, typer.Option("--older-than-days", min=0, help="Keep uploads newer than this.")
+        float,
+        typer.Option(
+            "--older-than-days",
+            min=0,
+            max=36500,  # inf passed min=0 and overflowed timedelta: a traceback
+            help="Keep uploads newer than this (0 to 36500).",
+        ),
     ] = 7.0,
 ) -> None:
     """Delete Ask-page uploads older than the limit that no queued or running job needs.
