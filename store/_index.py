@@ -395,6 +395,22 @@ def _checked(q: TraceQuery) -> TraceQuery:
     return dataclasses.replace(q, created_after=after, created_before=before, tag=tag)
 
 
+def _payload(text: str, trace_id: str, kind: str, key: str) -> dict:
+    """A stored result's payload, or one line naming the row: a row damaged outside the
+    store (edited by hand, a foreign writer) was a JSONDecodeError and a traceback on every
+    page and command that lists the trace's results. The row stays; a re-run replaces it."""
+    try:
+        payload = json.loads(text)
+    except ValueError as error:
+        payload = error
+    if not isinstance(payload, dict):
+        raise StoreError(
+            f"stored result {kind}/{key} of trace {trace_id} is unreadable (not a JSON "
+            f"object); run the method that stored it again to replace it"
+        )
+    return payload
+
+
 class Index:
     """All SQL the store runs. Methods take and return plain values and records."""
 
@@ -902,7 +918,7 @@ class Index:
         )
         with self.engine.connect() as conn:
             text = conn.execute(stmt).scalar_one_or_none()
-        return None if text is None else json.loads(text)
+        return None if text is None else _payload(text, trace_id, kind, key)
 
     def list_results(self, trace_id: str, kind: str) -> dict[str, dict]:
         stmt = (
@@ -911,4 +927,5 @@ class Index:
             .order_by(results.c.key)
         )
         with self.engine.connect() as conn:
-            return {key: json.loads(text) for key, text in conn.execute(stmt)}
+            rows = list(conn.execute(stmt))
+        return {key: _payload(text, trace_id, kind, key) for key, text in rows}

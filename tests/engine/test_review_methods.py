@@ -49,3 +49,41 @@ def test_gc_uploads_refuses_an_infinite_age_in_one_line(empty_store, days):
         _cli("store", "gc-uploads", "--store", str(empty_store), "--older-than-days", days)
     )
     assert _hashes(empty_store) == before
+
+
+@pytest.fixture
+def synthetic_store(tmp_path) -> tuple[Path, str]:
+    """A store with one synthetic trace (stored relevancy: evidence has maps to weigh)."""
+    from store import open_store
+    from store.synthetic import make_synthetic_trace
+
+    path = tmp_path / "store"
+    with open_store(path, writable=True) as store:
+        trace_id = store.add(make_synthetic_trace(seed=1, grid=(4, 6)))
+    return path, trace_id
+
+
+def test_a_damaged_result_row_is_one_line_naming_it_and_reindex_keeps_it(synthetic_store):
+    # a results row not JSON (edited by hand): analyse, the report and every page listing the
+    # trace's results raised json's JSONDecodeError (a traceback on the Faithfulness page)
+    import sqlite3
+
+    from store import StoreError, open_store, reindex_store
+
+    path, trace_id = synthetic_store
+    with open_store(path, writable=True) as store:
+        store.put_result(trace_id, "faithfulness", "deletion@1/abc", {"method": "deletion"})
+    conn = sqlite3.connect(path / "index.sqlite")
+    with conn:
+        conn.execute("UPDATE trace_results SET payload = '{broken'")
+    conn.close()  # its WAL folded back: the hashes below see the store as analyse finds it
+    before = _hashes(path)
+    result = _cli("analyse", "--store", str(path), "--metrics", "evidence", trace_id)
+    _one_line_refusal(result)
+    assert "faithfulness/deletion@1/abc" in result.stderr and trace_id in result.stderr
+    assert _hashes(path) == before
+    with open_store(path) as store, pytest.raises(StoreError, match="unreadable"):
+        store.get_result(trace_id, "faithfulness", "deletion@1/abc")
+    reindex_store(path)  # the damaged row is carried over, not dropped
+    with sqlite3.connect(path / "index.sqlite") as conn:
+        assert conn.execute("SELECT payload FROM trace_results").fetchall() == [("{broken",)]
