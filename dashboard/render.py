@@ -78,8 +78,8 @@ def choose_views(trace: StoredTrace, key: str = "tiles") -> tuple[View, ...]:
     if len(geometry.tiles) == 1 or stitch.is_legacy(geometry):
         return stitched
     tiles = list(range(len(geometry.tiles)))
-    asked = state.get(state.TILE)
-    current = int(asked) if asked and asked.isdigit() and int(asked) in tiles else None
+    asked = state.as_int(state.get(state.TILE))
+    current = asked if asked in tiles else None
     mode = (
         st.segmented_control(
             "Tiles",

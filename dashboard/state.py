@@ -8,6 +8,7 @@ because Streamlit forgets widget state on page switches.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -114,9 +115,16 @@ def select_trace(trace_id: str | None, compare_id: str | None = None) -> None:
     put(COMPARE, compare_id)
 
 
+def as_int(text: str | None) -> int | None:
+    """``text`` as an integer, or ``None``: str.isdigit() lets '²' and (after lstrip('-'))
+    '--1' through to int(), whose ValueError was an exception box on the page."""
+    text = (text or "").strip()
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else None
+
+
 def ints(param: str) -> list[int]:
     """A comma-separated list of integers, ignoring anything that isn't one."""
-    return [int(p) for p in (get(param) or "").split(",") if p.strip().lstrip("-").isdigit()]
+    return [n for p in (get(param) or "").split(",") if (n := as_int(p)) is not None]
 
 
 def put_ints(param: str, values: Iterable[int]) -> None:

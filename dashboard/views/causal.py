@@ -91,8 +91,8 @@ def params_controls() -> CausalParams:
 def head_choice(trace: StoredTrace) -> int | None:
     """One head, or ``None`` for all heads ranked by importance (URL parameter ``head``)."""
     options = [ALL_HEADS, *range(trace.num_heads)]
-    current = state.get("head")
-    seed = int(current) if current and current.isdigit() and int(current) in options else ALL_HEADS
+    current = state.as_int(state.get("head"))
+    seed = current if current in options else ALL_HEADS
     picked = st.selectbox(
         "Head",
         options,
