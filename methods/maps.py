@@ -117,5 +117,5 @@ def _version_order(item: tuple[str, dict]) -> tuple:
     """Sort key of a ``(key, payload)`` result: its version as numbers, then its key."""
     key, payload = item
     version = str(payload.get("version", "")) if isinstance(payload, dict) else ""
-    parts = tuple(int(p) if p.isdigit() else -1 for p in version.split("."))
+    parts = tuple(int(p) if p.isdecimal() else -1 for p in version.split("."))  # not isdigit: "²"
     return parts, key

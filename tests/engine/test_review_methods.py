@@ -87,3 +87,17 @@ def test_a_damaged_result_row_is_one_line_naming_it_and_reindex_keeps_it(synthet
     reindex_store(path)  # the damaged row is carried over, not dropped
     with sqlite3.connect(path / "index.sqlite") as conn:
         assert conn.execute("SELECT payload FROM trace_results").fetchall() == [("{broken",)]
+
+
+def test_stored_maps_skip_a_version_int_cannot_read(synthetic_store):
+    # '²'.isdigit() is True and int('²') raised: one such payload broke every map reader
+    from methods.maps import MAPS_KIND, stored_maps
+    from store import open_store
+
+    path, trace_id = synthetic_store
+    with open_store(path, writable=True) as store:
+        good = {"method": "occlusion", "version": "2", "per_token": {"map": [[0.5, 0.25]]}}
+        store.put_result(trace_id, MAPS_KIND, "occlusion@2/a", good)
+        odd = {"method": "occlusion", "version": "²", "per_token": {"map": [[1.0, 0.0]]}}
+        store.put_result(trace_id, MAPS_KIND, "occlusion@x/b", odd)
+        assert stored_maps(store, trace_id)["occlusion"].tolist() == [[0.5, 0.25]]
