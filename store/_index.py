@@ -620,13 +620,23 @@ class Index:
     def _set_metrics(self, conn: Connection, trace_id: str, values: dict[str, float]) -> None:
         if not values:
             return
-        conn.execute(
-            metrics.delete().where(metrics.c.trace_id == trace_id, metrics.c.name.in_(list(values)))
-        )
-        conn.execute(
-            metrics.insert(),
-            [{"trace_id": trace_id, "name": k, "value": float(v)} for k, v in values.items()],
-        )
+        rows = [{"trace_id": trace_id, "name": k, "value": float(v)} for k, v in values.items()]
+        self._replace(conn, metrics, rows)
+
+    def _replace(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows``, replacing those whose primary key exists, in one statement: a
+        delete then an insert let two writers of one key (two ``analyse`` runs on a trace,
+        PostgreSQL) both pass the delete, and the second insert failed on the primary key."""
+        keys = [c.name for c in table.primary_key.columns]
+        insert = _INSERTS.get(self.engine.dialect.name)
+        if insert is None:  # no upsert here: the two statements in the caller's transaction
+            for row in rows:
+                conn.execute(table.delete().where(*(table.c[k] == row[k] for k in keys)))
+            conn.execute(table.insert(), rows)
+            return
+        stmt = insert(table)
+        changed = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+        conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=changed), rows)
 
     def _require(self, conn: Connection, trace_id: str) -> None:
         found = conn.execute(
@@ -672,18 +682,8 @@ class Index:
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
         with self.engine.begin() as conn:
             self._require(conn, trace_id)
-            where = (results.c.trace_id == trace_id, results.c.kind == kind, results.c.key == key)
-            conn.execute(results.delete().where(*where))
-            conn.execute(
-                results.insert(),
-                {
-                    "trace_id": trace_id,
-                    "kind": kind,
-                    "key": key,
-                    "payload": text,
-                    "updated_at": now,
-                },
-            )
+            row = {"trace_id": trace_id, "kind": kind, "key": key, "payload": text}
+            self._replace(conn, results, [{**row, "updated_at": now}])
 
     def add_note(self, trace_id: str, note: dict[str, Any]) -> int:
         with self.engine.begin() as conn:

@@ -101,3 +101,39 @@ def test_stored_maps_skip_a_version_int_cannot_read(synthetic_store):
         odd = {"method": "occlusion", "version": "²", "per_token": {"map": [[1.0, 0.0]]}}
         store.put_result(trace_id, MAPS_KIND, "occlusion@x/b", odd)
         assert stored_maps(store, trace_id)["occlusion"].tolist() == [[0.5, 0.25]]
+
+
+def test_two_writers_of_one_result_and_metric_both_succeed(tmp_path, index_url):
+    # two `analyse` runs on one trace: put_result and set_metrics deleted then inserted, so
+    # on PostgreSQL both writers passed the delete and one failed on the primary key
+    import threading
+
+    from store import open_store
+    from store.synthetic import make_synthetic_trace
+
+    path = tmp_path / "store"
+    with open_store(path, writable=True, db_url=index_url) as store:
+        trace_id = store.add(make_synthetic_trace(seed=1))
+    stores = [open_store(path, writable=True, db_url=index_url) for _ in range(4)]
+    errors: list[Exception] = []
+
+    def write(store, writer: int) -> None:
+        for n in range(25):
+            try:
+                store.put_result(trace_id, "faithfulness", "deletion@1/x", {"n": n, "w": writer})
+                store.set_metrics(trace_id, {"agreement": n / 25})
+            except Exception as error:  # every failure is the finding
+                errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(s, i)) for i, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert stores[0].list_results(trace_id, "faithfulness")["deletion@1/x"]["n"] == 24
+        assert stores[0].get(trace_id).metrics["agreement"] == 24 / 25
+    finally:
+        for store in stores:
+            store.close()
