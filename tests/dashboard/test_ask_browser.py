@@ -192,7 +192,9 @@ def test_follow_up_then_edit_and_ask_again_lands_on_compare(site, page, store_di
     second = _wait_answer(page)
     with open_store(store_dir) as store:
         assert store.get(second).extra["parent_trace_id"] == first
-    page.get_by_text("How many shapes are there?").wait_for()  # the earlier turn is shown
+    # the earlier turn is shown in the conversation (other traces in the module's store may
+    # ask the same question elsewhere on the page, e.g. in the trace picker)
+    page.get_by_test_id("stChatMessage").get_by_text("How many shapes are there?").wait_for()
     _shot(page, "follow-up")
 
     page.get_by_test_id("stButtonGroup").get_by_text("Edit and ask again").click()
