@@ -28,7 +28,7 @@ from dashboard.report import ReportError, ReportOptions, build_report
 from store import StoreError, TraceQuery
 from store.frames import csv_bytes, parquet_bytes, query_frame, token_frame
 
-TRACE_PAGES = ("generation", "attention", "relevancy", "causal")
+TRACE_PAGES = ("generation", "attention", "relevancy", "causal", "faithfulness")
 SET_PAGES = ("", "dataset")  # Browse (the default page) and Dataset: the filtered set
 
 

@@ -98,6 +98,10 @@ def test_every_trace_page_offers_its_figures_and_a_report(app, demo_store, tmp_p
         assert f"Figures ({count}): PNG and SVG" in [e.label for e in at.expander], view
         labels = [b.proto.label for b in at.get("download_button")]
         assert "Export report (this trace)" in labels and labels.count("PNG") == count, view
+    faithfulness = app("faithfulness", trace=demo_store.main, tokens="1")
+    assert "Export report (this trace)" in [
+        b.proto.label for b in faithfulness.get("download_button")
+    ]
     closed = app("attention", trace=demo_store.main, tokens="1")  # lazy: drawn when opened
     assert "PNG" not in [b.proto.label for b in closed.get("download_button")]
     with open_store(tmp_path, writable=True) as store:

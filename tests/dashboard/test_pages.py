@@ -7,7 +7,7 @@ import pytest
 from store import open_store
 from tests.dashboard.conftest import XSS_SCRIPT
 
-TRACE_PAGES = ["generation", "attention", "relevancy", "causal"]
+TRACE_PAGES = ["generation", "attention", "relevancy", "causal", "faithfulness"]
 
 
 def _texts(at) -> str:
@@ -59,7 +59,7 @@ def test_missing_store_is_a_message(app, tmp_path):
 def test_every_page_renders_a_complete_trace(app, demo_store, page):
     at = app(page, trace=demo_store.main, compare=demo_store.second)
     _ok(at)
-    assert at.get("imgs") or at.get("image") or page == "causal"
+    assert at.get("imgs") or at.get("image") or page in ("causal", "faithfulness")
 
 
 @pytest.mark.parametrize("page", TRACE_PAGES)
