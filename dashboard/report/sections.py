@@ -27,11 +27,12 @@ from methods.cleann import CausalExplanation
 from methods.cleann.trace import KIND as CLEANN
 from store import Note, RelevancyMode, StoredTrace, TraceStore
 
-# Result kinds a report reads besides CLEANN's: "causal" (other tools' causal results, as the
-# Causal page shows them) and the kinds evaluations store their numbers under. Each payload
-# is shown by its shape (numbers, a map per patch, a chart per answer token, else JSON).
+# Result kinds a report shows by their shape (numbers, a map per patch, a chart per answer
+# token, else JSON): "causal" (other tools' causal results, as the Causal page shows them) and
+# the kinds evaluations store their numbers under. Results of this project's methods
+# (methods/) have sections of their own (Faithfulness, Flagged tokens) and are not repeated.
 RESULT_KINDS = ("causal", "faithfulness", "methods")
-FLAG_KIND = "flags"  # flagged tokens, where a tool recorded them
+FLAG_KIND = "flags"  # flagged tokens, where another tool recorded them
 _CLEANN_KEY = re.compile(r"^L(\d+)/H(\d+)/T(\d+)/(.+)$")
 
 
@@ -187,6 +188,8 @@ def numbers_section(trace: StoredTrace, store: TraceStore, options: ReportOption
     found = False
     for kind in RESULT_KINDS:
         for key, payload in sorted(store.list_results(trace.trace_id, kind).items()):
+            if results.method_of(payload) is not None:
+                continue  # drawn by the Faithfulness section
             found = True
             parts.append(f"<h4>{page.esc(kind)}: {page.esc(key)}</h4>")
             parts.append(_payload(trace, key, payload, options))
@@ -242,12 +245,38 @@ def faithfulness_section(trace: StoredTrace, store: TraceStore, options: ReportO
 
 
 def flags_section(trace: StoredTrace, store: TraceStore) -> str:
-    flagged = store.list_results(trace.trace_id, FLAG_KIND)
-    if not flagged:
-        return page.empty("No flagged tokens recorded for this trace.")
-    return "".join(
+    """The answer's words with their visual grounding and hallucination flags, from the
+    newest readable grounding result (``lvlm-interpret analyse --metrics grounding``), then
+    flags other tools stored (kind ``flags``) as they wrote them."""
+    parts = [_grounding_flags(trace, store)]
+    parts += [
         f"<h4>{page.esc(key)}</h4>{page.json_text(payload)}"
-        for key, payload in sorted(flagged.items())
+        for key, payload in sorted(store.list_results(trace.trace_id, FLAG_KIND).items())
+    ]
+    return "".join(parts)
+
+
+def _grounding_flags(trace: StoredTrace, store: TraceStore) -> str:
+    labels = trace.tokens.text[trace.prompt_length :]
+    grounded = results.latest(store.list_results(trace.trace_id, results.GROUNDING))
+    for payload in reversed(grounded.values()):
+        try:
+            found = results.grounding(payload, labels)
+        except results.Unreadable:
+            continue
+        words, threshold = found.words, found.threshold
+        flagged = [w for w, f in zip(words["word"], words["flagged"], strict=True) if f]
+        below = "" if threshold is None else f" (grounding below {threshold:g})"
+        summary = (
+            f"Flagged content words{below}: {', '.join(flagged)}."
+            if flagged
+            else f"No content word is flagged{below}."
+        )
+        rows = [[_cell(v) for v in row] for row in words.itertuples(index=False)]
+        return page.empty(summary) + page.table(list(words.columns), rows)
+    return page.empty(
+        "No grounding result stored for this trace: lvlm-interpret analyse "
+        f"{trace.trace_id} --metrics grounding --model CHECKPOINT"
     )
 
 

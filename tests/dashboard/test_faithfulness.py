@@ -267,9 +267,19 @@ def test_figures_and_report_section(faith):
         bare = store.open(faith.bare)
         with pytest.raises(ValueError, match="no deletion or insertion result"):
             faith_figures.curves_figure(bare, store, 0)
+        grounding = next(iter(store.list_results(faith.trace, "grounding").values()))
+        deletion_keys = list(store.list_results(faith.trace, "faithfulness"))
     section = report.split('data-section="Faithfulness"', 1)[1].split("</section>", 1)[0]
     assert "<th>deletion AUC ↓</th>" in section and "chance (analytic)" in section
     assert section.count("<figure>") == 3  # the curves, the evidence and the occlusion map
+    flags = report.split('data-section="Flagged tokens"', 1)[1].split("</section>", 1)[0]
+    words = grounding["per_token"]["words"]
+    flagged = [w for w, f in zip(words, grounding["per_token"]["flagged"], strict=True) if f]
+    assert (
+        flagged and f"Flagged content words (grounding below 0.99): {', '.join(flagged)}." in flags
+    )
+    results = report.split('data-section="Metrics and results"', 1)[1].split("</section>", 1)[0]
+    assert not any(key in results for key in deletion_keys)  # not repeated as raw JSON
 
 
 def test_hostile_report_section_is_escaped(faith):
