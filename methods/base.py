@@ -151,6 +151,17 @@ def model_mismatch(info: Any, model_id: str, revision: str | None) -> str | None
     return None
 
 
+def recording_model(trace: StoredTrace, resources: dict[str, Any]) -> Any:
+    """The loaded model in ``resources`` (``model=``), checked to be the one that recorded
+    ``trace``: what every method that re-runs the model starts with. ``ValueError`` (one
+    line, from :func:`model_mismatch`) otherwise."""
+    loaded = resources["model"]
+    wrong = model_mismatch(trace.info, loaded.model_id, loaded.revision)
+    if wrong:
+        raise ValueError(wrong)
+    return loaded
+
+
 def save_result(store: TraceStore, trace_id: str, result: MethodResult) -> str:
     """Store ``result`` under its key (replacing an earlier run with the same key) and its
     finite headline numbers as metrics; returns the key. The one results channel."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from engine.loading import LoadedModel
 from engine.methods.perturbation import Canvas, answer_probabilities
-from methods.base import Method, MethodResult, Needs, model_mismatch
+from methods.base import Method, MethodResult, Needs, recording_model
 from methods.grounding import (
     DEFAULT_THRESHOLD,
     GROUNDING_KIND,
@@ -73,10 +73,7 @@ class Grounding(Method):
         return None
 
     def run(self, trace: StoredTrace, params: Any, **resources: Any) -> MethodResult:
-        loaded: LoadedModel = resources["model"]
-        wrong = model_mismatch(trace.info, loaded.model_id, loaded.revision)
-        if wrong:
-            raise ValueError(wrong)
+        loaded: LoadedModel = recording_model(trace, resources)
         p, masked = masked_probabilities(loaded, trace)
         drop = relative_drop(p, masked)
         share = image_share(trace.relevancy, trace.tokens.image_positions)

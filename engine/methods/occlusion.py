@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.loading import LoadedModel
 from engine.methods.perturbation import Canvas, answer_probabilities
-from methods.base import Method, MethodResult, Needs, model_mismatch
+from methods.base import Method, MethodResult, Needs, recording_model
 from methods.maps import MAPS_KIND
 from methods.registry import register
 from store._stored import StoredTrace
@@ -79,10 +79,7 @@ class Occlusion(Method):
     Params = OcclusionParams
 
     def run(self, trace: StoredTrace, params: Any, **resources: Any) -> MethodResult:
-        loaded: LoadedModel = resources["model"]
-        wrong = model_mismatch(trace.info, loaded.model_id, loaded.revision)
-        if wrong:
-            raise ValueError(wrong)
+        loaded: LoadedModel = recording_model(trace, resources)
         values, base = occlusion_map(loaded, trace, params)
         provenance = {
             "model": {"id": trace.info.model_id, "revision": trace.info.model_revision},

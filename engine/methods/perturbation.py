@@ -36,7 +36,7 @@ from PIL import Image, ImageFilter
 from engine.inputs import load_image
 from engine.loading import LoadedModel
 from engine.recording import stored_history
-from methods.base import Method, MethodResult, Needs, model_mismatch
+from methods.base import Method, MethodResult, Needs, recording_model
 from methods.maps import MapChoice, candidate_maps, stored_maps
 from methods.registry import register
 from store._stored import StoredTrace
@@ -200,10 +200,7 @@ class _Perturbation(Method):
     Params = PerturbationParams
 
     def run(self, trace: StoredTrace, params: Any, **resources: Any) -> MethodResult:
-        loaded: LoadedModel = resources["model"]
-        wrong = model_mismatch(trace.info, loaded.model_id, loaded.revision)
-        if wrong:
-            raise ValueError(wrong)
+        loaded: LoadedModel = recording_model(trace, resources)
         store = resources.get("store")
         stored = stored_maps(store, trace.trace_id) if store is not None else None
         maps = chosen_maps(trace, params, stored)
