@@ -52,7 +52,8 @@ def candidate_maps(
 ) -> dict[str, np.ndarray]:
     """Every map this trace can give, by name (see the module docstring); a relevancy mode
     or attention that was not recorded is simply absent. ``stored``: maps from
-    :func:`stored_maps` (those of another shape than ``[N, G]`` are left out)."""
+    :func:`stored_maps` (those of another shape than ``[N, G]``, or named like a map the
+    trace itself gives, are left out)."""
     maps: dict[str, np.ndarray] = {}
     geometry = trace.image
     relevancy = trace.relevancy
@@ -72,7 +73,8 @@ def candidate_maps(
         best = np.asarray(trace.attention_rows(rows, [top_layer])[0, top_head])
         maps["attention.best_head"] = attention_on_patches(trace, best.astype(np.float64))
     for name, values in (stored or {}).items():
-        if values.shape == (n, geometry.num_patches):
+        # a stored result never stands in for a map read from the trace itself
+        if name not in maps and name != RANDOM and values.shape == (n, geometry.num_patches):
             maps[name] = values
     maps[RANDOM] = random_map(n, geometry.num_patches, choice.seed)
     return maps

@@ -31,6 +31,10 @@ def test_the_newest_version_wins_and_bad_payloads_are_skipped(tmp_path):
         assert set(found) == {"occlusion"}
         np.testing.assert_array_equal(found["occlusion"], new)  # "10" is newer than "9"
         wrong_shape = {"other": np.ones((n + 1, g))}
+        impostor = {"relevancy.llm": np.ones((n, g)), "random": np.ones((n, g))}
         with st.open(trace_id) as stored:
-            maps = candidate_maps(stored, MapChoice(), found | wrong_shape)
+            maps = candidate_maps(stored, MapChoice(), found | wrong_shape | impostor)
+            own = candidate_maps(stored, MapChoice())
         assert "occlusion" in maps and "other" not in maps
+        for name in impostor:  # a stored result never replaces the trace's own map
+            np.testing.assert_array_equal(maps[name], own[name])
