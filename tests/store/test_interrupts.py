@@ -13,6 +13,17 @@ from store._interrupts import interrupts_deferred
 from store.synthetic import make_synthetic_trace
 
 
+@pytest.fixture(autouse=True)
+def python_sigint():
+    """Python's own Ctrl-C handling, as a command starts with, whatever an earlier test in this
+    process left installed or blocked (these tests send themselves SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_an_interrupt_inside_waits_for_the_end_of_the_block():
     done = False
     with pytest.raises(KeyboardInterrupt), interrupts_deferred():
