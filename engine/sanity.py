@@ -55,7 +55,7 @@ from engine.inputs import ImageInput, load_image
 from engine.loading import LoadedModel
 from engine.recorder import Progress, generate, relevancy_maps, teacher_forced
 from engine.recording import stored_history
-from methods.maps import RANDOM, random_map
+from methods.maps import RANDOM, attention_on_patches, image_rows, random_map
 from store._stored import StoredTrace
 from store.schema import GenerationSettings, answer_row
 
@@ -141,14 +141,11 @@ def explanation_maps(
         f"relevancy.{mode.value}": np.asarray(relevancy.on_patches(mode, geometry), np.float64)
         for mode in relevancy.modes
     }
-    image_rows = np.unique(geometry.token_patches.rows)
     n = len(answer_ids)
-    if len(image_rows):  # cross-attention families: the image is not in the sequence
+    if len(image_rows(geometry)):  # cross-attention families: the image is not in the sequence
         rows = [answer_row(prompt_length, k) for k in range(n)]
         last = forward.lm[-1][0, :, rows].detach().double().mean(dim=0).cpu().numpy()  # [N, T]
-        # spread onto the patches as methods.maps.attention_on_patches does (weights kept)
-        spread = geometry.token_patches.matrix(image_rows, geometry.num_patches)
-        maps[HEAD_MEAN] = last[:, image_rows] @ spread
+        maps[HEAD_MEAN] = attention_on_patches(geometry, last)
     maps[RANDOM] = random_map(n, geometry.num_patches, 0)
     return maps
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from store._stored import StoredTrace
-from store.schema import answer_row
+from store.schema import ImageGeometry, answer_row
 
 if TYPE_CHECKING:
     from store import TraceStore
@@ -36,14 +36,15 @@ class MapChoice:
     seed: int = 0
 
 
-def image_rows(trace: StoredTrace) -> np.ndarray:
+def image_rows(geometry: ImageGeometry) -> np.ndarray:
     """The sequence positions of image tokens (empty for cross-attention families)."""
-    return np.unique(trace.image.token_patches.rows)
+    return np.unique(geometry.token_patches.rows)
 
 
-def attention_on_patches(trace: StoredTrace, rows_attention: np.ndarray) -> np.ndarray:
-    """``[N, T]`` attention rows spread onto the patches: ``[N, G]`` (token weights kept)."""
-    geometry, rows = trace.image, image_rows(trace)
+def attention_on_patches(geometry: ImageGeometry, rows_attention: np.ndarray) -> np.ndarray:
+    """``[N, T]`` attention rows spread onto the patches: ``[N, G]`` (token weights kept).
+    Takes the geometry, not a stored trace: sanity-check spreads a live recording's rows."""
+    rows = image_rows(geometry)
     return rows_attention[:, rows] @ geometry.token_patches.matrix(rows, geometry.num_patches)
 
 
@@ -64,14 +65,14 @@ def candidate_maps(
             )
     n = trace.answer_length
     rows = [answer_row(trace.prompt_length, k) for k in range(n)]
-    if len(image_rows(trace)) and trace.has_rows(rows):
+    if len(image_rows(geometry)) and trace.has_rows(rows):
         layers = trace.lm_attention.shape[0]
         layer = choice.layer % layers
         attention = np.asarray(trace.attention_rows(rows, [layer])[0], np.float64)  # [H, N, T]
-        maps["attention.head_mean"] = attention_on_patches(trace, attention.mean(axis=0))
+        maps["attention.head_mean"] = attention_on_patches(geometry, attention.mean(axis=0))
         top_layer, top_head = best_head(trace)
         best = np.asarray(trace.attention_rows(rows, [top_layer])[0, top_head])
-        maps["attention.best_head"] = attention_on_patches(trace, best.astype(np.float64))
+        maps["attention.best_head"] = attention_on_patches(geometry, best.astype(np.float64))
     for name, values in (stored or {}).items():
         # a stored result never stands in for a map read from the trace itself
         if name not in maps and name != RANDOM and values.shape == (n, geometry.num_patches):

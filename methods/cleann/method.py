@@ -83,7 +83,7 @@ class CleannMap(Method):
     def skip_reason(self, trace: StoredTrace) -> str | None:
         if trace.num_layers == 0 or trace.num_heads == 0:
             return "no language-model attention to learn a causal graph from"
-        if not len(image_rows(trace)):
+        if not len(image_rows(trace.image)):
             return "no image tokens in the language model's sequence"
         if trace.answer_length == 0:
             return "no answer token to explain"
@@ -118,7 +118,7 @@ class CleannMap(Method):
             shown.append(top)
             importance.append(explanation.head_importance)
             members.append(int(np.count_nonzero(weights[k])))
-        maps = attention_on_patches(trace, weights)
+        maps = attention_on_patches(trace.image, weights)
         per_token = {
             "map": maps.tolist(),
             "head": shown,
